@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` (the training flow on the seed config) and `make test`.
+# Each creates .venv and installs the project from this repo's own files.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+# Torch goes in first and alone. The default is the CPU build that lies on this machine's disk; a user
+# with a GPU overrides it, e.g. `make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# pip on this machine warns about every missing local index folder; keep the log readable.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+CONFIG ?= seed_sine
+
+.PHONY: setup run test bench ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SPEC) 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, prefect, mlflow, optuna, sklearn, rnn_pipeline, flows" 
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/rnn-pipeline train --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+ui: setup
+	$(VENV)/bin/rnn-pipeline ui
+
+clean:
+	rm -rf .rnn_pipeline
