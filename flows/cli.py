@@ -1,0 +1,169 @@
+"""`rnn-pipeline`: the command line. Settings are resolved here, once; heavy imports wait until a command runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, register and serve recurrent neural networks on sequence data.")
+STATE = {"debug": False}
+
+
+def _environment(root: Path) -> None:
+    """Quiet, local, offline defaults for the libraries; a user's own settings win."""
+    defaults = {
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_pipeline",
+        "PREFECT_UI_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DO_NOT_TRACK": "1",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    import logging
+    import warnings
+
+    logging.getLogger("rnn_pipeline").setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own trial lines say more
+    except ImportError:
+        pass
+
+
+def _load(config: str):
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline import stores
+
+    cfg = load_config(config)
+    st = stores.resolve(cfg.stores, os.environ)
+    stores.ensure(st)
+    _environment(st.root)
+    return cfg, st
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False):
+    STATE["debug"] = debug
+
+
+@app.command()
+def train(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name "
+                                                "(seed_sine, greensboro_weather).")] = "seed_sine"):
+    """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
+    cfg, st = _load(config)
+    from flows.training import training_flow
+
+    try:
+        training_flow(config)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished trials are kept in {st.optuna_url}; run the same command to resume",
+                   err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def predict(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Parquet of history rows: the model's "
+                                                "input columns, optionally grouped by a window_id column.")],
+            model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
+                                                         "models:/<name>@champion.")] = None,
+            config: Annotated[str, typer.Option("--config", "-c", help="Config naming the model and its stores.")]
+            = "seed_sine",
+            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write forecasts here (.csv or "
+                                                          ".parquet) instead of printing them.")] = None):
+    """Forecast the next H steps (original units) from the last L rows of each history."""
+    cfg, st = _load(config)
+    import mlflow
+
+    from rnn_pipeline import datasets, registry
+
+    mlflow.set_tracking_uri(st.mlflow_uri)
+    mlflow.set_registry_uri(st.mlflow_uri)
+    uri = model or f"models:/{cfg.model_name}@champion"
+    frame = datasets.read_table(input)
+    loaded = registry.load(uri)
+    bundle = registry.load_bundle(loaded)
+    keep = [c for c in ["window_id", *bundle.input_columns] if c in frame.columns]
+    try:
+        out = loaded.predict(frame[keep])
+    except Exception as e:  # schema enforcement errors from MLflow carry the column story
+        from rnn_pipeline.errors import DataValidationError
+
+        if isinstance(e, DataValidationError):
+            raise DataValidationError(e.problem, source=str(input), column=e.column, row=e.row, value=e.value) from None
+        raise
+    if output is None:
+        typer.echo(out.to_csv(index=False, float_format="%.8g"), nl=False)
+    elif output.suffix.lower() in (".parquet", ".pq"):
+        out.to_parquet(output, index=False)
+    else:
+        out.to_csv(output, index=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@app.command()
+def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose stores to show.")] = "seed_sine",
+       port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 5000):
+    """Open the MLflow UI on this pipeline's tracking store, bound to 127.0.0.1."""
+    cfg, st = _load(config)
+    port = port or _free_port()
+    exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    cmd = [exe, "ui", "--backend-store-uri", st.mlflow_uri, "--host", "127.0.0.1", "--port", str(port)]
+    if st.artifact_location:
+        cmd += ["--default-artifact-root", st.artifact_location]
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (tracking {st.mlflow_uri}; Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def main() -> None:
+    from rnn_pipeline.errors import PipelineError
+
+    try:
+        app(standalone_mode=False)
+    except PipelineError as e:
+        if STATE["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors come through here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if STATE["debug"]:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The training flow: ingest -> validate -> preprocess -> tune -> fit best -> evaluate -> gate -> register."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from rnn_pipeline import datasets, evaluate, registry, stores as stores_mod, tune, validation
+from rnn_pipeline.bundle import ForecastBundle
+from rnn_pipeline.config import PipelineConfig, load_config
+from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
+from rnn_pipeline.train import pick_device, setup_torch
+
+STACK = ("torch", "prefect", "mlflow", "optuna", "pandas", "numpy", "scikit-learn", "evidently")
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(cfg: PipelineConfig):
+    return datasets.load(cfg.data.builtin, cfg.data.path, cfg.base_dir)
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(frame, source: str, cfg: PipelineConfig):
+    d = cfg.data
+    return validation.validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
+
+
+@task(name="preprocess", cache_policy=NO_CACHE)
+def preprocess(time_col, values, source: str, cfg: PipelineConfig) -> PreparedSeries:
+    s = cfg.split
+    return prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
+                          window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
+                          scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
+                          test_start=s.test_start)
+
+
+@task(name="tune", cache_policy=NO_CACHE)
+def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id):
+    return tune.tune(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id)
+
+
+@task(name="train-best", cache_policy=NO_CACHE)
+def fit_best(params, data, cfg, device):
+    return tune.train_with(params, data, cfg, max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
+                           device=device, log_every=10)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(data, bundle: ForecastBundle, cfg):
+    return evaluate.evaluate(data, bundle.predict_windows, bundle.window, cfg.evaluation.season,
+                             cfg.evaluation.ridge_alphas)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_task(model_uri, cfg, data):
+    return registry.gate(model_uri, cfg.model_name, data, cfg.registry.metric, cfg.registry.margin)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(model_uri, cfg, decision, run_id, tags):
+    return registry.register(model_uri, cfg.model_name, decision, cfg.registry.metric, run_id, tags)
+
+
+def data_digest(data: PreparedSeries) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([data.target_columns, data.feature_columns]).encode())
+    h.update(np.ascontiguousarray(data.values).tobytes())
+    h.update(data.time.astype(str).str.cat(sep=",").encode())
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in STACK:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def experiment_for(name: str, artifact_location: str | None) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location and f"{artifact_location}/{name}")
+
+
+def summary_table(s: dict) -> str:
+    lines = [f"model {s['model_name']} v{s['model_version']}: "
+             f"{'PROMOTED to champion' if s['promoted'] else 'kept as challenger'} ({s['reason']})",
+             f"champion is now v{s['champion_version']}",
+             f"best params: {s['best_params']}",
+             f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)",
+             f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
+    rows = [("rnn", s["metrics"], None)] + [(k, v, s["skill"][k]) for k, v in s["baselines"].items()]
+    for name, m, sk in rows:
+        skill = "" if sk is None else f"{sk:+.3f}"
+        lines.append(f"{name:<16}{m['mse']:>12.6f}{m['rmse']:>10.4f}{m['mae']:>10.4f}{m['r2']:>8.4f}"
+                     f"{m['mase']:>8.3f}{skill:>8}")
+    lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
+                 f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
+    return "\n".join(lines)
+
+
+@flow(name="rnn-training", log_prints=True)
+def training_flow(config: str) -> dict:
+    """Train, evaluate, register and gate one model from a config (path or built-in name)."""
+    t_start = time.perf_counter()
+    logger = get_run_logger()
+    cfg = load_config(config)
+    st = stores_mod.resolve(cfg.stores, os.environ)
+    stores_mod.ensure(st)
+    setup_torch(cfg.training.threads, cfg.seed)
+    device = pick_device(cfg.training.device)
+
+    frame, source = ingest(cfg)
+    time_col, values = validate(frame, source, cfg)
+    data = preprocess(time_col, values, source, cfg)
+    digest = data_digest(data)
+    logger.info("data %s: %d rows, %d columns; split at rows %d (validation) and %d (test)", source, data.points.n,
+                data.values.shape[1], data.points.val_start + 1, data.points.test_start + 1)
+
+    mlflow.set_tracking_uri(st.mlflow_uri)
+    mlflow.set_registry_uri(st.mlflow_uri)
+    experiment_id = experiment_for(cfg.name, st.artifact_location)
+    study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
+    timings = {}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{cfg.name}") as run:
+        run_id = run.info.run_id
+        mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
+        mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],
+                           "study": study_name, "device": str(device)})
+        mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest,
+                         **{f"version.{k}": v for k, v in _versions().items()}})
+
+        t0 = time.perf_counter()
+        tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
+        timings["tune"] = time.perf_counter() - t0
+        trial_compute = sum(t.user_attrs.get("seconds", 0.0) for t in tuned.study.trials)
+        logger.info("tuning: %d complete, %d pruned, %d failed in %.1fs; best %s", tuned.n_complete, tuned.n_pruned,
+                    tuned.n_failed, timings["tune"], tuned.best_params)
+        mlflow.log_params({f"best.{k}": v for k, v in tuned.best_params.items()})
+
+        t0 = time.perf_counter()
+        fitted = fit_best(tuned.best_params, data, cfg, device)
+        timings["final_fit"] = time.perf_counter() - t0
+        client = mlflow.MlflowClient()
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, h[k], int(time.time() * 1000), h["epoch"])
+                                          for h in fitted.history for k in ("train_loss", "val_loss", "lr")])
+        bundle = ForecastBundle(fitted.model, data.scaling, data.target_columns, data.feature_columns,
+                                int(tuned.best_params["window"]), data.horizon)
+
+        t0 = time.perf_counter()
+        ev = evaluate_task(data, bundle, cfg)
+        mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()})
+        for name, m in ev["baselines"].items():
+            mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in m.items()})
+        mlflow.log_metrics({f"skill_vs_{k}": v for k, v in ev["skill"].items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            files = evaluate.save_plots(tmp, ev, data.time.iloc[ev["first_targets"]].to_numpy(), fitted.history,
+                                        tuned.study if tuned.n_complete > 1 else None)
+            for f in files:
+                mlflow.log_artifact(str(f), "plots")
+            idx = data.points.first_targets("test", bundle.window, data.horizon)[:1]
+            example = bundle.windows_frame(lag_matrix(data.values, idx, bundle.window))
+            model_uri = registry.log_model(bundle, Path(tmp) / "bundle", example)
+        timings["evaluate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        decision = gate_task(model_uri, cfg, data)
+        version = register_task(model_uri, cfg, decision, run_id,
+                                {"data_digest": digest[:16], "config": cfg.name,
+                                 "test_mse": f"{ev['metrics']['mse']:.8g}"})
+        timings["register"] = time.perf_counter() - t0
+        champion = registry.current_champion(client, cfg.model_name)
+        mlflow.set_tags({"registered_version": version, "gate.decision": "promoted" if decision.promoted else "kept",
+                         "gate.reason": decision.reason})
+
+        timings["training_compute"] = trial_compute + fitted.seconds
+        summary = {
+            "model_name": cfg.model_name, "model_version": version, "promoted": decision.promoted,
+            "champion_version": champion.version if champion else None, "reason": decision.reason,
+            "gate": {"metric": cfg.registry.metric, "challenger": decision.challenger_score,
+                     "champion": decision.champion_score, "previous_champion_version": decision.champion_version},
+            "metrics": ev["metrics"], "baselines": ev["baselines"], "skill": ev["skill"],
+            "n_test_windows": ev["n_test_windows"], "best_params": tuned.best_params,
+            "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
+            "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,
+            "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val},
+            "mlflow_run_id": run_id, "experiment_id": experiment_id, "data_digest": digest, "config": config,
+            "timings": timings,
+        }
+        summary["wall_seconds"] = time.perf_counter() - t_start
+        mlflow.log_dict(summary, "summary.json")
+    st.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
+    print(summary_table(summary))
+    return summary

@@ -1,0 +1,112 @@
+"""The self-contained forecaster: weights (safetensors) + preprocessing (JSON). Loading it unpickles nothing.
+
+The same object answers in the flow (in memory), in the registered MLflow pyfunc, in the CLI and in any
+server, always in original units.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DataValidationError
+from .features import Scaling
+from .models import ModelSpec, RNNForecaster
+
+WINDOW_ID = "window_id"
+PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
+
+
+@dataclass
+class ForecastBundle:
+    model: RNNForecaster
+    scaling: Scaling
+    target_columns: list[str]
+    feature_columns: list[str]
+    window: int
+    horizon: int
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [*self.target_columns, *self.feature_columns]
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [f"{t}_h{h + 1}" for h in range(self.horizon) for t in self.target_columns]
+
+    def preprocess_json(self) -> dict:
+        return {"format": 1, "task": "forecasting", "model": self.model.spec.to_json(),
+                "scaling": self.scaling.to_json(), "target_columns": self.target_columns,
+                "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon}
+
+    def save(self, folder: str | Path) -> dict[str, str]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PREPROCESS_FILE).write_text(json.dumps(self.preprocess_json(), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        return {"preprocess": str(folder / PREPROCESS_FILE), "weights": str(folder / WEIGHTS_FILE)}
+
+    @classmethod
+    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ForecastBundle":
+        meta = json.loads(Path(preprocess_path).read_text())
+        model = RNNForecaster(ModelSpec(**meta["model"]))
+        model.load_state_dict(load_file(str(weights_path)))
+        model.eval()
+        return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
+                   meta["window"], meta["horizon"])
+
+    def predict_windows(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, L, F) in original units -> (N, H, T) forecasts in original units."""
+        z = self.scaling.transform(x).astype("float32")
+        self.model.eval()
+        with torch.inference_mode():
+            out = [self.model(torch.from_numpy(z[i:i + 4096])).numpy() for i in range(0, len(z), 4096)]
+        y = np.concatenate(out) if out else np.zeros((0, self.horizon, len(self.target_columns)), "float32")
+        return self.scaling.inverse(y.astype("float64"), list(range(len(self.target_columns))))
+
+    def frame_to_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of history -> one window per `window_id` (the whole frame is one history when the column is
+        absent): the last L rows of each group, in row order. Returns (ids, (N, L, F))."""
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"input lacks column(s) {missing}; the model needs {self.input_columns}")
+        arr = np.empty((len(frame), len(self.input_columns)))
+        for c, col in enumerate(self.input_columns):
+            raw = frame[col]
+            num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
+            bad = ~np.isfinite(num)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise DataValidationError("not a finite number", column=col, row=r + 1, value=raw.iloc[r])
+            arr[:, c] = num
+        ids = frame[WINDOW_ID].to_numpy() if WINDOW_ID in frame.columns else np.zeros(len(frame), dtype="int64")
+        groups = pd.Series(np.arange(len(ids))).groupby(ids, sort=False).indices  # id -> row positions, in order
+        order = np.array(list(groups.keys()))
+        out = np.empty((len(order), self.window, arr.shape[1]))
+        for i, rows in enumerate(groups.values()):
+            if len(rows) < self.window:
+                raise DataValidationError(f"window {order[i]!r} has {len(rows)} rows of history; the model needs "
+                                          f"the last {self.window}", column=WINDOW_ID)
+            out[i] = arr[rows[-self.window:]]
+        return order, out
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        ids, x = self.frame_to_windows(frame)
+        y = self.predict_windows(x).reshape(len(ids), -1)
+        result = pd.DataFrame(y, columns=self.output_columns)
+        result.insert(0, WINDOW_ID, ids)
+        return result
+
+    def windows_frame(self, x: np.ndarray) -> pd.DataFrame:
+        """The inverse of frame_to_windows: (N, L, F) -> the long frame a client would send."""
+        n = len(x)
+        frame = pd.DataFrame(x.reshape(n * self.window, -1), columns=self.input_columns)
+        frame.insert(0, WINDOW_ID, np.repeat(np.arange(n, dtype="int64"), self.window))
+        return frame

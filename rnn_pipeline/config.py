@@ -1,0 +1,240 @@
+"""One pydantic tree for a pipeline run, loaded from YAML. Every knob has a default; unknown keys are errors.
+
+A config is addressed by path, or by the name of a built-in one shipped in ``rnn_pipeline/configs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
+Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the series comes from and what its columns mean."""
+
+    builtin: str | None = Field(None, description="name of a built-in dataset (seed_sine, greensboro_weather)")
+    path: str | None = Field(None, description="CSV or Parquet file; relative paths resolve against the config's folder")
+    time_column: str = "time"
+    target_columns: list[str] = Field(default_factory=lambda: ["value"])
+    feature_columns: list[str] = Field(default_factory=list)
+    missing: Literal["error", "interpolate", "ffill"] = "error"
+
+    @field_validator("target_columns", "feature_columns", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("data: give exactly one of 'builtin' or 'path'")
+        if not self.target_columns:
+            raise ValueError("data.target_columns: at least one target column is needed")
+        clash = set(self.target_columns) & set(self.feature_columns)
+        if clash:
+            raise ValueError(f"data: columns {sorted(clash)} are both target and feature")
+        return self
+
+
+class FeatureConfig(_Strict):
+    window: int = Field(50, ge=1, description="L: past steps fed to the model (tuned if tuning.space.window is set)")
+    horizon: int = Field(1, ge=1, description="H: future steps predicted at once (direct multi-output)")
+    scaler: Literal["standard", "minmax", "none"] = "standard"
+
+
+class SplitConfig(_Strict):
+    """Chronological split. Fractions count windows of the configured window length (the seed's convention:
+    the test set is the last `test` share of the windows); or give `val_start`/`test_start` as timestamps
+    (or time values), which then win."""
+
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    val_start: str | float | None = None
+    test_start: str | float | None = None
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val + self.test >= 0.9:
+            raise ValueError("split: val + test must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(_Strict):
+    cell: Cell = "gru"
+    hidden: int = Field(32, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainingConfig(_Strict):
+    max_epochs: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    optimizer: Optimizer = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(20, ge=1, description="early stopping: epochs without validation improvement")
+    lr_patience: int = Field(5, ge=1, description="ReduceLROnPlateau patience")
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    loss_steps: Literal["last", "all"] = Field(
+        "last", description="'all' also trains every step's forecast after the burn-in (denser signal, no leak)")
+    burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
+    threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.low > self.high:
+            raise ValueError(f"range low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class IntRange(_Strict):
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.low > self.high:
+            raise ValueError(f"range low {self.low} > high {self.high}")
+        return self
+
+
+class SearchSpace(_Strict):
+    """Each knob: a list (categorical) or a range. A knob left out keeps the model/training default."""
+
+    cell: list[Cell] | None = None
+    hidden: IntRange | list[int] | None = None
+    layers: IntRange | list[int] | None = None
+    dropout: FloatRange | list[float] | None = None
+    lr: FloatRange | list[float] | None = None
+    batch_size: list[int] | None = None
+    window: IntRange | list[int] | None = None
+    optimizer: list[Optimizer] | None = None
+
+
+class TuningConfig(_Strict):
+    n_trials: int = Field(20, ge=0, description="finished (complete or pruned) trials the study should hold")
+    timeout_seconds: float | None = Field(None, gt=0, description="stop starting new trials after this long")
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    max_epochs: int = Field(60, ge=1, description="epochs per trial (the final fit uses training.max_epochs)")
+    patience: int = Field(10, ge=1)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+
+
+class EvaluationConfig(_Strict):
+    season: int | None = Field(None, ge=1, description="season length in steps for the seasonal-naive baseline")
+    ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+
+
+class RegistryConfig(_Strict):
+    model_name: str | None = Field(None, description="registered model name (default: the config's name)")
+    metric: Literal["mse", "mae", "rmse"] = "mse"
+    margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by this share")
+
+
+class StoresConfig(_Strict):
+    """Where state lives. None means the embedded default under `root`."""
+
+    root: str = ".rnn_pipeline"
+    mlflow_uri: str | None = None
+    optuna_url: str | None = None
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["forecasting"] = "forecasting"
+    seed: int = 42
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    stores: StoresConfig = Field(default_factory=StoresConfig)
+    # Set by load_config: the folder relative data paths resolve against. Not part of the YAML.
+    base_dir: str = Field(".", exclude=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.name
+
+    def max_window(self) -> int:
+        w = self.tuning.space.window
+        if w is None or self.tuning.n_trials == 0:
+            return self.features.window
+        return max(w) if isinstance(w, list) else w.high
+
+    def digest(self) -> str:
+        """A short stable hash of everything that shapes training (not where state is stored)."""
+        d = self.model_dump(exclude={"stores", "registry"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rnn_pipeline.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    if e["type"] == "missing":
+        return f"{source}: missing required key '{loc}'"
+    return f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})"
+
+
+def load_config(ref: str | Path) -> PipelineConfig:
+    """Load a config by path, or by built-in name (``seed_sine``). Raises ConfigError with one clear line."""
+    ref = str(ref)
+    path = Path(ref)
+    if path.is_file():
+        text, source, base = path.read_text(), str(path), path.resolve().parent
+    elif ref in builtin_configs():
+        text = resources.files("rnn_pipeline.configs").joinpath(f"{ref}.yaml").read_text()
+        source, base = f"built-in config '{ref}'", Path.cwd()
+    else:
+        raise ConfigError(f"config '{ref}' is neither a file nor a built-in config "
+                          f"(built-ins: {', '.join(builtin_configs())})")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+    cfg.base_dir = str(base)
+    return cfg

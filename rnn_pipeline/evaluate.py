@@ -1,0 +1,150 @@
+"""Test metrics in original units, the baselines on the same windows, skill scores and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import RidgeCV
+from sklearn.metrics import (mean_absolute_error, mean_absolute_percentage_error, mean_squared_error,
+                             r2_score)
+
+from .features import PreparedSeries, lag_matrix, target_matrix
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[str, float]:
+    """All metrics over every (window, step, target). y: (N, H, T) in original units."""
+    t, p = y_true.reshape(-1), y_pred.reshape(-1)
+    mse = float(mean_squared_error(t, p))
+    mae = float(mean_absolute_error(t, p))
+    denom = np.abs(t) + np.abs(p)
+    smape = float(np.mean(np.where(denom > 0, 2 * np.abs(p - t) / np.where(denom > 0, denom, 1), 0.0)) * 100)
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": mae, "r2": float(r2_score(t, p)),
+            "mape": float(mean_absolute_percentage_error(t, p) * 100), "smape": smape,
+            "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
+
+
+def mase_scale(data: PreparedSeries, season: int | None) -> float:
+    """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows."""
+    m = season or 1
+    train = data.values[: data.points.val_start, : data.n_targets]
+    return float(np.mean(np.abs(train[m:] - train[:-m])))
+
+
+def persistence(data: PreparedSeries, first_targets: np.ndarray) -> np.ndarray:
+    last = data.values[first_targets - 1, : data.n_targets]  # (N, T)
+    return np.repeat(last[:, None, :], data.horizon, axis=1)
+
+
+def seasonal_naive(data: PreparedSeries, first_targets: np.ndarray, season: int) -> np.ndarray:
+    """Target at t+h is the value one season (or several, when h >= season) before it: only the past is used."""
+    h = np.arange(data.horizon)
+    back = season * (h // season + 1)
+    idx = first_targets[:, None] + h[None, :] - back[None, :]
+    return data.values[idx, : data.n_targets]
+
+
+def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float]) -> np.ndarray:
+    """A linear model on the L scaled lags of every input column, fitted on train + validation windows."""
+    z = data.z.numpy().astype("float64")
+    fit_idx = np.concatenate([data.points.first_targets(s, window, data.horizon) for s in ("train", "val")])
+    test_idx = data.points.first_targets("test", window, data.horizon)
+    x_fit = lag_matrix(z, fit_idx, window).reshape(len(fit_idx), -1)
+    y_fit = target_matrix(z, fit_idx, data.horizon, data.n_targets).reshape(len(fit_idx), -1)
+    model = RidgeCV(alphas=alphas).fit(x_fit, y_fit)
+    pred = model.predict(lag_matrix(z, test_idx, window).reshape(len(test_idx), -1))
+    pred = pred.reshape(len(test_idx), data.horizon, data.n_targets)
+    return data.scaling.inverse(pred, list(range(data.n_targets)))
+
+
+def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | None,
+             ridge_alphas: list[float]) -> dict:
+    """Score the model (`predict_windows`: (N, L, F) original units -> (N, H, T)) and the baselines on the same
+    test windows. Returns metrics, baselines, skills and the arrays the plots need."""
+    idx = data.points.first_targets("test", window, data.horizon)
+    y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
+    y_pred = predict_windows(lag_matrix(data.values, idx, window))
+    scale = mase_scale(data, season)
+    result = {"metrics": metrics(y_true, y_pred, scale), "baselines": {}, "n_test_windows": int(len(idx)),
+              "y_true": y_true, "y_pred": y_pred, "first_targets": idx}
+    preds = {"persistence": persistence(data, idx), "ridge": ridge_on_lags(data, window, ridge_alphas)}
+    if season:
+        preds["seasonal_naive"] = seasonal_naive(data, idx, season)
+    for name, p in preds.items():
+        result["baselines"][name] = metrics(y_true, p, scale)
+    m = result["metrics"]["mse"]
+    result["skill"] = {name: 1 - m / b["mse"] if b["mse"] > 0 else float("nan")
+                       for name, b in result["baselines"].items()}
+    return result
+
+
+def _acf(x: np.ndarray, nlags: int) -> np.ndarray:
+    x = x - x.mean()
+    denom = float(np.dot(x, x)) or 1.0
+    return np.array([np.dot(x[: len(x) - k], x[k:]) / denom for k in range(nlags + 1)])
+
+
+def save_plots(folder: str | Path, ev: dict, time_values, history: list[dict], study=None) -> list[Path]:
+    """Actual vs predicted, residual histogram, residual autocorrelation, loss curves, Optuna history and
+    parameter importances (when the study allows). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    y_true, y_pred = ev["y_true"][:, 0, 0], ev["y_pred"][:, 0, 0]
+    resid = y_true - y_pred
+
+    def save(fig, name):
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(time_values, y_true, label="actual", lw=1)
+    ax.plot(time_values, y_pred, label="predicted (h=1)", lw=1, ls="--")
+    ax.set_title("Test set: actual vs predicted")
+    ax.legend()
+    save(fig, "actual_vs_predicted.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(resid, bins=40)
+    ax.set_title("Residuals (h=1)")
+    save(fig, "residual_histogram.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    nl = min(40, len(resid) - 1)
+    ac = _acf(resid, nl)
+    ax.bar(range(nl + 1), ac)
+    band = 1.96 / np.sqrt(len(resid))
+    ax.axhline(band, ls=":", c="gray")
+    ax.axhline(-band, ls=":", c="gray")
+    ax.set_title("Residual autocorrelation")
+    save(fig, "residual_acf.png")
+
+    if history:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train")
+        ax.plot([h["epoch"] for h in history], [h["val_loss"] for h in history], label="validation")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title("Loss curves (scaled units)")
+        ax.legend()
+        save(fig, "loss_curves.png")
+
+    if study is not None:
+        import optuna.visualization.matplotlib as ovm
+
+        for name, fn in (("optuna_history.png", ovm.plot_optimization_history),
+                         ("optuna_param_importances.png", ovm.plot_param_importances)):
+            try:
+                ax = fn(study)
+                save(ax.figure, name)
+            except Exception:  # too few complete trials, or a single-valued space: nothing to plot
+                plt.close("all")
+    return files

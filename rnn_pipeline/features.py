@@ -1,0 +1,192 @@
+"""Leakage-free preprocessing for forecasting: chronological split, scaling fitted on train only, windows as views.
+
+Splits are defined on *target positions*: a window belongs to the split that holds all of its H targets, so
+no training window predicts a validation or test point. Its L inputs may reach back into earlier splits (the
+past is known at forecast time). Because the boundaries are positions, every window length L tried by the
+tuner is scored on the same test targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+from .errors import DataValidationError
+
+
+@dataclass
+class Scaling:
+    """Per-column affine scaling z = (x - offset) / scale, stored as plain numbers (JSON) in the model."""
+
+    offset: np.ndarray
+    scale: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.offset) / self.scale
+
+    def inverse(self, z: np.ndarray, columns: slice | list[int] = slice(None)) -> np.ndarray:
+        return z * self.scale[columns] + self.offset[columns]
+
+    def to_json(self) -> dict:
+        return {"offset": self.offset.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Scaling":
+        return cls(np.asarray(d["offset"], dtype="float64"), np.asarray(d["scale"], dtype="float64"))
+
+
+def fit_scaler(kind: str, train: np.ndarray) -> Scaling:
+    """Fit on the training rows only (sklearn's scalers), then keep just their parameters."""
+    n_cols = train.shape[1]
+    if kind == "none":
+        return Scaling(np.zeros(n_cols), np.ones(n_cols))
+    if kind == "standard":
+        s = StandardScaler().fit(train)
+        return Scaling(s.mean_.copy(), s.scale_.copy())
+    if kind == "minmax":
+        s = MinMaxScaler().fit(train)  # z = x * scale_ + min_  =>  offset = -min_/scale_, scale = 1/scale_
+        return Scaling(-s.min_ / s.scale_, 1.0 / s.scale_)
+    raise ValueError(f"unknown scaler '{kind}'")
+
+
+@dataclass
+class SplitPoints:
+    n: int
+    val_start: int  # first position whose target belongs to validation
+    test_start: int  # first position whose target belongs to test
+
+    def first_targets(self, split: str, window: int, horizon: int) -> np.ndarray:
+        """Positions of the first target of every window of length `window` whose targets all lie in `split`."""
+        lo, hi = {"train": (0, self.val_start), "val": (self.val_start, self.test_start),
+                  "test": (self.test_start, self.n)}[split]
+        return np.arange(max(lo, window), hi - horizon + 1)
+
+
+def _position(time: pd.Series, value, name: str) -> int:
+    if pd.api.types.is_datetime64_any_dtype(time):
+        try:
+            v = pd.Timestamp(value)
+        except (ValueError, TypeError):
+            raise DataValidationError(f"split.{name}: not a timestamp", value=value) from None
+    else:
+        try:
+            v = float(value)
+        except (ValueError, TypeError):
+            raise DataValidationError(f"split.{name}: the time column is numeric; give a number", value=value) from None
+    return int(np.searchsorted(time.to_numpy(), np.asarray(v, dtype=time.to_numpy().dtype), side="left"))
+
+
+def split_points(time: pd.Series, val: float, test: float, window: int, horizon: int,
+                 val_start=None, test_start=None) -> SplitPoints:
+    """Chronological split. By fractions of the windows of length `window` (the seed's convention: test =
+    the last `test` share of windows), or by explicit times."""
+    n = len(time)
+    n_windows = n - window - horizon + 1
+    if test_start is not None:
+        t_pos = _position(time, test_start, "test_start")
+    else:
+        t_pos = window + int(n_windows * (1 - test))
+    if val_start is not None:
+        v_pos = _position(time, val_start, "val_start")
+    else:
+        v_pos = window + int(n_windows * (1 - test - val))
+    if not 0 < v_pos < t_pos < n:
+        raise DataValidationError(f"split leaves an empty part: validation starts at row {v_pos + 1}, "
+                                  f"test at row {t_pos + 1}, of {n} rows")
+    return SplitPoints(n, v_pos, t_pos)
+
+
+def check_split_sizes(points: SplitPoints, source: str, max_window: int, horizon: int, min_windows: int = 2) -> None:
+    """Every split must hold at least `min_windows` windows at the largest window length that will be tried."""
+    counts = {s: len(points.first_targets(s, max_window, horizon)) for s in ("train", "val", "test")}
+    short = {s: c for s, c in counts.items() if c < min_windows}
+    if short:
+        desc = ", ".join(f"{s}: {c}" for s, c in counts.items())
+        raise DataValidationError(
+            f"series too short: {points.n} rows leave too few windows of L={max_window} + H={horizon} per split "
+            f"({desc}; need at least {min_windows} each)", source=source)
+
+
+class WindowSet:
+    """Windows over a scaled (n, F) tensor, as a view: ``unfold`` gives (n-L-H+1, F, L+H) without copying.
+    A batch gathers only its own windows. Columns 0..T-1 are the targets."""
+
+    def __init__(self, z: torch.Tensor, n_targets: int, window: int, horizon: int, first_targets: np.ndarray):
+        self.z, self.T, self.L, self.H = z, n_targets, window, horizon
+        self.starts = torch.as_tensor(first_targets - window, dtype=torch.long)
+        self._view = z.unfold(0, window + horizon, 1)  # (n-L-H+1, F, L+H), a view
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx: torch.Tensor | None = None, all_steps: bool = False):
+        """X (B, L, F) and targets: (B, H, T), or with all_steps (B, L, H, T): step j's H next values."""
+        starts = self.starts if idx is None else self.starts[idx]
+        seq = self._view[starts].transpose(1, 2)  # (B, L+H, F): the only copy
+        x = seq[:, : self.L]
+        if not all_steps:
+            return x, seq[:, self.L:, : self.T]
+        y = seq[:, 1:, : self.T].unfold(1, self.H, 1)  # (B, L, T, H)
+        return x, y.permute(0, 1, 3, 2)
+
+
+def lag_matrix(values: np.ndarray, first_targets: np.ndarray, window: int) -> np.ndarray:
+    """(N, L, F) input windows ending just before each first target, gathered from numpy's sliding view."""
+    view = sliding_window_view(values, window, axis=0)  # (n-L+1, F, L), a view
+    return view[first_targets - window].transpose(0, 2, 1)
+
+
+def target_matrix(values: np.ndarray, first_targets: np.ndarray, horizon: int, n_targets: int) -> np.ndarray:
+    """(N, H, T) true future values for each window."""
+    view = sliding_window_view(values[:, :n_targets], horizon, axis=0)  # (n-H+1, T, H)
+    return view[first_targets].transpose(0, 2, 1)
+
+
+@dataclass
+class PreparedSeries:
+    """A validated series, split and scaled: everything training and evaluation need."""
+
+    source: str
+    time: pd.Series
+    values: np.ndarray  # (n, F) original units, targets first
+    z: torch.Tensor  # (n, F) float32, scaled with `scaling` (fitted on the training rows only)
+    scaling: Scaling
+    points: SplitPoints
+    target_columns: list[str]
+    feature_columns: list[str]
+    horizon: int
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.target_columns)
+
+    def windows(self, split: str, window: int) -> WindowSet:
+        return WindowSet(self.z, self.n_targets, window, self.horizon,
+                         self.points.first_targets(split, window, self.horizon))
+
+
+def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_columns: list[str],
+                   feature_columns: list[str], *, window: int, max_window: int, horizon: int, scaler: str,
+                   val: float, test: float, val_start=None, test_start=None) -> PreparedSeries:
+    """Split chronologically, fit the scaler on the training rows only, scale everything with it."""
+    from .validation import check_length
+
+    n = len(values)
+    check_length(n, source, max_window + horizon + 6, f"window L={max_window} + horizon H={horizon} "
+                 "+ at least two windows in each of train, validation and test")
+    points = split_points(time, val, test, window, horizon, val_start, test_start)
+    check_split_sizes(points, source, max_window, horizon)
+    arr = values[[*target_columns, *feature_columns]].to_numpy(dtype="float64")
+    scaling = fit_scaler(scaler, arr[: points.val_start])
+    train_std = arr[: points.val_start, : len(target_columns)].std(axis=0)
+    for col, s in zip(target_columns, train_std):
+        if s == 0:
+            raise DataValidationError("target is constant over the training split: nothing to learn",
+                                      source=source, column=col)
+    z = torch.from_numpy(scaling.transform(arr).astype("float32"))
+    return PreparedSeries(source, time, arr, z, scaling, points, list(target_columns), list(feature_columns), horizon)

@@ -1,0 +1,19 @@
+"""The MLflow pyfunc, logged as "models from code": this file is stored with the model, so the wrapper is
+never pickled. Weights (safetensors) and preprocessing (JSON) arrive as artifacts."""
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class RNNForecastModel(PythonModel):
+    def load_context(self, context):
+        from rnn_pipeline.bundle import ForecastBundle
+
+        self.bundle = ForecastBundle.load(context.artifacts["preprocess"], context.artifacts["weights"])
+
+    def predict(self, context, model_input, params=None):
+        """Rows of history (optionally grouped by `window_id`) -> H-step forecasts in original units."""
+        return self.bundle.predict_frame(model_input)
+
+
+mlflow.models.set_model(RNNForecastModel())

@@ -1,0 +1,159 @@
+"""Packaging, registration, aliases and the champion/challenger gate.
+
+Nothing here moves an alias before every score is known: the challenger and the champion are both scored
+(through the logged pyfunc, exactly as a user would load them) before a version is created, and a failure
+while writing the version deletes it again."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+
+from .bundle import WINDOW_ID, ForecastBundle
+from .errors import PipelineError, RegistryError
+from .features import PreparedSeries, lag_matrix, target_matrix
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = Path(__file__).resolve().parent
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _req(pkg: str) -> str:
+    return f"{pkg}=={metadata.version(pkg).split('+')[0]}"
+
+
+def signature_for(bundle: ForecastBundle) -> ModelSignature:
+    inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in bundle.input_columns])
+    outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in bundle.output_columns])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_model(bundle: ForecastBundle, workdir: str | Path, input_example: pd.DataFrame) -> str:
+    """Log the bundle as a pyfunc in the active run; returns the model URI."""
+    artifacts = bundle.save(workdir)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts=artifacts,
+        code_paths=[str(PACKAGE_DIR)], signature=signature_for(bundle), input_example=input_example,
+        pip_requirements=[_req(p) for p in ("mlflow", "torch", "safetensors", "numpy", "pandas", "scikit-learn")])
+    return info.model_uri
+
+
+def load_bundle(model) -> ForecastBundle:
+    """The ForecastBundle inside a loaded pyfunc."""
+    return model.unwrap_python_model().bundle
+
+
+def load(uri: str):
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as e:
+        raise RegistryError(f"cannot load model '{uri}': {e.message.splitlines()[0]}") from None
+
+
+def score(model, data: PreparedSeries, metric: str) -> float:
+    """Score a loaded pyfunc on the test windows of `data` (original units), through its own predict."""
+    b = load_bundle(model)
+    if b.target_columns != data.target_columns or b.horizon != data.horizon:
+        raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
+                            f"{data.target_columns} x {data.horizon}")
+    names = [*data.target_columns, *data.feature_columns]
+    missing = [c for c in b.input_columns if c not in names]
+    if missing:
+        raise PipelineError(f"model needs input column(s) {missing} that this data lacks")
+    cols = [names.index(c) for c in b.input_columns]
+    idx = data.points.first_targets("test", b.window, data.horizon)
+    x = lag_matrix(data.values[:, cols], idx, b.window)
+    out = model.predict(b.windows_frame(x))
+    y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))
+    y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
+    err = y_pred - y_true
+    return {"mse": float(np.mean(err ** 2)), "rmse": float(np.sqrt(np.mean(err ** 2))),
+            "mae": float(np.mean(np.abs(err)))}[metric]
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    reason: str
+    challenger_score: float
+    champion_score: float | None
+    champion_version: str | None  # before the decision
+
+
+def current_champion(client: mlflow.MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def decide(challenger_score: float, champion_score: float | None, margin: float, metric: str,
+           champion_version: str | None, champion_error: str | None = None) -> GateDecision:
+    if champion_version is None:
+        return GateDecision(True, "first model: no champion yet", challenger_score, None, None)
+    if champion_score is None:
+        return GateDecision(False, f"champion v{champion_version} could not be scored on this data "
+                                   f"({champion_error}); kept, promote by hand if intended",
+                            challenger_score, None, champion_version)
+    bar = champion_score * (1 - margin)
+    if challenger_score < bar:
+        return GateDecision(True, f"challenger {metric} {challenger_score:.6g} < champion v{champion_version} "
+                                  f"{champion_score:.6g} x (1 - margin {margin:g})", challenger_score, champion_score,
+                            champion_version)
+    return GateDecision(False, f"challenger {metric} {challenger_score:.6g} does not beat champion "
+                               f"v{champion_version} {champion_score:.6g} x (1 - margin {margin:g})",
+                        challenger_score, champion_score, champion_version)
+
+
+def gate(model_uri: str, name: str, data: PreparedSeries, metric: str, margin: float) -> GateDecision:
+    """Score challenger and champion on the same test windows and decide; changes nothing in the registry."""
+    client = mlflow.MlflowClient()
+    challenger_score = score(load(model_uri), data, metric)
+    champ = current_champion(client, name)
+    if champ is None:
+        return decide(challenger_score, None, margin, metric, None)
+    try:
+        champion_score = score(load(f"models:/{name}/{champ.version}"), data, metric)
+        return decide(challenger_score, champion_score, margin, metric, champ.version)
+    except PipelineError as e:
+        return decide(challenger_score, None, margin, metric, champ.version, str(e))
+
+
+def register(model_uri: str, name: str, decision: GateDecision, metric: str, run_id: str,
+             tags: dict[str, str] | None = None) -> str:
+    """Create the version, tag it with the scores and the decision, alias it challenger and, if it won, champion.
+    If anything fails after the version exists, the version is deleted again: no half-registered model."""
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="RNN forecaster registered by rnn-pipeline")
+    mv = client.create_model_version(name, model_uri, run_id=run_id)
+    version = mv.version
+    try:
+        all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
+                    "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
+                    "gate.champion_version": decision.champion_version or "",
+                    "gate.decision": "promoted" if decision.promoted else "kept_champion",
+                    "gate.reason": decision.reason, **(tags or {})}
+        for k, v in all_tags.items():
+            client.set_model_version_tag(name, version, k, str(v))
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+    except Exception:
+        log.error("registration of %s v%s failed part-way: deleting the version", name, version)
+        try:
+            client.delete_model_version(name, version)
+        finally:
+            raise
+    return version

@@ -1,0 +1,39 @@
+"""Where state lives. Embedded defaults: one folder (default ./.rnn_pipeline) holding one SQLite file per tool.
+Each store takes a URL instead (PostgreSQL for teams). The edge (CLI, flow) resolves this once and passes it on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .config import StoresConfig
+
+
+@dataclass(frozen=True)
+class Stores:
+    root: Path
+    mlflow_uri: str
+    artifact_location: str | None  # None: the tracking server decides
+    optuna_url: str
+    prefect_home: Path
+
+    @property
+    def last_run_file(self) -> Path:
+        return self.root / "last_run.json"
+
+
+def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
+    """Config wins over the environment for the stores it names; MLFLOW_TRACKING_URI keeps its usual meaning
+    when the config leaves the MLflow store at its default."""
+    root = Path(cfg.root).resolve()
+    mlflow_uri = cfg.mlflow_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    embedded = mlflow_uri.startswith("sqlite:") or mlflow_uri.startswith("file:") or "://" not in mlflow_uri
+    artifacts = (root / "artifacts").as_uri() if embedded else None
+    optuna_url = cfg.optuna_url or f"sqlite:///{root / 'optuna.db'}"
+    return Stores(root, mlflow_uri, artifacts, optuna_url, root / "prefect")
+
+
+def ensure(stores: Stores) -> None:
+    stores.root.mkdir(parents=True, exist_ok=True)
+    (stores.root / "artifacts").mkdir(exist_ok=True)

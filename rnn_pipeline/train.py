@@ -1,0 +1,146 @@
+"""One training run: mini-batch gradient descent with early stopping (best weights restored), ReduceLROnPlateau,
+gradient clipping and fixed seeds. The loop is deliberately bare: a small RNN's epoch is dominated by per-step
+overhead, so anything extra per batch shows in the epoch time (see benchmarks/)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import PipelineError
+from .features import WindowSet
+from .models import ModelSpec, RNNForecaster
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    model: RNNForecaster
+    best_val: float
+    best_epoch: int
+    epochs: int
+    history: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_loss, lr, seconds
+    seconds: float = 0.0
+
+
+def setup_torch(threads: int, seed: int) -> None:
+    """Threads (1 is fastest and stable for small RNNs on CPU), denormal flushing, seeds."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("training.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
+@torch.no_grad()
+def mean_loss(model: RNNForecaster, windows: WindowSet, chunk: int = 8192) -> float:
+    """Mean squared error of the last-step forecast over all windows (scaled units)."""
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(windows), chunk):
+        x, y = windows.batch(torch.arange(i, min(i + chunk, len(windows))))
+        x, y = x.to(windows_device(model)), y.to(windows_device(model))
+        total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
+        n += len(x)
+    return total / max(n, 1)
+
+
+def windows_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def fit(spec: ModelSpec, train: WindowSet, val: WindowSet, *, lr: float, batch_size: int, optimizer: str = "adam",
+        weight_decay: float = 0.0, max_epochs: int = 100, patience: int = 10, lr_patience: int = 5,
+        lr_factor: float = 0.5, clip_grad_norm: float | None = 1.0, loss_steps: str = "last", burn_in: float = 0.5,
+        seed: int = 0, device: torch.device | str = "cpu",
+        on_epoch: Callable[[int, float], None] | None = None, log_every: int = 0) -> FitResult:
+    """Train one model. `on_epoch(epoch, val_loss)` is called after every epoch (the tuner's pruning hook; it
+    may raise to stop). Returns the model with the best validation weights restored."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    model = RNNForecaster(spec).to(device)
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=lr_factor, patience=lr_patience)
+    all_steps = loss_steps == "all"
+    first_scored = int(train.L * burn_in) if all_steps else 0
+    if device.type != "cpu":
+        train = WindowSet(train.z.to(device), train.T, train.L, train.H, train.starts.numpy() + train.L)
+        val = WindowSet(val.z.to(device), val.T, val.L, val.H, val.starts.numpy() + val.L)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(train)
+    best_val, best_epoch, best_state, bad = math.inf, -1, None, 0
+    history: list[dict] = []
+    t_start = time.perf_counter()
+    for epoch in range(max_epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        running = 0.0
+        for i in range(0, n, batch_size):
+            x, y = train.batch(perm[i:i + batch_size], all_steps=all_steps)
+            out = model(x, all_steps=all_steps)
+            if all_steps:
+                out, y = out[:, first_scored:], y[:, first_scored:]
+            loss = torch.nn.functional.mse_loss(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            opt.step()
+            running += loss.item() * len(x)
+        train_loss = running / n
+        val_loss = mean_loss(model, val)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1} (train {train_loss}, val {val_loss})")
+        sched.step(val_loss)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        if val_loss < best_val - 1e-7:
+            best_val, best_epoch, bad = val_loss, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        if log_every and (epoch + 1) % log_every == 0:
+            log.info("epoch %d/%d  train %.5f  val %.5f  best %.5f (epoch %d)  lr %.2g", epoch + 1, max_epochs,
+                     train_loss, val_loss, best_val, best_epoch, opt.param_groups[0]["lr"])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_loss)
+        if bad >= patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model.cpu(), best_val, best_epoch, len(history), history, time.perf_counter() - t_start)

@@ -1,0 +1,166 @@
+"""The Optuna study around train.fit: seeded TPE, a pruner fed the validation loss every epoch, resumable
+storage, one nested MLflow run per trial. A trial that raises or goes NaN fails alone; the study goes on."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from mlflow.entities import Metric
+from optuna.trial import TrialState
+
+from .config import FloatRange, IntRange, PipelineConfig
+from .features import PreparedSeries
+from .models import ModelSpec
+from .train import fit
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def suggest(trial: optuna.Trial, cfg: PipelineConfig) -> dict:
+    """Hyperparameters for one trial: the search space where given, the config's defaults elsewhere."""
+    space = cfg.tuning.space
+    params = {"cell": cfg.model.cell, "hidden": cfg.model.hidden, "layers": cfg.model.layers,
+              "dropout": cfg.model.dropout, "lr": cfg.training.lr, "batch_size": cfg.training.batch_size,
+              "window": cfg.features.window, "optimizer": cfg.training.optimizer}
+    for name in params:
+        dim = getattr(space, name)
+        if dim is None:
+            continue
+        if isinstance(dim, list):
+            params[name] = trial.suggest_categorical(name, dim)
+        elif isinstance(dim, IntRange):
+            params[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step, log=dim.log)
+        elif isinstance(dim, FloatRange):
+            params[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    return params
+
+
+def default_params(cfg: PipelineConfig) -> dict:
+    return {"cell": cfg.model.cell, "hidden": cfg.model.hidden, "layers": cfg.model.layers,
+            "dropout": cfg.model.dropout, "lr": cfg.training.lr, "batch_size": cfg.training.batch_size,
+            "window": cfg.features.window, "optimizer": cfg.training.optimizer}
+
+
+def spec_for(params: dict, data: PreparedSeries) -> ModelSpec:
+    return ModelSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
+                     dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
+                     horizon=data.horizon)
+
+
+def train_with(params: dict, data: PreparedSeries, cfg: PipelineConfig, *, max_epochs: int, patience: int,
+               device, on_epoch=None, log_every: int = 0):
+    t = cfg.training
+    return fit(spec_for(params, data), data.windows("train", params["window"]), data.windows("val", params["window"]),
+               lr=params["lr"], batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
+               weight_decay=t.weight_decay, max_epochs=max_epochs, patience=patience, lr_patience=t.lr_patience,
+               lr_factor=t.lr_factor, clip_grad_norm=t.clip_grad_norm, loss_steps=t.loss_steps, burn_in=t.burn_in,
+               seed=cfg.seed, device=device, on_epoch=on_epoch, log_every=log_every)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(10, max_epochs // 3))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, min(5, max_epochs // 4)), max_resource=max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(storage_url: str, study_name: str, cfg: PipelineConfig) -> optuna.Study:
+    """Create the study, or load it to resume. Trials left RUNNING by a killed process are marked FAIL."""
+    storage = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                pruner=make_pruner(cfg.tuning.pruner, cfg.tuning.max_epochs))
+    for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_state_values(tr._trial_id, TrialState.FAIL)
+        log.warning("trial %d was left running by an interrupted run: marked failed", tr.number)
+    return study
+
+
+@dataclass
+class TuneResult:
+    study: optuna.Study
+    best_params: dict
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    resumed_trials: int
+    seconds: float
+
+
+def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name: str, device,
+         experiment_id: str | None = None, parent_run_id: str | None = None) -> TuneResult:
+    """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out)."""
+    t0 = time.perf_counter()
+    study = open_study(storage_url, study_name, cfg)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    remaining = max(cfg.tuning.n_trials - done, 0)
+    if done:
+        log.info("resuming study '%s': %d finished trials kept, %d to run", study_name, done, remaining)
+    client = mlflow.MlflowClient() if parent_run_id else None
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, cfg)
+        t_trial = time.perf_counter()
+        curve: list[tuple[int, float]] = []
+
+        def on_epoch(epoch: int, val_loss: float) -> None:
+            curve.append((epoch, val_loss))
+            trial.report(val_loss, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val_loss:.5f})")
+
+        state, value, error = "complete", None, None
+        try:
+            result = train_with(params, data, cfg, max_epochs=cfg.tuning.max_epochs, patience=cfg.tuning.patience,
+                                device=device, on_epoch=on_epoch)
+            value = result.best_val
+            return value
+        except optuna.TrialPruned:
+            state = "pruned"
+            raise
+        except Exception as e:  # the trial fails alone; optimize(catch=...) keeps the study going
+            state, error = "failed", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            secs = time.perf_counter() - t_trial
+            trial.set_user_attr("seconds", secs)
+            log.info("trial %d %-8s val=%s  %s  (%.1fs)", trial.number, state,
+                     f"{value:.5f}" if value is not None else "-", params, secs)
+            if client is not None:
+                _log_trial(client, experiment_id, parent_run_id, study_name, trial.number, params, curve, state,
+                           value, error, secs)
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, timeout=cfg.tuning.timeout_seconds, catch=(Exception,),
+                       gc_after_trial=False)
+    trials = study.get_trials(deepcopy=False)
+    n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    best = default_params(cfg)
+    if n_complete:
+        best.update(study.best_trial.params)
+    return TuneResult(study, best, n_complete, sum(t.state == TrialState.PRUNED for t in trials),
+                      sum(t.state == TrialState.FAIL for t in trials), done, time.perf_counter() - t0)
+
+
+def _log_trial(client: mlflow.MlflowClient, experiment_id, parent_run_id, study_name, number, params, curve, state,
+               value, error, seconds) -> None:
+    """One nested run per trial, written in one batch (per-epoch calls would dominate a small trial)."""
+    run = client.create_run(experiment_id, run_name=f"trial-{number:03d}",
+                            tags={"mlflow.parentRunId": parent_run_id, "trial_state": state,
+                                  "optuna_study": study_name, "optuna_trial": str(number)})
+    now = int(time.time() * 1000)
+    metrics = [Metric("val_loss", v, now, e) for e, v in curve]
+    if value is not None:
+        metrics.append(Metric("best_val_loss", value, now, 0))
+    metrics.append(Metric("trial_seconds", seconds, now, 0))
+    client.log_batch(run.info.run_id, metrics=metrics,
+                     params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+    if error:
+        client.set_tag(run.info.run_id, "error", error[:4000])
+    client.set_terminated(run.info.run_id, "FAILED" if state == "failed" else "FINISHED")

@@ -1,0 +1,115 @@
+"""Checks on a raw series frame. Each failure raises DataValidationError naming file, column, row and value.
+
+Rows are counted 1-based over data rows (the header is not a row), as a spreadsheet user would read them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataValidationError
+
+
+def _row(pos: int) -> int:
+    return int(pos) + 1
+
+
+def check_columns(frame: pd.DataFrame, source: str, time_column: str, value_columns: list[str]) -> None:
+    have = [str(c) for c in frame.columns]
+    for col in [time_column, *value_columns]:
+        if col not in frame.columns:
+            raise DataValidationError(f"missing column '{col}' (columns present: {', '.join(have)})", source=source)
+
+
+def parse_time(frame: pd.DataFrame, source: str, time_column: str) -> pd.Series:
+    """The time column as numbers or datetimes, strictly increasing. Raises on blanks, junk, duplicates, disorder."""
+    raw = frame[time_column]
+    if raw.isna().any():
+        pos = int(np.flatnonzero(raw.isna().to_numpy())[0])
+        raise DataValidationError("missing timestamp", source=source, column=time_column, row=_row(pos))
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
+        t = raw
+    else:
+        t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        if t.isna().any():
+            pos = int(np.flatnonzero(t.isna().to_numpy())[0])
+            raise DataValidationError("not a timestamp", source=source, column=time_column, row=_row(pos),
+                                      value=raw.iloc[pos])
+    values = t.to_numpy()
+    dup = pd.Series(values).duplicated().to_numpy()
+    if dup.any():
+        pos = int(np.flatnonzero(dup)[0])
+        raise DataValidationError("duplicate timestamp", source=source, column=time_column, row=_row(pos),
+                                  value=str(t.iloc[pos]))
+    if len(values) > 1:
+        back = np.flatnonzero(values[1:] < values[:-1])
+        if back.size:
+            pos = int(back[0]) + 1
+            raise DataValidationError(f"timestamps are not sorted: comes after {t.iloc[pos - 1]}", source=source,
+                                      column=time_column, row=_row(pos), value=str(t.iloc[pos]))
+    return t.reset_index(drop=True)
+
+
+def numeric_columns(frame: pd.DataFrame, source: str, columns: list[str], missing: str) -> pd.DataFrame:
+    """The value columns as float64, with the missing-value policy applied (error / interpolate / ffill).
+    Infinite values are always an error; so is a gap that the policy cannot fill (a leading NaN under ffill)."""
+    out = {}
+    for col in columns:
+        raw = frame[col]
+        if pd.api.types.is_bool_dtype(raw):
+            raise DataValidationError("boolean column where numbers are expected", source=source, column=col)
+        num = pd.to_numeric(raw, errors="coerce")
+        junk = num.isna() & raw.notna()
+        if pd.api.types.is_object_dtype(raw):
+            junk &= raw.astype(str).str.strip().ne("")
+        if junk.any():
+            pos = int(np.flatnonzero(junk.to_numpy())[0])
+            raise DataValidationError("non-numeric value", source=source, column=col, row=_row(pos), value=raw.iloc[pos])
+        arr = num.to_numpy(dtype="float64")
+        inf = np.isinf(arr)
+        if inf.any():
+            pos = int(np.flatnonzero(inf)[0])
+            raise DataValidationError("infinite value", source=source, column=col, row=_row(pos), value=float(arr[pos]))
+        nan = np.isnan(arr)
+        if nan.any():
+            if missing == "error":
+                pos = int(np.flatnonzero(nan)[0])
+                raise DataValidationError(f"missing value ({int(nan.sum())} in this column); set data.missing to "
+                                          "'interpolate' or 'ffill' to fill gaps", source=source, column=col, row=_row(pos))
+            s = pd.Series(arr)
+            s = s.interpolate(limit_direction="both") if missing == "interpolate" else s.ffill()
+            if s.isna().all():
+                raise DataValidationError("column has no values at all", source=source, column=col)
+            if s.isna().any():
+                pos = int(np.flatnonzero(s.isna().to_numpy())[0])
+                raise DataValidationError("leading missing value that forward-fill cannot fill", source=source,
+                                          column=col, row=_row(pos))
+            arr = s.to_numpy()
+        out[col] = arr
+    return pd.DataFrame(out)
+
+
+def check_variance(values: pd.DataFrame, source: str, columns: list[str]) -> None:
+    for col in columns:
+        if np.nanstd(values[col].to_numpy()) == 0:
+            raise DataValidationError(f"target is constant (every value is {values[col].iloc[0]!r}): nothing to learn",
+                                      source=source, column=col)
+
+
+def check_length(n: int, source: str, needed: int, why: str) -> None:
+    if n < needed:
+        raise DataValidationError(f"series too short: {n} rows, need at least {needed} ({why})", source=source)
+
+
+def validate_series(frame: pd.DataFrame, source: str, time_column: str, target_columns: list[str],
+                    feature_columns: list[str], missing: str) -> tuple[pd.Series, pd.DataFrame]:
+    """Run every check on a raw frame; return (time, values) where values holds targets then features as float64."""
+    if frame.shape[0] == 0:
+        raise DataValidationError("no data rows", source=source)
+    cols = [*target_columns, *feature_columns]
+    check_columns(frame, source, time_column, cols)
+    time = parse_time(frame, source, time_column)
+    values = numeric_columns(frame, source, cols, missing)
+    check_variance(values, source, target_columns)
+    return time, values
