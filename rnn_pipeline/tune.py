@@ -136,9 +136,19 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
                 _log_trial(client, experiment_id, parent_run_id, study_name, trial.number, params, curve, state,
                            value, error, secs)
 
-    if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=cfg.tuning.timeout_seconds, catch=(Exception,),
-                       gc_after_trial=False)
+    # Failed trials do not count: run rounds until the study holds n_trials finished ones, stopping when a whole
+    # round fails (a config that breaks every trial) or the time budget is spent.
+    budget = cfg.tuning.timeout_seconds
+    while remaining > 0:
+        left = None if budget is None else budget - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
+            break
+        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False)
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if finished == cfg.tuning.n_trials - remaining:
+            break  # nothing finished in this round
+        remaining = cfg.tuning.n_trials - finished
     trials = study.get_trials(deepcopy=False)
     n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
     best = default_params(cfg)

@@ -1,0 +1,118 @@
+"""The tuner: seeded and reproducible, trials fail alone, a killed study resumes with its finished trials."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+
+from rnn_pipeline import datasets, tune
+from rnn_pipeline.config import PipelineConfig
+from rnn_pipeline.features import prepare_series
+from rnn_pipeline.validation import validate_series
+
+
+def small_cfg(**tuning):
+    return PipelineConfig.model_validate({
+        "name": "t", "seed": 11, "data": {"builtin": "seed_sine"},
+        "tuning": {"n_trials": 4, "max_epochs": 2, "pruner": "none",
+                   "space": {"cell": ["gru", "lstm"], "hidden": [4, 8], "lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                   **tuning}})
+
+
+@pytest.fixture(scope="module")
+def data():
+    time_, values = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
+    return prepare_series(time_, values, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard",
+                          val=0.15, test=0.2)
+
+
+def test_seeded_study_is_reproducible(tmp_path, data):
+    cfg = small_cfg()
+    a = tune.tune(data, cfg, f"sqlite:///{tmp_path}/a.db", "s", "cpu")
+    b = tune.tune(data, cfg, f"sqlite:///{tmp_path}/b.db", "s", "cpu")
+    assert [t.params for t in a.study.trials] == [t.params for t in b.study.trials]
+    assert [t.value for t in a.study.trials] == [t.value for t in b.study.trials]
+    assert a.n_complete == 4 and a.best_params["cell"] in ("gru", "lstm")
+
+
+def test_a_failing_trial_fails_alone(tmp_path, data, monkeypatch):
+    real = tune.train_with
+    calls = {"n": 0}
+
+    def flaky(params, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom in trial 2")
+        return real(params, *a, **kw)
+
+    monkeypatch.setattr(tune, "train_with", flaky)
+    res = tune.tune(data, small_cfg(n_trials=3), f"sqlite:///{tmp_path}/f.db", "s", "cpu")
+    states = [t.state for t in res.study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert res.n_complete == 3 and res.n_failed == 1  # the study went on until 3 finished
+
+
+def test_pruner_prunes_bad_trials(tmp_path, data):
+    cfg = small_cfg(n_trials=12, max_epochs=8, pruner="median",
+                    space={"lr": {"low": 1e-5, "high": 3e-2, "log": True}, "hidden": [4]})
+    res = tune.tune(data, cfg, f"sqlite:///{tmp_path}/p.db", "s", "cpu")
+    assert res.n_pruned >= 1 and res.n_complete + res.n_pruned == 12
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from rnn_pipeline import datasets, tune
+    from rnn_pipeline.config import PipelineConfig
+    from rnn_pipeline.features import prepare_series
+    from rnn_pipeline.validation import validate_series
+    cfg = PipelineConfig.model_validate({"name": "r", "seed": 5, "data": {"builtin": "seed_sine"},
+        "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none", "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}})
+    real = tune.train_with
+    def slow(*a, **kw):
+        time.sleep(float(sys.argv[2]))
+        return real(*a, **kw)
+    tune.train_with = slow
+    t, v = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
+    d = prepare_series(t, v, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard", val=0.15, test=0.2)
+    r = tune.tune(d, cfg, sys.argv[1], "resume-me", "cpu")
+    print("RESUMED", r.resumed_trials, "COMPLETE", r.n_complete)
+""")
+
+
+def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
+    script = tmp_path / "run_tune.py"
+    script.write_text(RESUME_SCRIPT)
+    url = f"sqlite:///{tmp_path}/resume.db"
+    proc = subprocess.Popen([sys.executable, str(script), url, "1.0"], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            st = optuna.load_study(study_name="resume-me", storage=url)
+            done = [t for t in st.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+        except KeyError:
+            continue
+        if len(done) >= 2:
+            break
+    proc.send_signal(signal.SIGKILL)  # as hard as a crash: no cleanup runs
+    proc.wait()
+    assert len(done) >= 2, "the first run never finished two trials"
+    before = {t.number: (t.params, t.value) for t in done}
+
+    out = subprocess.run([sys.executable, str(script), url, "0"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    st = optuna.load_study(study_name="resume-me", storage=url)
+    complete = {t.number: (t.params, t.value) for t in st.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(complete) == 6
+    for number, pv in before.items():
+        assert complete[number] == pv  # finished trials kept as they were
+    resumed = int(out.stdout.split("RESUMED")[1].split()[0])
+    assert resumed >= len(before)
+    # the trial that was running when killed is marked failed, not left running forever
+    assert not [t for t in st.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
