@@ -57,6 +57,24 @@ def _load(config: str):
     return cfg, st
 
 
+def _one_line_pipeline_errors() -> None:
+    """Prefect logs every failed task with its traceback; for our own errors (bad input, bad config) the message
+    says it all, so the traceback is dropped (`--debug` keeps it)."""
+    import logging
+
+    from rnn_pipeline.errors import PipelineError
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, PipelineError) and not STATE["debug"]:
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_Filter())
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False):
     STATE["debug"] = debug
@@ -68,6 +86,8 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
     """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
     cfg, st = _load(config)
     from flows.training import training_flow
+
+    _one_line_pipeline_errors()
 
     try:
         training_flow(config)

@@ -123,9 +123,9 @@ def gate(model_uri: str, name: str, data: PreparedSeries, metric: str, margin: f
         return decide(challenger_score, None, margin, metric, None)
     try:
         champion_score = score(load(f"models:/{name}/{champ.version}"), data, metric)
-        return decide(challenger_score, champion_score, margin, metric, champ.version)
+        return decide(challenger_score, champion_score, margin, metric, str(champ.version))
     except PipelineError as e:
-        return decide(challenger_score, None, margin, metric, champ.version, str(e))
+        return decide(challenger_score, None, margin, metric, str(champ.version), str(e))
 
 
 def register(model_uri: str, name: str, decision: GateDecision, metric: str, run_id: str,
@@ -138,7 +138,7 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     except MlflowException:
         client.create_registered_model(name, description="RNN forecaster registered by rnn-pipeline")
     mv = client.create_model_version(name, model_uri, run_id=run_id)
-    version = mv.version
+    version = str(mv.version)
     try:
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",

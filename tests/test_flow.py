@@ -1,0 +1,178 @@
+"""The training flow in-process (one Prefect test server for the module): registration, the gate, the summary,
+and every bad input leaving the registry untouched."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_config
+from rnn_pipeline.errors import ConfigError, DataValidationError, PipelineError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory, prefect_harness):
+    """A model 'tiny' trained once: v1, champion."""
+    from flows.training import training_flow
+
+    folder = tmp_path_factory.mktemp("flow")
+    cfg = write_config(folder, n_trials=3, trial_epochs=2, epochs=2)
+    summary = training_flow(str(cfg))
+    return {"folder": folder, "config": cfg, "first": summary}
+
+
+def client_for(folder):
+    uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def snapshot(folder, name="tiny"):
+    c = client_for(folder)
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+    aliases = {k: str(v) for k, v in c.get_registered_model(name).aliases.items()}
+    return versions, dict(aliases)
+
+
+def test_first_run_registers_a_champion_and_writes_the_summary(state):
+    s = state["first"]
+    assert s["model_version"] == "1" and s["promoted"] and s["champion_version"] == "1"
+    assert s["reason"].startswith("first model")
+    on_disk = json.loads((state["folder"] / "state" / "last_run.json").read_text())
+    for key in ("model_name", "model_version", "promoted", "champion_version", "metrics", "baselines", "n_trials",
+                "n_pruned", "wall_seconds", "mlflow_run_id"):
+        assert key in on_disk, key
+    assert {"persistence", "ridge"} <= set(on_disk["baselines"])
+    assert {"mse", "rmse", "mae", "r2", "mape", "smape", "mase"} <= set(on_disk["metrics"])
+    assert on_disk["n_trials"] == 3 and on_disk["n_test_windows"] == 190
+    assert on_disk["save_load_max_abs_diff"] < 1e-5
+    # metrics are in original units: recompute MSE from the logged test predictions
+    c = client_for(state["folder"])
+    path = mlflow.artifacts.download_artifacts(run_id=s["mlflow_run_id"], artifact_path="predictions/test_predictions.csv")
+    preds = pd.read_csv(path)
+    assert len(preds) == 190
+    assert np.mean((preds["value_h1"] - preds["actual_value_h1"]) ** 2) == pytest.approx(s["metrics"]["mse"], rel=1e-9)
+    run = c.get_run(s["mlflow_run_id"])
+    assert {"git_commit", "data_digest", "version.torch", "version.mlflow"} <= set(run.data.tags)
+    assert run.data.params["seed"] == "7"
+    artifacts = {a.path for a in c.list_artifacts(s["mlflow_run_id"], "plots")}
+    assert {"plots/actual_vs_predicted.png", "plots/residual_histogram.png", "plots/residual_acf.png",
+            "plots/loss_curves.png", "plots/optuna_history.png"} <= artifacts
+    trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'")
+    assert len(trials) == 3 and all("val_loss" in t.data.metrics for t in trials)
+    assert {t.data.tags["trial_state"] for t in trials} <= {"complete", "pruned"}
+
+
+def test_second_run_is_a_challenger_and_the_gate_says_why(state):
+    from flows.training import training_flow
+
+    s = training_flow(str(state["config"]))
+    assert s["model_version"] == "2" and not s["promoted"] and s["champion_version"] == "1"
+    assert s["resumed_trials"] == 3  # the study was complete: nothing re-run
+    c = client_for(state["folder"])
+    v2 = c.get_model_version("tiny", "2")
+    assert v2.tags["gate.decision"] == "kept_champion" and "does not beat champion v1" in v2.tags["gate.reason"]
+    assert float(v2.tags["gate.challenger_score"]) == pytest.approx(float(v2.tags["gate.champion_score"]))
+    assert str(c.get_model_version_by_alias("tiny", "challenger").version) == "2"
+    assert str(c.get_model_version_by_alias("tiny", "champion").version) == "1"
+
+
+def test_a_better_challenger_is_promoted(state):
+    from flows.training import training_flow
+
+    better = write_config(state["folder"], name="tiny_better", n_trials=2, trial_epochs=3, epochs=25,
+                          extra="registry: {model_name: tiny}\n")
+    before = snapshot(state["folder"])
+    s = training_flow(str(better))
+    assert s["promoted"], s["reason"]
+    assert s["gate"]["challenger"] < s["gate"]["champion"]
+    versions, aliases = snapshot(state["folder"])
+    assert versions == before[0] + [int(s["model_version"])]
+    assert aliases["champion"] == s["model_version"] == aliases["challenger"]
+
+
+BAD = {
+    "missing_file": ("path: nothere.csv", None, "file not found"),
+    "empty_file": ("path: d.csv", b"", "file is empty"),
+    "malformed_csv": ("path: d.csv", b'time,value\n1,"2\n', "cannot be parsed as CSV"),
+    "missing_time": ("path: d.csv", b"t,value\n1,2\n", "missing column 'time'"),
+    "missing_target": ("path: d.csv", b"time,v\n1,2\n", "missing column 'value'"),
+    "non_numeric": ("path: d.csv", "series:abc@5", "column 'value', row 5: non-numeric value (value: 'abc')"),
+    "nan": ("path: d.csv", "series:@7", "column 'value', row 7: missing value"),
+    "inf": ("path: d.csv", "series:inf@9", "column 'value', row 9: infinite value"),
+    "duplicate_time": ("path: d.csv", "dup", "column 'time', row 4: duplicate timestamp"),
+    "unsorted_time": ("path: d.csv", "unsorted", "column 'time', row 4: timestamps are not sorted"),
+    "too_short": ("path: d.csv", "short", "series too short: 40 rows"),
+    "constant": ("path: d.csv", "constant", "target is constant"),
+}
+
+
+def make_file(path, spec):
+    if spec is None:
+        return
+    if isinstance(spec, bytes):
+        path.write_bytes(spec)
+        return
+    n = 40 if spec == "short" else 400
+    time = list(range(n))
+    values = [f"{np.sin(i / 5):.6f}" for i in range(n)]
+    if spec.startswith("series:"):
+        token, row = spec[7:].split("@")
+        values[int(row) - 1] = token
+    elif spec == "dup":
+        time[3] = time[2]
+    elif spec == "unsorted":
+        time[2], time[3] = time[3], time[2]
+    elif spec == "constant":
+        values = ["1.5"] * n
+    path.write_text("time,value\n" + "".join(f"{t},{v}\n" for t, v in zip(time, values)))
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_a_clear_error_and_changes_nothing(state, case):
+    from flows.training import training_flow
+
+    data_line, content, fragment = BAD[case]
+    folder = state["folder"]
+    make_file(folder / "d.csv", content)
+    cfg = write_config(folder, name=f"bad_{case}", data=data_line, extra="registry: {model_name: tiny}\n")
+    before = snapshot(folder)
+    with pytest.raises(DataValidationError) as e:
+        training_flow(str(cfg))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    if content is not None:
+        assert "d.csv" in str(e.value)
+    assert snapshot(folder) == before  # no new version, no alias moved
+    (folder / "d.csv").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("text, fragment", [("name: x\ndata: {builtin: seed_sine}\nwindow: 3\n", "unknown key 'window'"),
+                                            ("name: x\ndata: {builtin: seed_sine\n", "malformed YAML")])
+def test_bad_yaml_is_a_clear_error_and_changes_nothing(state, text, fragment):
+    from flows.training import training_flow
+
+    p = state["folder"] / "badyaml.yaml"
+    p.write_text(text)
+    before = snapshot(state["folder"])
+    with pytest.raises(ConfigError, match=fragment):
+        training_flow(str(p))
+    assert snapshot(state["folder"]) == before
+
+
+def test_a_failure_after_training_registers_nothing(state, monkeypatch):
+    """A crash between logging the model and registering it leaves the registry as it was."""
+    from flows import training
+    from rnn_pipeline import registry
+
+    def broken_gate(*a, **kw):
+        raise PipelineError("simulated failure while scoring the champion")
+
+    monkeypatch.setattr(registry, "gate", broken_gate)
+    before = snapshot(state["folder"])
+    with pytest.raises(PipelineError, match="simulated failure"):
+        training.training_flow(str(state["config"]))
+    assert snapshot(state["folder"]) == before
