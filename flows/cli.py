@@ -85,12 +85,13 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
                                                 "(seed_sine, greensboro_weather).")] = "seed_sine"):
     """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
     cfg, st = _load(config)
-    from flows.training import training_flow
+    from flows.training import summary_table, training_flow
 
     _one_line_pipeline_errors()
-
     try:
-        training_flow(config)
+        summary = training_flow(config)
+        typer.echo(summary_table(summary))
+        typer.echo(f"summary written to {st.last_run_file}")
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished trials are kept in {st.optuna_url}; run the same command to resume",
                    err=True)

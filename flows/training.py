@@ -124,7 +124,7 @@ def summary_table(s: dict) -> str:
     return "\n".join(lines)
 
 
-@flow(name="rnn-training", log_prints=True)
+@flow(name="rnn-training")
 def training_flow(config: str) -> dict:
     """Train, evaluate, register and gate one model from a config (path or built-in name)."""
     t_start = time.perf_counter()
@@ -232,5 +232,5 @@ def training_flow(config: str) -> dict:
         summary["wall_seconds"] = time.perf_counter() - t_start
         mlflow.log_dict(summary, "summary.json")
     st.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
-    print(summary_table(summary))
+    logger.info("run summary\n%s", summary_table(summary))
     return summary

@@ -1,0 +1,118 @@
+"""The CLI as a user runs it: subprocesses, exit codes, one-line errors, predict == in-memory, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import write_config
+from rnn_pipeline import datasets
+from rnn_pipeline.features import lag_matrix
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def run(args, cwd, timeout=300, **kw):
+    return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["ui"]])
+def test_help_on_every_command(tmp_path, cmd):
+    out = run(cmd + ["--help"], tmp_path)
+    assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_bad_config_exits_nonzero_with_one_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ndata: {builtin: seed_sine}\nwindoww: 3\n")
+    out = run(["train", "--config", str(p)], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {p}: unknown key 'windoww'"]
+    assert not (tmp_path / ".rnn_pipeline" / "mlflow.db").exists()
+
+
+def test_train_then_predict_matches_the_in_memory_model(tmp_path):
+    cfg = write_config(tmp_path, n_trials=2, trial_epochs=2, epochs=3)
+    out = run(["train", "--config", str(cfg)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "state" / "last_run.json").read_text())
+    assert summary["promoted"] and summary["model_version"] == "1"
+    assert "rnn " in out.stdout + out.stderr and "ridge" in out.stdout + out.stderr  # the summary table
+
+    # the in-memory forecasts of the test windows, as the flow logged them
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
+    expected = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=summary["mlflow_run_id"], artifact_path="predictions/test_predictions.csv"))
+    window = summary["best_params"]["window"]
+    values = datasets.seed_sine()[["value"]].to_numpy()
+    x = lag_matrix(values, np.arange(810, 1000), window)
+    history = pd.DataFrame({"window_id": np.repeat(np.arange(190), window), "value": x.reshape(-1)})
+    history.to_csv(tmp_path / "history.csv", index=False)
+    pred = run(["predict", "--config", str(cfg), "--input", "history.csv", "--output", "pred.csv"], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    got = pd.read_csv(tmp_path / "pred.csv")
+    np.testing.assert_allclose(got["value_h1"], expected["value_h1"], rtol=1e-5, atol=1e-7)
+
+    # the explicit version URI, printing to stdout
+    pred = run(["predict", "--config", str(cfg), "--model", "models:/tiny/1", "--input", "history.csv"], tmp_path)
+    assert pred.returncode == 0 and pred.stdout.startswith("window_id,value_h1")
+    # bad prediction input: one line, non-zero
+    pd.DataFrame({"value": [1.0, 2.0]}).to_csv(tmp_path / "short.csv", index=False)
+    bad = run(["predict", "--config", str(cfg), "--input", "short.csv"], tmp_path)
+    assert bad.returncode == 2 and "has 2 rows of history" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run(["predict", "--config", str(cfg), "--model", "models:/nope@champion", "--input", "short.csv"],
+                  tmp_path)
+    assert missing.returncode == 2 and "cannot load model 'models:/nope@champion'" in missing.stderr
+
+
+def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path):
+    (tmp_path / "d.csv").write_text("time,value\n1,2\n2,x\n")
+    cfg = write_config(tmp_path, name="badcli", data="path: d.csv")
+    out = run(["train", "--config", str(cfg)], tmp_path)
+    assert out.returncode == 2
+    assert "error: d.csv, column 'value', row 2: non-numeric value (value: 'x')" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path):
+    cfg = write_config(tmp_path, name="resume", n_trials=6, trial_epochs=25, epochs=2,
+                       extra="tuning:\n  n_trials: 6\n  max_epochs: 25\n  pruner: none\n"
+                             "  space: {hidden: [24, 32, 40, 48], lr: [0.001, 0.002, 0.004]}\n")
+    # the extra block overrides the tuning section written by write_config (YAML: the last key wins)
+    url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
+    proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    done, deadline = [], time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            for name in optuna.get_all_study_names(url):
+                done = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
+                        if t.state == optuna.trial.TrialState.COMPLETE]
+        except Exception:
+            continue
+        if len(done) >= 2:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(done) < 6, f"could not catch the run mid-tuning ({len(done)} trials finished)"
+    kept = {t.number: t.params for t in done}
+
+    out = run(["train", "--config", str(cfg)], tmp_path, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "state" / "last_run.json").read_text())
+    assert summary["resumed_trials"] >= len(kept) and summary["n_trials"] == 6
+    study = optuna.load_study(study_name=summary["study"], storage=url)
+    complete = {t.number: t.params for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(complete[n] == p for n, p in kept.items())
