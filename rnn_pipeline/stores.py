@@ -28,8 +28,10 @@ def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
     when the config leaves the MLflow store at its default."""
     root = Path(cfg.root).resolve()
     mlflow_uri = cfg.mlflow_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    embedded = mlflow_uri.startswith("sqlite:") or mlflow_uri.startswith("file:") or "://" not in mlflow_uri
-    artifacts = (root / "artifacts").as_uri() if embedded else None
+    # A database or file store has no server to keep artifacts: they go under the root. A tracking server
+    # (http, https, databricks) decides for itself.
+    served = mlflow_uri.split(":", 1)[0] in ("http", "https", "databricks")
+    artifacts = None if served else (root / "artifacts").as_uri()
     optuna_url = cfg.optuna_url or f"sqlite:///{root / 'optuna.db'}"
     return Stores(root, mlflow_uri, artifacts, optuna_url, root / "prefect")
 

@@ -1,0 +1,79 @@
+"""Stores by URL: the embedded defaults, and the server-backed configuration on PostgreSQL when one is reachable."""
+
+import os
+import uuid
+
+import pytest
+
+from conftest import write_config
+from rnn_pipeline.config import StoresConfig
+from rnn_pipeline.stores import resolve
+
+PG_HOST, PG_PORT = os.environ.get("RNNP_TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("RNNP_TEST_PG_PORT", "5432"))
+
+
+def test_embedded_defaults_live_under_one_root(tmp_path):
+    st = resolve(StoresConfig(root=str(tmp_path / "s")), {})
+    assert st.mlflow_uri == f"sqlite:///{tmp_path / 's' / 'mlflow.db'}"
+    assert st.optuna_url == f"sqlite:///{tmp_path / 's' / 'optuna.db'}"
+    assert st.artifact_location == (tmp_path / "s" / "artifacts").as_uri()
+    assert st.prefect_home == tmp_path / "s" / "prefect"
+
+
+def test_urls_from_config_and_environment(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    st = resolve(StoresConfig(root=str(tmp_path)), env)
+    assert st.mlflow_uri == "http://mlflow.example:5000" and st.artifact_location is None  # the server decides
+    st = resolve(StoresConfig(root=str(tmp_path), mlflow_uri="postgresql://h/db", optuna_url="postgresql://h/o"), env)
+    assert st.mlflow_uri == "postgresql://h/db" and st.optuna_url == "postgresql://h/o"
+    assert st.artifact_location == (tmp_path / "artifacts").as_uri()
+
+
+def _pg_admin():
+    try:
+        import psycopg2
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary) - PostgreSQL store test skipped")
+    try:
+        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="test", connect_timeout=3)
+    except Exception as e:  # no server on this machine: the embedded default never needs one
+        pytest.skip(f"no PostgreSQL server reachable at {PG_HOST}:{PG_PORT} ({str(e).strip().splitlines()[0]})")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def pg_databases():
+    conn = _pg_admin()
+    names = [f"rnnp_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'CREATE DATABASE "{n}"')
+    yield [f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{n}" for n in names]
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.mark.slow
+def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harness):
+    """MLflow tracking + registry and the Optuna study in PostgreSQL; the flow, the gate and resume all work."""
+    import mlflow
+    import optuna
+
+    from flows.training import training_flow
+
+    mlflow_url, optuna_url = pg_databases
+    cfg = write_config(tmp_path, name="pg", n_trials=2, trial_epochs=2, epochs=2,
+                       extra=f"stores: {{root: '{tmp_path / 'state'}', mlflow_uri: '{mlflow_url}', "
+                             f"optuna_url: '{optuna_url}'}}\n")
+    first = training_flow(str(cfg))
+    assert first["promoted"] and first["model_version"] == "1"
+    second = training_flow(str(cfg))
+    assert second["model_version"] == "2" and second["resumed_trials"] == 2
+    client = mlflow.MlflowClient(mlflow_url)
+    assert str(client.get_model_version_by_alias("pg", "champion").version) == "1"
+    assert client.get_model_version("pg", "2").tags["gate.decision"] == "kept_champion"
+    assert len(optuna.load_study(study_name=first["study"], storage=optuna_url).trials) == 2
+    assert not (tmp_path / "state" / "mlflow.db").exists() and not (tmp_path / "state" / "optuna.db").exists()
