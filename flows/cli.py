@@ -33,17 +33,20 @@ def _environment(root: Path) -> None:
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
     import logging
-    import warnings
 
     logging.getLogger("rnn_pipeline").setLevel(logging.INFO)
+
+
+def _quiet_libraries() -> None:
+    """After the heavy imports (some of them install warning filters of their own): drop the noise that says
+    nothing to a user of this pipeline."""
+    import warnings
+
+    import optuna
+
     warnings.filterwarnings("ignore", message=".*is experimental.*")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own trial lines say more
-    except ImportError:
-        pass
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines say more
 
 
 def _load(config: str):
@@ -88,6 +91,7 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
     from flows.training import summary_table, training_flow
 
     _one_line_pipeline_errors()
+    _quiet_libraries()
     try:
         summary = training_flow(config)
         typer.echo(summary_table(summary))
@@ -113,6 +117,7 @@ def predict(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Pa
 
     from rnn_pipeline import datasets, registry
 
+    _quiet_libraries()
     mlflow.set_tracking_uri(st.mlflow_uri)
     mlflow.set_registry_uri(st.mlflow_uri)
     uri = model or f"models:/{cfg.model_name}@champion"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -100,6 +101,26 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@contextmanager
+def mlflow_stores(uri: str):
+    """Point MLflow's fluent API at `uri` for the duration of one flow, then restore what was there.
+    (mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, which would otherwise make the
+    next flow in the same process mistake it for the user's own setting.)"""
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved_tracking, saved_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)
+        mlflow.set_registry_uri(saved_registry)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def experiment_for(name: str, artifact_location: str | None) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -142,12 +163,11 @@ def training_flow(config: str) -> dict:
     logger.info("data %s: %d rows, %d columns; split at rows %d (validation) and %d (test)", source, data.points.n,
                 data.values.shape[1], data.points.val_start + 1, data.points.test_start + 1)
 
-    mlflow.set_tracking_uri(st.mlflow_uri)
-    mlflow.set_registry_uri(st.mlflow_uri)
-    experiment_id = experiment_for(cfg.name, st.artifact_location)
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
     timings = {}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{cfg.name}") as run:
+    with mlflow_stores(st.mlflow_uri), mlflow.start_run(
+            experiment_id=experiment_for(cfg.name, st.artifact_location), run_name=f"train-{cfg.name}") as run:
+        experiment_id = run.info.experiment_id
         run_id = run.info.run_id
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],

@@ -122,7 +122,7 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
             value = result.best_val
             return value
         except optuna.TrialPruned:
-            state = "pruned"
+            state, value = "pruned", curve[-1][1] if curve else None
             raise
         except Exception as e:  # the trial fails alone; optimize(catch=...) keeps the study going
             state, error = "failed", f"{type(e).__name__}: {e}"
@@ -166,7 +166,7 @@ def _log_trial(client: mlflow.MlflowClient, experiment_id, parent_run_id, study_
                                   "optuna_study": study_name, "optuna_trial": str(number)})
     now = int(time.time() * 1000)
     metrics = [Metric("val_loss", v, now, e) for e, v in curve]
-    if value is not None:
+    if value is not None and state == "complete":
         metrics.append(Metric("best_val_loss", value, now, 0))
     metrics.append(Metric("trial_seconds", seconds, now, 0))
     client.log_batch(run.info.run_id, metrics=metrics,

@@ -51,9 +51,9 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path):
     # the in-memory forecasts of the test windows, as the flow logged them
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
     expected = pd.read_csv(mlflow.artifacts.download_artifacts(
-        run_id=summary["mlflow_run_id"], artifact_path="predictions/test_predictions.csv"))
+        run_id=summary["mlflow_run_id"], artifact_path="predictions/test_predictions.csv",
+        tracking_uri=f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"))
     window = summary["best_params"]["window"]
     values = datasets.seed_sine()[["value"]].to_numpy()
     x = lag_matrix(values, np.arange(810, 1000), window)
@@ -116,3 +116,27 @@ def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path):
     study = optuna.load_study(study_name=summary["study"], storage=url)
     complete = {t.number: t.params for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(complete[n] == p for n, p in kept.items())
+
+
+def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
+    import re
+    import urllib.request
+
+    cfg = write_config(tmp_path, name="ui")
+    proc = subprocess.Popen(CLI + ["ui", "--config", str(cfg), "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status != 200:
+            time.sleep(1)
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/health", timeout=2).status
+            except OSError:
+                pass
+        assert status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

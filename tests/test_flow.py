@@ -2,6 +2,7 @@
 and every bad input leaving the registry untouched."""
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -25,10 +26,12 @@ def state(tmp_path_factory, prefect_harness):
     return {"folder": folder, "config": cfg, "first": summary}
 
 
+def uri_for(folder):
+    return f"sqlite:///{folder / 'state' / 'mlflow.db'}"
+
+
 def client_for(folder):
-    uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return mlflow.MlflowClient(uri_for(folder), registry_uri=uri_for(folder))
 
 
 def snapshot(folder, name="tiny"):
@@ -52,7 +55,8 @@ def test_first_run_registers_a_champion_and_writes_the_summary(state):
     assert on_disk["save_load_max_abs_diff"] < 1e-5
     # metrics are in original units: recompute MSE from the logged test predictions
     c = client_for(state["folder"])
-    path = mlflow.artifacts.download_artifacts(run_id=s["mlflow_run_id"], artifact_path="predictions/test_predictions.csv")
+    path = mlflow.artifacts.download_artifacts(run_id=s["mlflow_run_id"], artifact_path="predictions/test_predictions.csv",
+                                               tracking_uri=uri_for(state["folder"]))
     preds = pd.read_csv(path)
     assert len(preds) == 190
     assert np.mean((preds["value_h1"] - preds["actual_value_h1"]) ** 2) == pytest.approx(s["metrics"]["mse"], rel=1e-9)
@@ -147,6 +151,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(state, case):
     if content is not None:
         assert "d.csv" in str(e.value)
     assert snapshot(folder) == before  # no new version, no alias moved
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the flow left no global setting behind
     (folder / "d.csv").unlink(missing_ok=True)
 
 

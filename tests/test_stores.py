@@ -72,7 +72,7 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
     assert first["promoted"] and first["model_version"] == "1"
     second = training_flow(str(cfg))
     assert second["model_version"] == "2" and second["resumed_trials"] == 2
-    client = mlflow.MlflowClient(mlflow_url)
+    client = mlflow.MlflowClient(mlflow_url, registry_uri=mlflow_url)
     assert str(client.get_model_version_by_alias("pg", "champion").version) == "1"
     assert client.get_model_version("pg", "2").tags["gate.decision"] == "kept_champion"
     assert len(optuna.load_study(study_name=first["study"], storage=optuna_url).trials) == 2
