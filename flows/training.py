@@ -14,14 +14,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from rnn_pipeline import datasets, evaluate, registry, stores as stores_mod, tune, validation
 from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
-from rnn_pipeline.errors import PipelineError
 from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
 from rnn_pipeline.train import pick_device, setup_torch
 
@@ -207,21 +205,9 @@ def training_flow(config: str) -> dict:
             example = bundle.windows_frame(lag_matrix(data.values, idx, bundle.window))
             model_uri = registry.log_model(bundle, Path(tmp) / "bundle", example)
             # the seed's save/load check: the logged pyfunc must reproduce the in-memory forecasts
-            n = ev["n_test_windows"]
-            in_memory = ev["y_pred"].reshape(n, -1)
-            x = lag_matrix(data.values, ev["first_targets"], bundle.window)
-            reloaded = registry.load(model_uri).predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
-            save_load_diff = float(np.max(np.abs(reloaded - in_memory)))
-            if not np.allclose(reloaded, in_memory, rtol=1e-5, atol=1e-6):
-                raise PipelineError(f"the logged model does not reproduce the in-memory forecasts "
-                                    f"(max difference {save_load_diff:.3g}); nothing was registered")
-            preds = pd.DataFrame(in_memory, columns=bundle.output_columns)
-            preds.insert(0, "window_id", np.arange(n))
-            preds.insert(1, "target_time", data.time.iloc[ev["first_targets"]].to_numpy())
-            actual = ev["y_true"].reshape(n, -1)
-            for j, c in enumerate(bundle.output_columns):
-                preds[f"actual_{c}"] = actual[:, j]
-            preds.to_csv(Path(tmp) / "test_predictions.csv", index=False)
+            save_load_diff = registry.check_reproduces(model_uri, bundle, data, ev["first_targets"], ev["y_pred"])
+            evaluate.predictions_frame(ev, data.time, bundle.output_columns).to_csv(
+                Path(tmp) / "test_predictions.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "test_predictions.csv"), "predictions")
         timings["evaluate"] = time.perf_counter() - t0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import (mean_absolute_error, mean_absolute_percentage_error, mean_squared_error,
                              r2_score)
@@ -76,6 +77,18 @@ def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | N
     result["skill"] = {name: 1 - m / b["mse"] if b["mse"] > 0 else float("nan")
                        for name, b in result["baselines"].items()}
     return result
+
+
+def predictions_frame(ev: dict, time_values, output_columns: list[str]) -> pd.DataFrame:
+    """The test forecasts beside the actuals, one row per window: what a user audits the metrics with."""
+    n = ev["n_test_windows"]
+    frame = pd.DataFrame(ev["y_pred"].reshape(n, -1), columns=output_columns)
+    frame.insert(0, "window_id", np.arange(n))
+    frame.insert(1, "target_time", np.asarray(time_values)[ev["first_targets"]])
+    actual = ev["y_true"].reshape(n, -1)
+    for j, c in enumerate(output_columns):
+        frame[f"actual_{c}"] = actual[:, j]
+    return frame
 
 
 def _acf(x: np.ndarray, nlags: int) -> np.ndarray:

@@ -80,6 +80,20 @@ def score(model, data: PreparedSeries, metric: str) -> float:
             "mae": float(np.mean(np.abs(err)))}[metric]
 
 
+def check_reproduces(model_uri: str, bundle: ForecastBundle, data: PreparedSeries, first_targets: np.ndarray,
+                     expected: np.ndarray) -> float:
+    """Reload the logged pyfunc and check it gives the in-memory forecasts (the seed's save/load check).
+    Returns the largest absolute difference; raises before anything is registered when they differ."""
+    x = lag_matrix(data.values, first_targets, bundle.window)
+    got = load(model_uri).predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
+    want = expected.reshape(len(first_targets), -1)
+    diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
+    if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+        raise PipelineError(f"the logged model does not reproduce the in-memory forecasts (max difference "
+                            f"{diff:.3g}); nothing was registered")
+    return diff
+
+
 @dataclass
 class GateDecision:
     promoted: bool

@@ -1,6 +1,5 @@
 """The tuner: seeded and reproducible, trials fail alone, a killed study resumes with its finished trials."""
 
-import os
 import signal
 import subprocess
 import sys
