@@ -176,7 +176,6 @@ def training_flow(config: str) -> dict:
         t0 = time.perf_counter()
         tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
         timings["tune"] = time.perf_counter() - t0
-        trial_compute = sum(t.user_attrs.get("seconds", 0.0) for t in tuned.study.trials)
         logger.info("tuning: %d complete, %d pruned, %d failed in %.1fs; best %s", tuned.n_complete, tuned.n_pruned,
                     tuned.n_failed, timings["tune"], tuned.best_params)
         mlflow.log_params({f"best.{k}": v for k, v in tuned.best_params.items()})
@@ -221,7 +220,7 @@ def training_flow(config: str) -> dict:
         mlflow.set_tags({"registered_version": version, "gate.decision": "promoted" if decision.promoted else "kept",
                          "gate.reason": decision.reason})
 
-        timings["training_compute"] = trial_compute + fitted.seconds
+        timings["training_compute"] = tuned.trial_seconds + fitted.seconds
         summary = {
             "model_name": cfg.model_name, "model_version": version, "promoted": decision.promoted,
             "champion_version": str(champion.version) if champion else None, "reason": decision.reason,

@@ -91,6 +91,7 @@ class TuneResult:
     n_failed: int
     resumed_trials: int
     seconds: float
+    trial_seconds: float  # training time of the trials run by this call (resumed ones excluded)
 
 
 def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name: str, device,
@@ -103,6 +104,7 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
     if done:
         log.info("resuming study '%s': %d finished trials kept, %d to run", study_name, done, remaining)
     client = mlflow.MlflowClient() if parent_run_id else None
+    spent = [0.0]
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg)
@@ -130,6 +132,7 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
         finally:
             secs = time.perf_counter() - t_trial
             trial.set_user_attr("seconds", secs)
+            spent[0] += secs
             log.info("trial %d %-8s val=%s  %s  (%.1fs)", trial.number, state,
                      f"{value:.5f}" if value is not None else "-", params, secs)
             if client is not None:
@@ -155,7 +158,7 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
     if n_complete:
         best.update(study.best_trial.params)
     return TuneResult(study, best, n_complete, sum(t.state == TrialState.PRUNED for t in trials),
-                      sum(t.state == TrialState.FAIL for t in trials), done, time.perf_counter() - t0)
+                      sum(t.state == TrialState.FAIL for t in trials), done, time.perf_counter() - t0, spent[0])
 
 
 def _log_trial(client: mlflow.MlflowClient, experiment_id, parent_run_id, study_name, number, params, curve, state,
