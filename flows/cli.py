@@ -152,6 +152,11 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
        port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 5000):
     """Open the MLflow UI on this pipeline's tracking store, bound to 127.0.0.1."""
     cfg, st = _load(config)
+    if port:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                typer.echo(f"port {port} is in use; picking a free one", err=True)
+                port = 0
     port = port or _free_port()
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [exe, "ui", "--backend-store-uri", st.mlflow_uri, "--host", "127.0.0.1", "--port", str(port)]
