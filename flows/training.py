@@ -195,6 +195,10 @@ def training_flow(config: str) -> dict:
         for name, m in ev["baselines"].items():
             mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in m.items()})
         mlflow.log_metrics({f"skill_vs_{k}": v for k, v in ev["skill"].items()})
+        mlflow.log_metrics({f"test_mse_h{h + 1}": v for h, v in enumerate(ev["mse_by_horizon"])})
+        if len(data.target_columns) > 1:
+            for col, m in ev["per_target"].items():
+                mlflow.log_metrics({f"test_{col}_{k}": v for k, v in m.items()})
         with tempfile.TemporaryDirectory() as tmp:
             files = evaluate.save_plots(tmp, ev, data.time.iloc[ev["first_targets"]].to_numpy(), fitted.history,
                                         tuned.study if tuned.n_complete > 1 else None)
@@ -227,6 +231,7 @@ def training_flow(config: str) -> dict:
             "gate": {"metric": cfg.registry.metric, "challenger": decision.challenger_score,
                      "champion": decision.champion_score, "previous_champion_version": decision.champion_version},
             "metrics": ev["metrics"], "baselines": ev["baselines"], "skill": ev["skill"],
+            "metrics_per_target": ev["per_target"], "mse_by_horizon": ev["mse_by_horizon"],
             "n_test_windows": ev["n_test_windows"], "best_params": tuned.best_params,
             "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
             "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,

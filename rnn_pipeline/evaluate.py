@@ -25,11 +25,12 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[s
             "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
 
 
-def mase_scale(data: PreparedSeries, season: int | None) -> float:
-    """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows."""
+def mase_scale(data: PreparedSeries, season: int | None, per_target: bool = False):
+    """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows (one per target)."""
     m = season or 1
     train = data.values[: data.points.val_start, : data.n_targets]
-    return float(np.mean(np.abs(train[m:] - train[:-m])))
+    err = np.abs(train[m:] - train[:-m])
+    return [float(v) for v in err.mean(axis=0)] if per_target else float(err.mean())
 
 
 def persistence(data: PreparedSeries, first_targets: np.ndarray) -> np.ndarray:
@@ -66,6 +67,7 @@ def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | N
     y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
     y_pred = predict_windows(lag_matrix(data.values, idx, window))
     scale = mase_scale(data, season)
+    scale_per_target = mase_scale(data, season, per_target=True)
     result = {"metrics": metrics(y_true, y_pred, scale), "baselines": {}, "n_test_windows": int(len(idx)),
               "y_true": y_true, "y_pred": y_pred, "first_targets": idx}
     preds = {"persistence": persistence(data, idx), "ridge": ridge_on_lags(data, window, ridge_alphas)}
@@ -73,6 +75,10 @@ def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | N
         preds["seasonal_naive"] = seasonal_naive(data, idx, season)
     for name, p in preds.items():
         result["baselines"][name] = metrics(y_true, p, scale)
+    # aggregate metrics mix units when there are several targets: report each target, and each horizon step
+    result["per_target"] = {col: metrics(y_true[..., j], y_pred[..., j], scale_per_target[j])
+                            for j, col in enumerate(data.target_columns)}
+    result["mse_by_horizon"] = [float(np.mean((y_true[:, h] - y_pred[:, h]) ** 2)) for h in range(data.horizon)]
     m = result["metrics"]["mse"]
     result["skill"] = {name: 1 - m / b["mse"] if b["mse"] > 0 else float("nan")
                        for name, b in result["baselines"].items()}

@@ -99,3 +99,27 @@ def test_bundle_rejects_bad_history(tmp_path, seed_data):
     out = bundle.predict_frame(pd.DataFrame({"value": seed_data.values[:120, 0]}))
     np.testing.assert_allclose(out.iloc[0, 1:].to_numpy(dtype=float),
                                bundle.predict_windows(seed_data.values[None, 70:120])[0, :, 0], rtol=1e-6)
+
+
+def test_evaluation_per_target_and_horizon_matches_a_direct_computation():
+    from rnn_pipeline.evaluate import evaluate
+
+    frame = datasets.greensboro_weather().iloc[:1500]
+    time, values = validate_series(frame, "w", "time", ["temp_air", "pressure"], ["ghi"], "error")
+    data = prepare_series(time, values, "w", ["temp_air", "pressure"], ["ghi"], window=24, max_window=24, horizon=2,
+                          scaler="standard", val=0.15, test=0.2)
+
+    def shifted(x):  # a deliberately crude forecaster: the last observed target values, +1
+        return np.repeat(x[:, -1:, :2], 2, axis=1) + 1.0
+
+    ev = evaluate(data, shifted, 24, None, [1.0])
+    idx = data.points.first_targets("test", 24, 2)
+    for j, col in enumerate(["temp_air", "pressure"]):
+        truth = np.stack([data.values[idx, j], data.values[idx + 1, j]], axis=1)
+        pred = np.repeat(data.values[idx - 1, j][:, None], 2, axis=1) + 1.0
+        assert ev["per_target"][col]["mse"] == pytest.approx(np.mean((truth - pred) ** 2))
+    assert ev["mse_by_horizon"][0] < ev["mse_by_horizon"][1]  # further ahead is harder
+    # the same forecaster without the +1 is exactly the persistence baseline
+    ev0 = evaluate(data, lambda x: np.repeat(x[:, -1:, :2], 2, axis=1), 24, None, [1.0])
+    assert ev0["metrics"]["mse"] == pytest.approx(ev0["baselines"]["persistence"]["mse"])
+    assert ev0["skill"]["persistence"] == pytest.approx(0.0, abs=1e-12)
