@@ -170,7 +170,9 @@ def main() -> None:
     from rnn_pipeline.errors import PipelineError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PipelineError as e:
         if STATE["debug"]:
             raise

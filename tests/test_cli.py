@@ -139,3 +139,27 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path):
+    cfg = write_config(tmp_path, name="sigint", extra="tuning:\n  n_trials: 30\n  max_epochs: 25\n  pruner: none\n"
+                                                      "  space: {hidden: [24, 32, 40]}\n")
+    url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
+    proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, done = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None and len(done) < 1:
+        time.sleep(0.5)
+        try:
+            for name in optuna.get_all_study_names(url):
+                done = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
+                        if t.state == optuna.trial.TrialState.COMPLETE]
+        except Exception:
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "finished trials are kept" in err and "run the same command to resume" in err
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 1
+    assert not (tmp_path / "state" / "last_run.json").exists()  # nothing claimed as finished
