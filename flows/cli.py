@@ -124,15 +124,14 @@ def predict(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Pa
     frame = datasets.read_table(input)
     loaded = registry.load(uri)
     bundle = registry.load_bundle(loaded)
-    keep = [c for c in ["window_id", *bundle.input_columns] if c in frame.columns]
-    try:
-        out = loaded.predict(frame[keep])
-    except Exception as e:  # schema enforcement errors from MLflow carry the column story
-        from rnn_pipeline.errors import DataValidationError
+    from rnn_pipeline.errors import DataValidationError
 
-        if isinstance(e, DataValidationError):
-            raise DataValidationError(e.problem, source=str(input), column=e.column, row=e.row, value=e.value) from None
-        raise
+    try:  # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean float columns
+        ids, x = bundle.frame_to_windows(frame)
+    except DataValidationError as e:
+        raise DataValidationError(e.problem, source=str(input), column=e.column, row=e.row, value=e.value) from None
+    out = loaded.predict(bundle.windows_frame(x))
+    out["window_id"] = ids
     if output is None:
         typer.echo(out.to_csv(index=False, float_format="%.8g"), nl=False)
     elif output.suffix.lower() in (".parquet", ".pq"):

@@ -40,10 +40,12 @@ def validate(frame, source: str, cfg: PipelineConfig):
 @task(name="preprocess", cache_policy=NO_CACHE)
 def preprocess(time_col, values, source: str, cfg: PipelineConfig) -> PreparedSeries:
     s = cfg.split
-    return prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
+    data = prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
                           window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                           scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
                           test_start=s.test_start)
+    evaluate.check_season(data, cfg.evaluation.season)
+    return data
 
 
 @task(name="tune", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -64,8 +65,8 @@ class SplitConfig(_Strict):
 
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
-    val_start: str | float | None = None
-    test_start: str | float | None = None
+    val_start: str | float | date | datetime | None = None
+    test_start: str | float | date | datetime | None = None
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -193,8 +194,11 @@ class PipelineConfig(_Strict):
         return max(w) if isinstance(w, list) else w.high
 
     def digest(self) -> str:
-        """A short stable hash of everything that shapes training (not where state is stored)."""
-        d = self.model_dump(exclude={"stores", "registry"})
+        """A short stable hash of what shapes a tuning trial: the study name carries it, so that raising n_trials,
+        changing the time budget, the final fit, evaluation or registry settings resumes the same study."""
+        d = self.model_dump(mode="json", exclude={"stores": True, "registry": True, "evaluation": True, "name": True,
+                                                  "tuning": {"n_trials", "timeout_seconds"},
+                                                  "training": {"max_epochs", "patience", "threads", "device"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -25,6 +25,15 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[s
             "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
 
 
+def check_season(data: PreparedSeries, season: int | None) -> None:
+    """The seasonal-naive baseline and the MASE scale need a full season of training rows before every forecast."""
+    if season and season >= data.points.val_start:
+        from .errors import ConfigError
+
+        raise ConfigError(f"evaluation.season is {season} steps but only {data.points.val_start} training rows "
+                          f"come before validation: use a shorter season or more data")
+
+
 def mase_scale(data: PreparedSeries, season: int | None, per_target: bool = False):
     """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows (one per target)."""
     m = season or 1

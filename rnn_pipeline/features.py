@@ -73,6 +73,12 @@ def _position(time: pd.Series, value, name: str) -> int:
             v = pd.Timestamp(value)
         except (ValueError, TypeError):
             raise DataValidationError(f"split.{name}: not a timestamp", value=value) from None
+        tz = getattr(time.dt, "tz", None)
+        if tz is not None and v.tzinfo is None:
+            v = v.tz_localize(tz)
+        elif tz is None and v.tzinfo is not None:
+            v = v.tz_convert("UTC").tz_localize(None)
+        return int(time.searchsorted(v, side="left"))
     else:
         try:
             v = float(value)

@@ -138,8 +138,28 @@ def gate(model_uri: str, name: str, data: PreparedSeries, metric: str, margin: f
     try:
         champion_score = score(load(f"models:/{name}/{champ.version}"), data, metric)
         return decide(challenger_score, champion_score, margin, metric, str(champ.version))
-    except PipelineError as e:
-        return decide(challenger_score, None, margin, metric, str(champ.version), str(e))
+    except Exception as e:  # a champion that cannot be loaded or scored must not block registration
+        return decide(challenger_score, None, margin, metric, str(champ.version), f"{type(e).__name__}: {e}")
+
+
+def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _rollback(client, name: str, version: str | None, created_model: bool, previous_challenger: str | None) -> None:
+    try:
+        if created_model:
+            client.delete_registered_model(name)
+            return
+        if version is not None:
+            client.delete_model_version(name, version)
+        if previous_challenger is not None:
+            client.set_registered_model_alias(name, CHALLENGER, previous_challenger)
+    except Exception as e:  # keep the original error; say what could not be undone
+        log.error("rollback of %s incomplete: %s", name, e)
 
 
 def register(model_uri: str, name: str, decision: GateDecision, metric: str, run_id: str,
@@ -147,13 +167,16 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     """Create the version, tag it with the scores and the decision, alias it challenger and, if it won, champion.
     If anything fails after the version exists, the version is deleted again: no half-registered model."""
     client = mlflow.MlflowClient()
+    created_model = False
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="RNN forecaster registered by rnn-pipeline")
-    mv = client.create_model_version(name, model_uri, run_id=run_id)
-    version = str(mv.version)
+        created_model = True
+    previous_challenger = _alias_version(client, name, CHALLENGER)
+    version = None
     try:
+        version = str(client.create_model_version(name, model_uri, run_id=run_id).version)
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
                     "gate.champion_version": decision.champion_version or "",
@@ -164,10 +187,8 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
-    except Exception:
-        log.error("registration of %s v%s failed part-way: deleting the version", name, version)
-        try:
-            client.delete_model_version(name, version)
-        finally:
-            raise
+    except BaseException:  # Ctrl-C included: put the registry back as it was
+        log.error("registration of %s failed part-way: rolling back", name)
+        _rollback(client, name, version, created_model, previous_challenger)
+        raise
     return version

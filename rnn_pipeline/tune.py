@@ -74,8 +74,10 @@ def open_study(storage_url: str, study_name: str, cfg: PipelineConfig) -> optuna
     """Create the study, or load it to resume. Trials left RUNNING by a killed process are marked FAIL."""
     storage = optuna.storages.RDBStorage(storage_url)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=make_pruner(cfg.tuning.pruner, cfg.tuning.max_epochs))
+    # A fresh sampler with the plain seed would replay the first draws on resume (duplicate trials); offsetting
+    # the seed by the trials already stored keeps a resumed study reproducible and new.
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.get_trials(deepcopy=False)))
     for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_state_values(tr._trial_id, TrialState.FAIL)
         log.warning("trial %d was left running by an interrupted run: marked failed", tr.number)
@@ -128,6 +130,9 @@ def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name
             raise
         except Exception as e:  # the trial fails alone; optimize(catch=...) keeps the study going
             state, error = "failed", f"{type(e).__name__}: {e}"
+            raise
+        except BaseException:  # Ctrl-C: Optuna marks the trial failed; say so in MLflow too
+            state, error = "failed", "interrupted"
             raise
         finally:
             secs = time.perf_counter() - t_trial

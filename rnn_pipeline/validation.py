@@ -31,7 +31,13 @@ def parse_time(frame: pd.DataFrame, source: str, time_column: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw):
         t = raw
     else:
-        t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas warns (and will raise) on mixed UTC offsets: handled below
+            t = pd.to_datetime(raw, errors="coerce", format="mixed")
+        if not pd.api.types.is_datetime64_any_dtype(t):  # mixed offsets (local time across DST): compare in UTC
+            t = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
         if t.isna().any():
             pos = int(np.flatnonzero(t.isna().to_numpy())[0])
             raise DataValidationError("not a timestamp", source=source, column=time_column, row=_row(pos),
@@ -78,12 +84,14 @@ def numeric_columns(frame: pd.DataFrame, source: str, columns: list[str], missin
                 raise DataValidationError(f"missing value ({int(nan.sum())} in this column); set data.missing to "
                                           "'interpolate' or 'ffill' to fill gaps", source=source, column=col, row=_row(pos))
             s = pd.Series(arr)
-            s = s.interpolate(limit_direction="both") if missing == "interpolate" else s.ffill()
+            # interpolation fills a gap from both of its neighbours (so the value after a gap informs it; use ffill
+            # for strictly causal filling); neither policy invents values before the first observation
+            s = s.interpolate(limit_area="inside").ffill() if missing == "interpolate" else s.ffill()
             if s.isna().all():
                 raise DataValidationError("column has no values at all", source=source, column=col)
             if s.isna().any():
                 pos = int(np.flatnonzero(s.isna().to_numpy())[0])
-                raise DataValidationError("leading missing value that forward-fill cannot fill", source=source,
+                raise DataValidationError("leading missing value that cannot be filled from earlier rows", source=source,
                                           column=col, row=_row(pos))
             arr = s.to_numpy()
         out[col] = arr

@@ -66,6 +66,19 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path):
     # the explicit version URI, printing to stdout
     pred = run(["predict", "--config", str(cfg), "--model", "models:/tiny/1", "--input", "history.csv"], tmp_path)
     assert pred.returncode == 0 and pred.stdout.startswith("window_id,value_h1")
+    # whole numbers and string ids are fine: they are validated and converted before MLflow's schema check
+    ints = history.copy()
+    ints["value"] = (ints["value"] * 1000).round().astype("int64")
+    ints["window_id"] = "w" + ints["window_id"].astype(str)
+    ints.to_csv(tmp_path / "ints.csv", index=False)
+    pred = run(["predict", "--config", str(cfg), "--input", "ints.csv"], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert pred.stdout.splitlines()[1].startswith("w0,")
+    junk = history.copy().astype({"value": object})
+    junk.loc[5, "value"] = "abc"
+    junk.to_csv(tmp_path / "junk.csv", index=False)
+    bad = run(["predict", "--config", str(cfg), "--input", "junk.csv"], tmp_path)
+    assert bad.returncode == 2 and "junk.csv, column 'value', row 6: not a finite number" in bad.stderr
     # bad prediction input: one line, non-zero
     pd.DataFrame({"value": [1.0, 2.0]}).to_csv(tmp_path / "short.csv", index=False)
     bad = run(["predict", "--config", str(cfg), "--input", "short.csv"], tmp_path)

@@ -179,3 +179,42 @@ def test_csv_and_parquet_read_alike(tmp_path):
     a = datasets.read_table(tmp_path / "s.csv")
     b = datasets.read_table(tmp_path / "s.parquet")
     np.testing.assert_allclose(a["value"], b["value"])
+
+
+def test_local_times_across_a_dst_change_and_tz_aware_split_dates():
+    # Europe/Berlin local times with offsets, crossing the October 2024 change: compared in UTC
+    stamps = pd.date_range("2024-10-26 22:00", periods=200, freq="h", tz="Europe/Berlin")
+    f = pd.DataFrame({"time": [t.isoformat() for t in stamps], "value": np.sin(np.arange(200) / 5)})
+    time, _ = validate(f)
+    assert str(time.dt.tz) == "UTC" and time.is_monotonic_increasing
+    p = split_points(time, 0.1, 0.1, 10, 1, val_start="2024-11-01", test_start=pd.Timestamp("2024-11-03", tz="UTC"))
+    assert time[p.val_start] == pd.Timestamp("2024-11-01", tz="UTC")
+    assert time[p.test_start] == pd.Timestamp("2024-11-03", tz="UTC")
+
+
+def test_unquoted_yaml_dates_are_accepted(tmp_path):
+    from rnn_pipeline.config import load_config
+
+    c = tmp_path / "c.yaml"
+    c.write_text("name: x\ndata: {path: d.csv}\nsplit: {val_start: 2024-01-05, test_start: 2024-01-07 12:00:00}\n")
+    cfg = load_config(c)
+    time = pd.Series(pd.date_range("2024-01-01", periods=200, freq="h"))
+    p = split_points(time, 0.1, 0.1, 10, 1, val_start=cfg.split.val_start, test_start=cfg.split.test_start)
+    assert time[p.test_start] == pd.Timestamp("2024-01-07 12:00")
+
+
+def test_a_season_longer_than_the_training_rows_is_refused_before_training():
+    from rnn_pipeline.errors import ConfigError
+    from rnn_pipeline.evaluate import check_season
+
+    time, values = validate(datasets.seed_sine())
+    data = prepare_series(time, values, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard",
+                          val=0.15, test=0.2)
+    check_season(data, 63)
+    with pytest.raises(ConfigError, match="evaluation.season is 1000 steps"):
+        check_season(data, 1000)
+
+
+def test_interpolation_does_not_invent_leading_values():
+    with pytest.raises(DataValidationError, match="row 1: leading missing value"):
+        validate(frame([np.nan, 1.0, 2.0]), missing="interpolate")

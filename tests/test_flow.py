@@ -181,3 +181,25 @@ def test_a_failure_after_training_registers_nothing(state, monkeypatch):
     with pytest.raises(PipelineError, match="simulated failure"):
         training.training_flow(str(state["config"]))
     assert snapshot(state["folder"]) == before
+
+
+def test_a_registration_failing_part_way_is_rolled_back(state, monkeypatch):
+    from flows.training import mlflow_stores
+    from rnn_pipeline import registry
+
+    folder = state["folder"]
+    before = snapshot(folder)
+    c = client_for(folder)
+    source = c.get_model_version("tiny", before[1]["champion"]).source
+    real = mlflow.MlflowClient.set_registered_model_alias
+
+    def fail_on_champion(self, name, alias, version):
+        if alias == "champion":
+            raise RuntimeError("registry went away")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", fail_on_champion)
+    decision = registry.GateDecision(True, "test", 0.1, 0.2, before[1]["champion"])
+    with mlflow_stores(uri_for(folder)), pytest.raises(RuntimeError, match="registry went away"):
+        registry.register(source, "tiny", decision, "mse", state["first"]["mlflow_run_id"])
+    assert snapshot(folder) == before  # the new version is gone and the challenger alias is back where it was

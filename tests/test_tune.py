@@ -115,3 +115,20 @@ def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
     assert resumed >= len(before)
     # the trial that was running when killed is marked failed, not left running forever
     assert not [t for t in st.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_a_resumed_study_draws_new_parameters(tmp_path, data):
+    url = f"sqlite:///{tmp_path}/r.db"
+    first = tune.tune(data, small_cfg(n_trials=3), url, "s", "cpu")
+    resumed = tune.tune(data, small_cfg(n_trials=6), url, "s", "cpu")  # same study: n_trials is not in its name
+    params = [tuple(sorted(t.params.items())) for t in resumed.study.trials]
+    assert resumed.resumed_trials == 3 and len(params) == 6
+    assert params[3:] != params[:3]  # not a replay of the first draws
+    assert first.study.study_name == resumed.study.study_name
+
+
+def test_study_name_ignores_settings_that_do_not_shape_a_trial():
+    a = small_cfg(n_trials=3)
+    b = small_cfg(n_trials=30, timeout_seconds=60)
+    c = small_cfg(max_epochs=5)
+    assert a.digest() == b.digest() != c.digest()
