@@ -158,8 +158,10 @@ def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path):
     cfg = write_config(tmp_path, name="sigint", extra="tuning:\n  n_trials: 30\n  max_epochs: 25\n  pruner: none\n"
                                                       "  space: {hidden: [24, 32, 40]}\n")
     url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
+    # a runner started as a background job passes SIGINT down as ignored; a user's terminal does not
     proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, done = time.time() + 240, []
     while time.time() < deadline and proc.poll() is None and len(done) < 1:
         time.sleep(0.5)
