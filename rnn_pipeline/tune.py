@@ -24,9 +24,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def suggest(trial: optuna.Trial, cfg: PipelineConfig) -> dict:
     """Hyperparameters for one trial: the search space where given, the config's defaults elsewhere."""
     space = cfg.tuning.space
-    params = {"cell": cfg.model.cell, "hidden": cfg.model.hidden, "layers": cfg.model.layers,
-              "dropout": cfg.model.dropout, "lr": cfg.training.lr, "batch_size": cfg.training.batch_size,
-              "window": cfg.features.window, "optimizer": cfg.training.optimizer}
+    params = default_params(cfg)
     for name in params:
         dim = getattr(space, name)
         if dim is None:

@@ -97,6 +97,20 @@ def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def wait_for_complete_trials(url: str, proc: subprocess.Popen, n: int, timeout: float = 240) -> list:
+    """Poll the Optuna storage until the running CLI has finished `n` trials (or stopped, or time ran out)."""
+    done, deadline = [], time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and len(done) < n:
+        time.sleep(0.5)
+        try:
+            for name in optuna.get_all_study_names(url):
+                done = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
+                        if t.state == optuna.trial.TrialState.COMPLETE]
+        except Exception:  # the storage is created by the CLI a moment after it starts
+            continue
+    return done
+
+
 def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path):
     cfg = write_config(tmp_path, name="resume", n_trials=6, trial_epochs=25, epochs=2,
                        extra="tuning:\n  n_trials: 6\n  max_epochs: 25\n  pruner: none\n"
@@ -105,17 +119,7 @@ def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
     proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    done, deadline = [], time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            for name in optuna.get_all_study_names(url):
-                done = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
-                        if t.state == optuna.trial.TrialState.COMPLETE]
-        except Exception:
-            continue
-        if len(done) >= 2:
-            break
+    done = wait_for_complete_trials(url, proc, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 2 <= len(done) < 6, f"could not catch the run mid-tuning ({len(done)} trials finished)"
@@ -162,15 +166,7 @@ def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path):
     proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline, done = time.time() + 240, []
-    while time.time() < deadline and proc.poll() is None and len(done) < 1:
-        time.sleep(0.5)
-        try:
-            for name in optuna.get_all_study_names(url):
-                done = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
-                        if t.state == optuna.trial.TrialState.COMPLETE]
-        except Exception:
-            continue
+    wait_for_complete_trials(url, proc, 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
