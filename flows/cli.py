@@ -140,6 +140,72 @@ def predict(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Pa
         out.to_csv(output, index=False)
 
 
+@app.command()
+def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
+            = "seed_sine",
+            training_deployment: Annotated[Optional[str], typer.Option(
+                help="Retrain through this Prefect deployment ('<flow>/<deployment>') instead of in-process.")]
+            = None):
+    """Run the monitoring flow once: judge every new batch in the incoming folder; retrain on drift."""
+    cfg, st = _load(config)
+    from flows.monitoring import incoming_folder, monitoring_flow
+
+    _one_line_pipeline_errors()
+    _quiet_libraries()
+    try:
+        summary = monitoring_flow(config, training_deployment)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: judged batches are recorded; run the same command to go on", err=True)
+        raise typer.Exit(130)
+    if summary["skipped"]:
+        typer.echo(f"skipped: {summary['skipped']}")
+        return
+    if not summary["batches"]:
+        typer.echo(f"no new batches in {incoming_folder(cfg, st)}")
+        return
+    for b in summary["batches"]:
+        share = "-" if b["drift_share"] is None else f"{b['drift_share']:.2f}"
+        ratio = "-" if b["error_ratio"] is None else f"{b['error_ratio']:.2f}"
+        typer.echo(f"{b['batch']}: {b['verdict']} (drifted share {share}, error ratio {ratio}) -> {b['action']}"
+                   + (f"; champion v{b['new_champion_version']}" if b["action"].startswith("retrain") else ""))
+
+
+@app.command()
+def history(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
+            = "seed_sine",
+            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the rows here "
+                                                          "(.csv or .parquet).")] = None):
+    """Show the monitoring store's history for the config's model: one row per judged batch."""
+    cfg, st = _load(config)
+    from flows.monitoring import history_table
+    from rnn_pipeline.monitor_store import MonitoringStore
+
+    store = MonitoringStore(st.monitoring_url)
+    frame = store.history(cfg.model_name)
+    store.dispose()
+    if frame.empty:
+        typer.echo(f"no monitoring history for model '{cfg.model_name}' in {st.monitoring_url}")
+        return
+    typer.echo(history_table(frame))
+    if output is not None:
+        frame.to_parquet(output, index=False) if output.suffix.lower() in (".parquet", ".pq") else \
+            frame.to_csv(output, index=False)
+
+
+@app.command()
+def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 250,
+         stationary: Annotated[int, typer.Option(help="Batches before the regime shift.")] = 10,
+         shifted: Annotated[int, typer.Option(help="Batches after it.")] = 6):
+    """The whole loop, hands-free, on the seed series: a champion, stationary batches, a regime shift, drift,
+    retraining and the gate. Prints the timeline and writes .rnn_pipeline/demo_timeline.json."""
+    cfg, st = _load("seed_sine_demo")
+    from flows.demo import run_demo
+
+    _one_line_pipeline_errors()
+    _quiet_libraries()
+    run_demo("seed_sine_demo", batch_size=batch_size, stationary=stationary, shifted=shifted, echo=typer.echo)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, evaluate, registry, stores as stores_mod, tune, validation
+from rnn_pipeline import datasets, evaluate, monitor, registry, stores as stores_mod, tune, validation
 from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
@@ -146,11 +146,12 @@ def summary_table(s: dict) -> str:
 
 
 @flow(name="rnn-training")
-def training_flow(config: str) -> dict:
-    """Train, evaluate, register and gate one model from a config (path or built-in name)."""
+def training_flow(config: str, overrides: dict | None = None, reason: str = "manual") -> dict:
+    """Train, evaluate, register and gate one model from a config (path or built-in name). `overrides` are deep-merged
+    into the config (the monitoring flow retrains on new data this way); `reason` is tagged on the run."""
     t_start = time.perf_counter()
     logger = get_run_logger()
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     st = stores_mod.resolve(cfg.stores, os.environ)
     stores_mod.ensure(st)
     setup_torch(cfg.training.threads, cfg.seed)
@@ -172,7 +173,7 @@ def training_flow(config: str) -> dict:
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],
                            "study": study_name, "device": str(device)})
-        mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest,
+        mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest, "trigger": reason,
                          **{f"version.{k}": v for k, v in _versions().items()}})
 
         t0 = time.perf_counter()
@@ -214,13 +215,20 @@ def training_flow(config: str) -> dict:
             evaluate.predictions_frame(ev, data.time, bundle.output_columns).to_csv(
                 Path(tmp) / "test_predictions.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "test_predictions.csv"), "predictions")
+            # the reference for monitoring: the data this model learned from, recorded with it
+            meta = monitor.reference_meta(cfg.data.time_column, data.target_columns + data.feature_columns,
+                                          data.n_targets, bundle.window, data.horizon, ev["metrics"]["mse"], data.time,
+                                          digest)
+            mlflow.log_artifacts(str(monitor.write_reference(Path(tmp) / "reference", data.time, data.values, meta)),
+                                 monitor.REFERENCE_DIR)
         timings["evaluate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         decision = gate_task(model_uri, cfg, data)
         version = register_task(model_uri, cfg, decision, run_id,
-                                {"data_digest": digest[:16], "config": cfg.name,
-                                 "test_mse": f"{ev['metrics']['mse']:.8g}"})
+                                {"data_digest": digest[:16], "config": cfg.name, "trigger": reason,
+                                 "test_mse": f"{ev['metrics']['mse']:.8g}",
+                                 "reference": f"runs:/{run_id}/{monitor.REFERENCE_DIR}"})
         timings["register"] = time.perf_counter() - t0
         champion = registry.current_champion(client, cfg.model_name)
         mlflow.set_tags({"registered_version": version, "gate.decision": "promoted" if decision.promoted else "kept",

@@ -165,6 +165,43 @@ class StoresConfig(_Strict):
     root: str = ".rnn_pipeline"
     mlflow_uri: str | None = None
     optuna_url: str | None = None
+    monitoring_url: str | None = Field(None, description="SQLAlchemy URL of the monitoring store "
+                                                         "(default: sqlite file monitoring.db under root)")
+
+
+class RetrainConfig(_Strict):
+    """What the monitoring flow retrains on when a batch is judged `drift` or `degraded`."""
+
+    enabled: bool = True
+    policy: Literal["reference+new", "recent"] = Field(
+        "reference+new", description="reference+new: the champion's training data plus every batch since; "
+                                     "recent: only the most recent `recent_points` of that stream")
+    recent_points: int = Field(2000, ge=10, description="points kept by the 'recent' policy")
+    tuning: Literal["reuse", "search"] = Field(
+        "reuse", description="reuse: refit the champion's hyperparameters on the new data (fast); "
+                             "search: run the config's Optuna search on the new data")
+    n_trials: int | None = Field(None, ge=1, description="with tuning=search: trials instead of tuning.n_trials")
+
+
+class MonitoringConfig(_Strict):
+    """The monitoring flow: new batches -> Evidently drift + the champion's error -> verdict -> retrain."""
+
+    incoming: str | None = Field(None, description="folder of new batch files (CSV/Parquet, the training schema); "
+                                                   "default <root>/incoming/<name>; relative to the config's folder")
+    drift_method: Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "anderson", "cramer_von_mises",
+                          "energy", "hellinger", "mannw", "ed", "es", "t_test", "empirical_mmd"] = Field(
+        "wasserstein", description="Evidently stat test per window feature, fixed at every batch size")
+    drift_threshold: float | None = Field(None, gt=0, description="per-feature threshold of the method "
+                                                                  "(default: Evidently's for the method)")
+    drift_share: float = Field(0.5, gt=0, le=1, description="verdict 'drift' when this share of features drifted")
+    error_ratio: float = Field(1.5, gt=1, description="verdict 'degraded' when the champion's MSE on the batch is "
+                                                      "this many times its MSE on its own test windows")
+    min_windows: int = Field(10, ge=1, description="a batch giving fewer scoreable windows is judged on drift only")
+    interval_seconds: int | None = Field(3600, ge=1, description="deploy: run the monitoring flow this often")
+    cron: str | None = Field(None, description="deploy: a cron schedule for monitoring instead of the interval")
+    training_cron: str | None = Field(None, description="deploy: also retrain from the config on this cron")
+    lock_ttl_seconds: int = Field(6 * 3600, ge=60, description="a monitoring lock older than this is stale")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
 
 class PipelineConfig(_Strict):
@@ -180,6 +217,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     stores: StoresConfig = Field(default_factory=StoresConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     # Set by load_config: the folder relative data paths resolve against. Not part of the YAML.
     base_dir: str = Field(".", exclude=True)
 
@@ -197,6 +235,7 @@ class PipelineConfig(_Strict):
         """A short stable hash of what shapes a tuning trial: the study name carries it, so that raising n_trials,
         changing the time budget, the final fit, evaluation or registry settings resumes the same study."""
         d = self.model_dump(mode="json", exclude={"stores": True, "registry": True, "evaluation": True, "name": True,
+                                                  "monitoring": True,
                                                   "tuning": {"n_trials", "timeout_seconds"},
                                                   "training": {"max_epochs", "patience", "threads", "device"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -216,8 +255,17 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})"
 
 
-def load_config(ref: str | Path) -> PipelineConfig:
-    """Load a config by path, or by built-in name (``seed_sine``). Raises ConfigError with one clear line."""
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge `overrides` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(ref: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Load a config by path, or by built-in name (``seed_sine``), with optional `overrides` deep-merged into the
+    YAML before validation (the monitoring flow retrains this way on new data). Raises ConfigError with one line."""
     ref = str(ref)
     path = Path(ref)
     if path.is_file():
@@ -236,6 +284,8 @@ def load_config(ref: str | Path) -> PipelineConfig:
         raise ConfigError(f"{source}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    if overrides:
+        raw = merge(raw, overrides)
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:

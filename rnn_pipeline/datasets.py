@@ -27,6 +27,16 @@ def seed_sine() -> pd.DataFrame:
     return pd.DataFrame({"time": time, "value": series})
 
 
+def sine_stream(start: int, n: int, *, amplitude: float = 1.0, frequency: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """The seed's process continued from time `start` (fresh noise from `seed`): ``amplitude * (sin(0.1 f t) +
+    0.5 cos(0.05 f t)) + 0.1 N(0, 1)``. amplitude = frequency = 1 is the seed's regime; other values are a regime
+    shift (the monitoring demo's stream)."""
+    t = np.arange(start, start + n)
+    rng = np.random.default_rng(seed)
+    y = amplitude * (np.sin(0.1 * frequency * t) + 0.5 * np.cos(0.05 * frequency * t)) + 0.1 * rng.standard_normal(n)
+    return pd.DataFrame({"time": t, "value": y})
+
+
 def greensboro_weather() -> pd.DataFrame:
     """A real multi-column hourly series: the TMY3 weather file for Greensboro, NC (USAF 723170) that
     pvlib ships in ``pvlib/data`` (8,760 hours; air temperature, dew point, humidity, irradiance, wind,

@@ -17,6 +17,11 @@ class Stores:
     artifact_location: str | None  # None: the tracking server decides
     optuna_url: str
     prefect_home: Path
+    monitoring_url: str
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     @property
     def last_run_file(self) -> Path:
@@ -33,7 +38,8 @@ def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
     served = mlflow_uri.split(":", 1)[0] in ("http", "https", "databricks")
     artifacts = None if served else (root / "artifacts").as_uri()
     optuna_url = cfg.optuna_url or f"sqlite:///{root / 'optuna.db'}"
-    return Stores(root, mlflow_uri, artifacts, optuna_url, root / "prefect")
+    monitoring_url = cfg.monitoring_url or f"sqlite:///{root / 'monitoring.db'}"
+    return Stores(root, mlflow_uri, artifacts, optuna_url, root / "prefect", monitoring_url)
 
 
 def ensure(stores: Stores) -> None:

@@ -1,0 +1,327 @@
+"""The monitoring flow: new batches -> validate -> Evidently + the champion's error against the reference -> verdict ->
+record (MLflow run, HTML report, a row in the monitoring store) -> on drift or degradation, retrain and re-gate.
+
+One pass judges every batch file waiting in the incoming folder, oldest name first, each exactly once. A pass holds
+a lock in the monitoring store for its model, so two passes started together judge (and retrain) once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from rnn_pipeline import datasets, monitor, registry, stores as stores_mod
+from rnn_pipeline.config import PipelineConfig, load_config
+from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryError
+from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
+
+from .training import experiment_for, mlflow_stores, training_flow
+
+PARAM_TYPES = {"cell": str, "hidden": int, "layers": int, "dropout": float, "lr": float, "batch_size": int,
+               "window": int, "optimizer": str}
+
+
+def incoming_folder(cfg: PipelineConfig, st: stores_mod.Stores) -> Path:
+    if cfg.monitoring.incoming is None:
+        return st.root / "incoming" / cfg.name
+    p = Path(cfg.monitoring.incoming)
+    return p if p.is_absolute() else Path(cfg.base_dir) / p
+
+
+def work_folder(cfg: PipelineConfig, st: stores_mod.Stores) -> Path:
+    return st.root / "monitoring" / cfg.name
+
+
+class Champion:
+    """The current champion with the reference it was registered with (downloaded once per version)."""
+
+    def __init__(self, cfg: PipelineConfig, st: stores_mod.Stores):
+        client = mlflow.MlflowClient()
+        mv = registry.current_champion(client, cfg.model_name)
+        if mv is None:
+            raise RegistryError(f"model '{cfg.model_name}' has no champion to monitor: train one first "
+                                f"(rnn-pipeline train --config {cfg.name})")
+        self.version = str(mv.version)
+        self.run_id = mv.run_id
+        ref_uri = (mv.tags or {}).get("reference")
+        if not ref_uri:
+            raise RegistryError(f"champion v{self.version} of '{cfg.model_name}' was registered without its "
+                                "reference data (before monitoring existed): retrain it once with rnn-pipeline train")
+        local = work_folder(cfg, st) / f"reference-v{self.version}"
+        if not (local / monitor.REFERENCE_META).exists():
+            tmp = local.with_name(local.name + ".part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=ref_uri, dst_path=str(tmp))
+            found = next(tmp.rglob(monitor.REFERENCE_META)).parent
+            shutil.rmtree(local, ignore_errors=True)
+            found.rename(local)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.reference, self.meta = monitor.read_reference(local)
+        self.model = registry.load(f"models:/{cfg.model_name}/{self.version}")
+        self.bundle = registry.load_bundle(self.model)
+        self.features = monitor.window_features(self.reference[self.meta["columns"]].to_numpy(), self.meta["columns"],
+                                                self.meta["n_targets"], self.meta["window"])
+        params = client.get_run(self.run_id).data.params
+        self.params = {k: PARAM_TYPES[k](params[f"best.{k}"]) for k in PARAM_TYPES if f"best.{k}" in params}
+
+
+def _accepted_frames(store: MonitoringStore, model_name: str) -> list[pd.DataFrame]:
+    return [pd.read_parquet(r["data_path"]) for r in store.accepted(model_name)
+            if r["data_path"] and Path(r["data_path"]).exists()]
+
+
+def _move(path: Path, folder: Path) -> Path:
+    """Move a handled batch out of the incoming folder (never delete it); keeps an older file of the same name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{path.stem}-{int(time.time() * 1000)}{path.suffix}"
+    shutil.move(str(path), str(target))
+    return target
+
+
+@task(name="judge-batch", cache_policy=NO_CACHE)
+def judge(cfg: PipelineConfig, champ: Champion, history: pd.DataFrame, batch: pd.DataFrame) -> dict:
+    """Evidently drift over window features + the champion's error on the batch, and the verdict."""
+    m, mc = champ.meta, cfg.monitoring
+    cols, window = m["columns"], m["window"]
+    tail = history.iloc[-window:]
+    combined = np.concatenate([tail[cols].to_numpy(), batch[cols].to_numpy()])
+    current = monitor.window_features(combined, cols, m["n_targets"], window, start=len(tail))
+    drift = monitor.drift_report(champ.features, current, mc.drift_method, mc.drift_threshold)
+    b = champ.bundle
+    x_cols = [cols.index(c) for c in b.input_columns]
+    y_true, y_pred = monitor.batch_errors(b.predict_windows, combined[:, x_cols], len(b.target_columns), b.window,
+                                          b.horizon, start=len(tail))
+    champion_mse = ratio = None
+    if len(y_true) >= mc.min_windows:
+        champion_mse = monitor.mse(y_true, y_pred)
+        ref = m["test_mse"]
+        ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
+    return {"drift": drift, "n_windows": len(y_true), "champion_mse": champion_mse, "error_ratio": ratio,
+            "reference_mse": m["test_mse"],
+            "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
+
+
+def retrain_overrides(cfg: PipelineConfig, champ: Champion, data_path: Path) -> dict:
+    r = cfg.monitoring.retrain
+    out: dict = {"data": {"builtin": None, "path": str(data_path)}, "split": {"val_start": None, "test_start": None}}
+    if r.tuning == "reuse" and champ.params:
+        p = champ.params
+        out["model"] = {k: p[k] for k in ("cell", "hidden", "layers", "dropout") if k in p}
+        out["training"] = {k: p[k] for k in ("lr", "batch_size", "optimizer") if k in p}
+        if "window" in p:
+            out["features"] = {"window": p["window"]}
+        out["tuning"] = {"n_trials": 0}
+    elif r.n_trials is not None:
+        out["tuning"] = {"n_trials": r.n_trials}
+    return out
+
+
+def _run_training(config: str, overrides: dict, reason: str, deployment: str | None, logger) -> None:
+    if deployment is None:
+        training_flow(config, overrides, reason)
+        return
+    from prefect.deployments import run_deployment
+
+    logger.info("starting deployment %s", deployment)
+    run = run_deployment(deployment, parameters={"config": config, "overrides": overrides, "reason": reason},
+                         timeout=None)
+    if not run.state or not run.state.is_completed():
+        raise PipelineError(f"training deployment run {run.name} ended {run.state.name if run.state else 'unknown'}")
+
+
+@task(name="retrain", cache_policy=NO_CACHE)
+def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Champion, store: MonitoringStore,
+            batch_name: str, verdict: str, deployment: str | None) -> dict:
+    """The training flow on the updated data window; its gate scores champion and challenger on the newest windows."""
+    logger = get_run_logger()
+    r = cfg.monitoring.retrain
+    full = monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
+    data = monitor.retrain_window(full, r.policy, r.recent_points)
+    folder = work_folder(cfg, st) / "retrain"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{Path(batch_name).stem}-{int(time.time())}.parquet"
+    data.to_parquet(path, index=False)
+    logger.info("retraining on %d points (%s policy: %s .. %s) after verdict '%s' on %s", len(data), r.policy,
+                data.iloc[0, 0], data.iloc[-1, 0], verdict, batch_name)
+    client = mlflow.MlflowClient()
+    before = champ.version
+    training_flow_error = None
+    try:
+        _run_training(config, retrain_overrides(cfg, champ, path), f"monitoring:{verdict}:{batch_name}", deployment,
+                      logger)
+    except PipelineError as e:
+        training_flow_error = str(e)
+    after = registry.current_champion(client, cfg.model_name)
+    new = registry._alias_version(client, cfg.model_name, registry.CHALLENGER)
+    if training_flow_error is not None:
+        return {"action": "retrain failed", "new_version": None, "new_champion_version": before,
+                "message": training_flow_error}
+    promoted = after is not None and str(after.version) != before
+    return {"action": "retrain → promoted" if promoted else "retrain → kept", "new_version": new,
+            "new_champion_version": str(after.version) if after else None, "data_points": len(data)}
+
+
+def _log_run(experiment_id: str, cfg: PipelineConfig, batch: str, digest: str, champ_version: str | None,
+             outcome: dict | None, verdict: str, report: Path | None, message: str | None) -> str:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{batch}") as run:
+        mlflow.set_tags({"verdict": verdict, "batch": batch, "batch_digest": digest, "model_name": cfg.model_name,
+                         "champion_version": champ_version or ""})
+        mlflow.log_params({"drift_method": cfg.monitoring.drift_method, "drift_share_threshold":
+                           cfg.monitoring.drift_share, "error_ratio_threshold": cfg.monitoring.error_ratio})
+        if outcome is not None:
+            d = outcome["drift"]
+            metrics = {"drift_share": d.share, "drifted_features": d.n_drifted, "n_windows": outcome["n_windows"]}
+            metrics.update({f"drift_score.{k}": v["score"] for k, v in d.scores.items()})
+            for k in ("champion_mse", "error_ratio", "reference_mse"):
+                if outcome[k] is not None and np.isfinite(outcome[k]):
+                    metrics[k] = outcome[k]
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(d.scores, "feature_scores.json")
+        if message:
+            mlflow.set_tag("message", message[:4000])
+        if report is not None:
+            mlflow.log_artifact(str(report), "report")
+        return run.info.run_id
+
+
+@flow(name="rnn-monitoring")
+def monitoring_flow(config: str, training_deployment: str | None = None) -> dict:
+    """Judge every new batch once; retrain on drift or degradation (through `training_deployment` when given, else
+    in-process). Returns {'batches': [one dict per batch], ...}."""
+    logger = get_run_logger()
+    cfg = load_config(config)
+    st = stores_mod.resolve(cfg.stores, os.environ)
+    stores_mod.ensure(st)
+    incoming = incoming_folder(cfg, st)
+    files = monitor.list_batches(incoming)
+    summary = {"model_name": cfg.model_name, "incoming": str(incoming), "batches": [], "skipped": None}
+    if not files:
+        logger.info("no new batches in %s", incoming)
+        return summary
+    store = MonitoringStore(st.monitoring_url)
+    try:
+        with store.lock(f"monitor:{cfg.model_name}", cfg.monitoring.lock_ttl_seconds):
+            with mlflow_stores(st.mlflow_uri):
+                exp = experiment_for(f"{cfg.name}-monitoring", st.artifact_location)
+                champ = Champion(cfg, st)
+                for path in monitor.list_batches(incoming):  # re-listed under the lock
+                    row = _one_batch(config, cfg, st, store, exp, champ, path, training_deployment, logger)
+                    if row is None:
+                        continue
+                    summary["batches"].append(row)
+                    if row["new_champion_version"] not in (None, champ.version):
+                        champ = Champion(cfg, st)  # later batches are judged against the new champion
+    except LockHeld as e:
+        logger.warning("%s; this run judges nothing (the holder will handle the waiting batches)", e)
+        summary["skipped"] = str(e)
+    finally:
+        store.dispose()
+    return summary
+
+
+def _one_batch(config, cfg, st, store, exp, champ, path: Path, deployment, logger) -> dict | None:
+    name = path.name
+    digest = monitor.file_digest(path)
+    done = store.seen(cfg.model_name, digest)
+    if done is not None:
+        logger.info("batch %s was already judged (%s, %s): not judged again", name, done["batch"], done["verdict"])
+        _move(path, incoming_folder(cfg, st) / ("quarantine" if done["status"] == "quarantined" else "processed"))
+        return None
+    d = cfg.data
+    cols = champ.meta["columns"]
+    history = monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
+    base = {"model_name": cfg.model_name, "batch": name, "digest": digest, "champion_version": champ.version}
+    raw = None
+    try:
+        raw = datasets.read_table(path)
+        batch = monitor.read_batch(raw, str(path), champ.meta["time_column"], cols, d.missing,
+                                   after=history[champ.meta["time_column"]].iloc[-1])
+    except DataValidationError as e:
+        moved = _move(path, incoming_folder(cfg, st) / "quarantine")
+        moved.with_name(moved.name + ".error.txt").write_text(str(e) + "\n")
+        logger.error("batch %s quarantined to %s: %s", name, moved.parent, e)
+        run_id = _log_run(exp, cfg, name, digest, champ.version, None, "invalid", None, str(e))
+        store.record({**base, "status": "quarantined", "verdict": "invalid", "action": "quarantined",
+                      "new_champion_version": champ.version, "message": str(e), "mlflow_run_id": run_id,
+                      "n_rows": None if raw is None else int(len(raw))})
+        return {"batch": name, "verdict": "invalid", "action": "quarantined", "message": str(e),
+                "drift_share": None, "champion_mse": None, "error_ratio": None, "champion_version": champ.version,
+                "new_champion_version": champ.version}
+
+    outcome = judge(cfg, champ, history, batch)
+    v = outcome["verdict"]
+    drift = outcome["drift"]
+    work = work_folder(cfg, st) / "batches"
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = work / f"{path.stem}-{digest[:12]}.parquet"
+    batch.to_parquet(data_path, index=False)
+    report = drift.save_html(st.reports / cfg.name / f"{path.stem}-{digest[:8]}.html")
+    run_id = _log_run(exp, cfg, name, digest, champ.version, outcome, v, report, None)
+    tcol = champ.meta["time_column"]
+    row = {**base, "status": "judged", "verdict": v, "drift_share": drift.share, "error_ratio":
+           _finite(outcome["error_ratio"]), "champion_mse": outcome["champion_mse"],
+           "reference_mse": outcome["reference_mse"], "n_rows": len(batch), "n_windows": outcome["n_windows"],
+           "first_time": str(batch[tcol].iloc[0]), "last_time": str(batch[tcol].iloc[-1]),
+           "feature_scores": drift.scores, "data_path": str(data_path), "report_path": str(report),
+           "mlflow_run_id": run_id, "action": "none", "new_champion_version": champ.version}
+    retraining = v in ("drift", "degraded") and cfg.monitoring.retrain.enabled
+    if retraining:
+        row["action"] = "retrain started"
+    row_id = store.record(row)
+    _move(path, incoming_folder(cfg, st) / "processed")
+    ratio = outcome["error_ratio"]
+    logger.info("batch %s: %s (drifted share %.2f, champion v%s MSE %s, error ratio %s)", name, v, drift.share,
+                champ.version, _fmt(outcome["champion_mse"]), _fmt(ratio))
+    if retraining:
+        try:
+            res = retrain(config, cfg, st, champ, store, name, v, deployment)
+        except BaseException as e:  # Ctrl-C included: the row says what happened, the registry rolled back itself
+            store.update(row_id, action="retrain failed", message=f"{type(e).__name__}: {e}"[:4000])
+            mlflow.MlflowClient().set_tag(run_id, "action", "retrain failed")
+            raise
+        store.update(row_id, action=res["action"], new_version=res["new_version"],
+                     new_champion_version=res["new_champion_version"], message=res.get("message"))
+        mlflow.MlflowClient().set_tag(run_id, "action", res["action"])
+        if res.get("message"):
+            logger.error("retraining after %s failed: %s", name, res["message"])
+        logger.info("batch %s: %s (challenger v%s, champion v%s)", name, res["action"], res["new_version"],
+                    res["new_champion_version"])
+        row.update(res)
+    else:
+        mlflow.MlflowClient().set_tag(run_id, "action", row["action"])
+    return {k: row.get(k) for k in ("batch", "verdict", "action", "drift_share", "champion_mse", "error_ratio",
+                                    "champion_version", "new_version", "new_champion_version", "n_windows",
+                                    "report_path", "mlflow_run_id")}
+
+
+def _finite(x):
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def history_table(frame: pd.DataFrame) -> str:
+    """The monitoring store's rows for a model, as a terminal table."""
+    lines = [f"{'batch':<28}{'verdict':<10}{'drift':>7}{'champ mse':>11}{'ratio':>8}  {'champion':<9}action"]
+    for r in frame.itertuples():
+        lines.append(f"{str(r.batch)[:27]:<28}{r.verdict:<10}{_fmt(r.drift_share):>7}{_fmt(r.champion_mse):>11}"
+                     f"{_fmt(r.error_ratio):>8}  v{str(r.champion_version or '-'):<8}{r.action}"
+                     + (f" (v{r.new_version}; champion v{r.new_champion_version})" if r.new_version else ""))
+    return "\n".join(lines)
+
+
+def results_json(summary: dict) -> str:
+    return json.dumps(summary, indent=2, default=str)

@@ -1,0 +1,151 @@
+"""The monitoring store: one row per judged batch, plus a lock, in any SQLAlchemy database.
+
+Embedded default: a SQLite file (`<root>/monitoring.db`); any URL instead (PostgreSQL for teams). The table is
+plain so that drift history can be queried and charted with SQL or `pandas.read_sql`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .errors import PipelineError
+
+metadata = sa.MetaData()
+
+batches = sa.Table(
+    "monitoring_batches", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("batch", sa.String(500), nullable=False),            # file name as it arrived
+    sa.Column("digest", sa.String(64), nullable=False),            # sha256 of the file's bytes
+    sa.Column("status", sa.String(20), nullable=False),            # judged | quarantined
+    sa.Column("verdict", sa.String(20), nullable=False),           # ok | drift | degraded | invalid
+    sa.Column("drift_share", sa.Float),
+    sa.Column("error_ratio", sa.Float),
+    sa.Column("champion_mse", sa.Float),                           # champion's MSE on the batch windows
+    sa.Column("reference_mse", sa.Float),                          # champion's MSE on its own test windows
+    sa.Column("champion_version", sa.String(20)),                  # the champion that was judged
+    sa.Column("action", sa.String(40), nullable=False, default="none"),
+    sa.Column("new_version", sa.String(20)),                       # the retrained challenger, if any
+    sa.Column("new_champion_version", sa.String(20)),              # champion after the action
+    sa.Column("n_rows", sa.Integer),
+    sa.Column("n_windows", sa.Integer),
+    sa.Column("first_time", sa.String(40)),
+    sa.Column("last_time", sa.String(40)),
+    sa.Column("feature_scores", sa.Text),                          # JSON {feature: {score, drifted}}
+    sa.Column("data_path", sa.String(1000)),                       # the accepted batch, normalised (Parquet)
+    sa.Column("report_path", sa.String(1000)),
+    sa.Column("mlflow_run_id", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("model_name", "digest", name="uq_monitoring_batch"),
+)
+
+locks = sa.Table(
+    "monitoring_locks", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+)
+
+
+class LockHeld(PipelineError):
+    """Another monitoring run holds the lock for this model."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MonitoringStore:
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PipelineError(f"monitoring store '{_safe(url)}' cannot be opened: {first}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- batches -------------------------------------------------------------------------------------------
+    def seen(self, model_name: str, digest: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(batches).where(batches.c.model_name == model_name,
+                                                     batches.c.digest == digest)).mappings().first()
+        return dict(row) if row else None
+
+    def record(self, row: dict) -> int:
+        """Insert one batch row. A second row for the same (model, digest) is refused: a batch is judged once."""
+        row = {**row, "created_at": row.get("created_at") or _now()}
+        if isinstance(row.get("feature_scores"), dict):
+            row["feature_scores"] = json.dumps(row["feature_scores"])
+        try:
+            with self.engine.begin() as c:
+                return int(c.execute(batches.insert().values(**row)).inserted_primary_key[0])
+        except IntegrityError:
+            raise PipelineError(f"batch {row['batch']} (sha256 {row['digest'][:12]}) was already judged for "
+                                f"{row['model_name']}") from None
+
+    def update(self, row_id: int, **values) -> None:
+        with self.engine.begin() as c:
+            c.execute(batches.update().where(batches.c.id == row_id).values(**values))
+
+    def history(self, model_name: str) -> pd.DataFrame:
+        """Every batch judged for a model, oldest first (what a drift chart plots)."""
+        with self.engine.connect() as c:
+            frame = pd.read_sql(sa.select(batches).where(batches.c.model_name == model_name)
+                                .order_by(batches.c.id), c)
+        return frame
+
+    def accepted(self, model_name: str) -> list[dict]:
+        """The judged (not quarantined) batches of a model, in arrival order, with their stored data."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(batches).where(batches.c.model_name == model_name,
+                                                      batches.c.status == "judged")
+                             .order_by(batches.c.id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # ---- lock ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str, ttl_seconds: float):
+        """At most one holder per name across processes and machines sharing the store (an INSERT on a primary
+        key is atomic in every database). A lock older than `ttl_seconds` is taken over (its holder died)."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        try:
+            with self.engine.begin() as c:
+                c.execute(locks.delete().where(locks.c.name == name, locks.c.acquired_at < now - ttl_seconds))
+            with self.engine.begin() as c:
+                c.execute(locks.insert().values(name=name, owner=owner, acquired_at=now))
+        except IntegrityError:
+            with self.engine.connect() as c:
+                held = c.execute(sa.select(locks).where(locks.c.name == name)).mappings().first()
+            since = f" since {datetime.fromtimestamp(held['acquired_at']).isoformat(timespec='seconds')}" if held else ""
+            raise LockHeld(f"another monitoring run holds the lock '{name}' "
+                           f"({held['owner'] if held else 'unknown'}{since})") from None
+        try:
+            yield owner
+        finally:
+            with self.engine.begin() as c:
+                c.execute(locks.delete().where(locks.c.name == name, locks.c.owner == owner))
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
