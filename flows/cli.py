@@ -193,6 +193,53 @@ def history(config: Annotated[str, typer.Option("--config", "-c", help="Config f
 
 
 @app.command()
+def deploy(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
+           = "seed_sine",
+           port: Annotated[int, typer.Option(help="Port of the local Prefect server started when PREFECT_API_URL "
+                                                  "is not set.")] = 4200):
+    """Keep the pipeline running: serve the monitoring deployment (on the config's interval or cron) and the
+    training deployment (on demand, and on monitoring.training_cron) until Ctrl-C. Without PREFECT_API_URL a local
+    Prefect server is started on 127.0.0.1 for the schedules (its UI shows the runs)."""
+    cfg, st = _load(config)
+    import signal
+
+    from flows import deploy as dep
+
+    def _terminate(signum, frame):  # SIGTERM (a service manager, `timeout`) stops like Ctrl-C: the server too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+    _one_line_pipeline_errors()
+    _quiet_libraries()
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"starting a local Prefect server on 127.0.0.1:{port} (database in {st.root / 'prefect-server'}, log in "
+                   f"{st.root / 'prefect-server.log'})")
+        server, api = dep.start_server(st.root / "prefect-server", port, st.root / "prefect-server.log")
+        os.environ["PREFECT_API_URL"] = api
+        typer.echo(f"Prefect UI: http://127.0.0.1:{port}")
+    mon, trn = dep.deployment_names(cfg)
+    every = cfg.monitoring.cron or f"every {cfg.monitoring.interval_seconds}s"
+    typer.echo(f"serving {dep.MONITORING_FLOW}/{mon} ({every}) and {dep.TRAINING_FLOW}/{trn} "
+               f"({cfg.monitoring.training_cron or 'on demand'}); batches go to {_incoming(cfg, st)}; Ctrl-C stops")
+    try:
+        dep.serve(config, cfg)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            dep.stop_server(server)
+            typer.echo("stopped the local Prefect server")
+
+
+def _incoming(cfg, st):
+    from flows.monitoring import incoming_folder
+
+    return incoming_folder(cfg, st)
+
+
+@app.command()
 def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 250,
          stationary: Annotated[int, typer.Option(help="Batches before the regime shift.")] = 10,
          shifted: Annotated[int, typer.Option(help="Batches after it.")] = 6):

@@ -97,7 +97,8 @@ def judge(cfg: PipelineConfig, champ: Champion, history: pd.DataFrame, batch: pd
     tail = history.iloc[-window:]
     combined = np.concatenate([tail[cols].to_numpy(), batch[cols].to_numpy()])
     current = monitor.window_features(combined, cols, m["n_targets"], window, start=len(tail))
-    drift = monitor.drift_report(champ.features, current, mc.drift_method, mc.drift_threshold)
+    drift = monitor.drift_report(champ.features, current, mc.drift_method, mc.drift_threshold,
+                                 mc.drift_calibration)
     b = champ.bundle
     x_cols = [cols.index(c) for c in b.input_columns]
     y_true, y_pred = monitor.batch_errors(b.predict_windows, combined[:, x_cols], len(b.target_columns), b.window,

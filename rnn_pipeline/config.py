@@ -191,8 +191,11 @@ class MonitoringConfig(_Strict):
     drift_method: Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "anderson", "cramer_von_mises",
                           "energy", "hellinger", "mannw", "ed", "es", "t_test", "empirical_mmd"] = Field(
         "wasserstein", description="Evidently stat test per window feature, fixed at every batch size")
-    drift_threshold: float | None = Field(None, gt=0, description="per-feature threshold of the method "
-                                                                  "(default: Evidently's for the method)")
+    drift_threshold: float | Literal["auto"] | None = Field(
+        "auto", description="per-feature threshold of the method; 'auto' (wasserstein): calibrated per feature on the "
+                            "reference at the batch's size; None: Evidently's default for the method")
+    drift_calibration: float = Field(1.5, gt=0, description="with drift_threshold 'auto': how many times the largest "
+                                                            "distance of a reference block from the reference")
     drift_share: float = Field(0.5, gt=0, le=1, description="verdict 'drift' when this share of features drifted")
     error_ratio: float = Field(1.5, gt=1, description="verdict 'degraded' when the champion's MSE on the batch is "
                                                       "this many times its MSE on its own test windows")
@@ -202,6 +205,16 @@ class MonitoringConfig(_Strict):
     training_cron: str | None = Field(None, description="deploy: also retrain from the config on this cron")
     lock_ttl_seconds: int = Field(6 * 3600, ge=60, description="a monitoring lock older than this is stale")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+    @model_validator(mode="after")
+    def _threshold(self):
+        t = self.drift_threshold
+        if t == "auto" and self.drift_method != "wasserstein":
+            raise ValueError("drift_threshold 'auto' is calibrated for drift_method 'wasserstein'; give a number "
+                             f"(or null for Evidently's default) for '{self.drift_method}'")
+        if isinstance(t, (int, float)) and t <= 0:
+            raise ValueError("drift_threshold must be > 0")
+        return self
 
 
 class PipelineConfig(_Strict):

@@ -120,19 +120,45 @@ class DriftResult:
         return path
 
 
+def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, floor: float = 0.1) -> dict[str, float]:
+    """Per-feature thresholds for the normed Wasserstein distance, calibrated on the reference at the batch's size:
+    k x the largest distance between a contiguous block of `block` reference windows and the whole reference.
+    Overlapping windows make a batch one long dependent sample, so a batch drawn from the reference's own regime
+    lands far from it by chance; this measures how far, per feature, at this batch size."""
+    from scipy.stats import wasserstein_distance
+
+    n = len(reference)
+    block = max(2, min(block, n // 2))
+    step = max(1, block // 4)
+    out = {}
+    for c in reference.columns:
+        r = reference[c].to_numpy()
+        scale = max(float(np.std(r)), 0.001)  # Evidently's normalisation
+        worst = max(wasserstein_distance(r, r[i:i + block]) / scale for i in range(0, n - block + 1, step))
+        out[c] = max(floor, k * worst)
+    return out
+
+
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, method: str,
-                 threshold: float | None) -> DriftResult:
-    """Evidently's data-drift preset over the feature columns, with one fixed stat test for every column."""
+                 threshold: float | str | None, calibration_k: float = 1.5) -> DriftResult:
+    """Evidently's data-drift preset over the feature columns, with one fixed stat test for every column.
+    threshold: a number for every feature, None for Evidently's default, or 'auto' (wasserstein only): per-feature
+    thresholds calibrated on the reference at this batch size."""
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
     if len(current) < 2:
         raise PipelineError(f"a drift check needs at least 2 windows in the batch, got {len(current)}")
     kwargs = {"method": method}
-    if threshold is not None:
+    if threshold == "auto":
+        if method != "wasserstein":
+            raise PipelineError(f"drift_threshold 'auto' is calibrated for the wasserstein method, not '{method}'")
+        kwargs["per_column_threshold"] = calibrate_thresholds(reference, len(current), calibration_k)
+    elif threshold is not None:
         kwargs["threshold"] = threshold
     snap = Report([DataDriftPreset(**kwargs)]).run(reference_data=reference, current_data=current)
-    scores, count, share = _drift_values(snap.dict(), list(reference.columns), method, threshold)
+    scores, count, share = _drift_values(snap.dict(), list(reference.columns), method,
+                                         None if threshold == "auto" else threshold)
     return DriftResult(share, count, scores, method, threshold, snap)
 
 
@@ -151,10 +177,11 @@ def _drift_values(d: dict, columns: list[str], method: str, threshold: float | N
             if thr is None:
                 drifted = None
             elif method in P_VALUE_METHODS:
-                drifted = score < thr
+                drifted = bool(score < thr)
             else:
-                drifted = score >= thr
-            scores[cfg["column"]] = {"score": score, "drifted": drifted, "threshold": thr}
+                drifted = bool(score >= thr)
+            scores[cfg["column"]] = {"score": score, "drifted": drifted,
+                                     "threshold": None if thr is None else float(thr)}
     if share is None:
         raise PipelineError("Evidently's report has no drifted-columns count: unexpected report layout")
     return scores, count, share

@@ -45,7 +45,7 @@ def _pg_admin():
 @pytest.fixture
 def pg_databases():
     conn = _pg_admin()
-    names = [f"rnnp_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    names = [f"rnnp_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna", "monitoring")]
     with conn.cursor() as cur:
         for n in names:
             cur.execute(f'CREATE DATABASE "{n}"')
@@ -64,10 +64,10 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
 
     from flows.training import training_flow
 
-    mlflow_url, optuna_url = pg_databases
+    mlflow_url, optuna_url, monitoring_url = pg_databases
     cfg = write_config(tmp_path, name="pg", n_trials=2, trial_epochs=2, epochs=2,
                        extra=f"stores: {{root: '{tmp_path / 'state'}', mlflow_uri: '{mlflow_url}', "
-                             f"optuna_url: '{optuna_url}'}}\n")
+                             f"optuna_url: '{optuna_url}', monitoring_url: '{monitoring_url}'}}\n")
     first = training_flow(str(cfg))
     assert first["promoted"] and first["model_version"] == "1"
     second = training_flow(str(cfg))
@@ -77,3 +77,27 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
     assert client.get_model_version("pg", "2").tags["gate.decision"] == "kept_champion"
     assert len(optuna.load_study(study_name=first["study"], storage=optuna_url).trials) == 2
     assert not (tmp_path / "state" / "mlflow.db").exists() and not (tmp_path / "state" / "optuna.db").exists()
+
+    # the monitoring flow on the same stores: its row lands in the PostgreSQL monitoring store
+    import pandas as pd
+
+    from flows.monitoring import monitoring_flow
+    from rnn_pipeline.datasets import sine_stream
+    from rnn_pipeline.monitor_store import MonitoringStore
+
+    incoming = tmp_path / "state" / "incoming" / "pg"
+    incoming.mkdir(parents=True)
+    sine_stream(1000, 250, seed=3).to_csv(incoming / "b1.csv", index=False)
+    summary = monitoring_flow(str(cfg))
+    assert [b["batch"] for b in summary["batches"]] == ["b1.csv"]
+    store = MonitoringStore(monitoring_url)
+    hist = store.history("pg")
+    store.dispose()
+    assert hist["batch"].tolist() == ["b1.csv"] and hist["verdict"].iloc[0] in ("ok", "drift", "degraded")
+    assert not (tmp_path / "state" / "monitoring.db").exists()
+
+
+def test_monitoring_store_contract_on_postgresql(pg_databases):
+    from test_monitor_lib import store_contract
+
+    store_contract(pg_databases[2])

@@ -1,0 +1,88 @@
+"""`rnn-pipeline deploy` against a real Prefect server on 127.0.0.1: the deployments are registered, the scheduled
+monitoring run judges a drifted batch and starts the training deployment, which registers a new version."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO
+from test_monitoring import NAME, add_batch, history, monitoring_config, registry_state
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(port, path, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api{path}", method="POST" if body is not None else "GET",
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(tmp_path, prefect_harness):
+    from flows.training import training_flow
+
+    cfg = monitoring_config(tmp_path, tmp_path / "state", "")
+    text = open(cfg).read().replace("drift_share: 0.5", "drift_share: 0.5\n  interval_seconds: 5")
+    open(cfg, "w").write(text)
+    training_flow(cfg)
+    (tmp_path / "incoming").mkdir()
+    add_batch(tmp_path, "b001.csv", 1000, amplitude=1.6, frequency=2.0)
+
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "client-home"),
+           # faster than the defaults (which schedule and poll every 60 / 10 s)
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "deploy.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "deploy", "--config", cfg, "--port", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            h = history(tmp_path) if (tmp_path / "state" / "monitoring.db").exists() else None
+            if h is not None and len(h) and h["action"].iloc[0] not in ("retrain started", "none"):
+                break
+            time.sleep(2)
+        out = (tmp_path / "deploy.log").read_text()
+        assert proc.poll() is None, out[-3000:]
+        h = history(tmp_path)
+        assert h["verdict"].tolist() == ["degraded"], out[-3000:]
+        assert h["action"].iloc[0] in ("retrain → promoted", "retrain → kept"), out[-3000:]
+        assert registry_state(tmp_path)[0] == [1, 2]
+
+        deployments = {d["id"]: d["name"] for d in api(port, "/deployments/filter", {})}
+        assert sorted(deployments.values()) == [f"{NAME}-monitoring", f"{NAME}-training"]
+        runs = api(port, "/flow_runs/filter", {})
+        by = {}
+        for r in runs:
+            by.setdefault(deployments.get(r["deployment_id"]), []).append(r)
+        mon = [r for r in by[f"{NAME}-monitoring"] if r["state_type"] == "COMPLETED"]
+        assert mon and all(r["auto_scheduled"] or r["created_by"] for r in mon)  # started by the schedule
+        [train] = by[f"{NAME}-training"]
+        assert train["state_type"] == "COMPLETED"
+        assert train["parameters"]["overrides"]["data"]["path"].endswith(".parquet")
+        assert train["parameters"]["reason"] == "monitoring:degraded:b001.csv"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    # Ctrl-C / SIGTERM stops the server it started
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the Prefect server still listens after deploy stopped"
