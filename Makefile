@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CONFIG ?= seed_sine
 
-.PHONY: setup run test bench ui clean
+.PHONY: setup run test bench ui clean demo deploy monitor
 
 setup: $(STAMP)
 
@@ -34,6 +34,20 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/monitoring.py
+
+# The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
+demo: setup
+	$(VENV)/bin/rnn-pipeline demo
+
+# One monitoring pass over the config's incoming folder.
+monitor: setup
+	$(VENV)/bin/rnn-pipeline monitor --config $(CONFIG)
+
+# Schedules: a local Prefect server on 127.0.0.1 (unless PREFECT_API_URL is set) serving the monitoring and
+# training deployments until Ctrl-C.
+deploy: setup
+	$(VENV)/bin/rnn-pipeline deploy --config $(CONFIG)
 
 ui: setup
 	$(VENV)/bin/rnn-pipeline ui

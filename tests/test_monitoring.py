@@ -247,3 +247,20 @@ def test_two_monitoring_runs_started_together_retrain_once(env):
     said = "\n".join(outs)
     assert said.count("b001.csv: degraded") == 1
     assert "skipped: another monitoring run holds the lock" in said or "no new batches" in said
+
+
+def test_the_demo_writes_its_timeline(tmp_path, monkeypatch, prefect_harness):
+    """A short demo (2 stationary batches, 1 shifted) in a scratch folder: the timeline's shape and the loop."""
+    from flows.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    timeline = run_demo("seed_sine_demo", stationary=2, shifted=1, echo=lines.append)
+    saved = json.loads((tmp_path / ".rnn_pipeline" / "demo_timeline.json").read_text())
+    assert saved == timeline and len(saved) == 3
+    keys = {"batch", "shifted", "verdict", "drift_share", "champion_mse", "action", "champion_version"}
+    assert all(keys <= set(e) for e in saved)
+    assert [e["shifted"] for e in saved] == [False, False, True]
+    assert [e["verdict"] for e in saved[:2]] == ["ok", "ok"] and saved[2]["verdict"] in ("drift", "degraded")
+    assert saved[2]["action"].startswith("retrain") and saved[2]["champion_mse"] > 10 * saved[0]["champion_mse"]
+    assert any("timeline written to" in line for line in lines)
