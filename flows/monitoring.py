@@ -56,7 +56,7 @@ class Champion:
         if not ref_uri:
             raise RegistryError(f"champion v{self.version} of '{cfg.model_name}' was registered without its "
                                 "reference data (before monitoring existed): retrain it once with rnn-pipeline train")
-        local = work_folder(cfg, st) / f"reference-v{self.version}"
+        local = work_folder(cfg, st) / f"reference-{self.run_id}"  # by run: a re-created model reuses numbers
         if not (local / monitor.REFERENCE_META).exists():
             tmp = local.with_name(local.name + ".part")
             shutil.rmtree(tmp, ignore_errors=True)
