@@ -79,8 +79,6 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
     assert not (tmp_path / "state" / "mlflow.db").exists() and not (tmp_path / "state" / "optuna.db").exists()
 
     # the monitoring flow on the same stores: its row lands in the PostgreSQL monitoring store
-    import pandas as pd
-
     from flows.monitoring import monitoring_flow
     from rnn_pipeline.datasets import sine_stream
     from rnn_pipeline.monitor_store import MonitoringStore
