@@ -142,12 +142,12 @@ def _run_training(config: str, overrides: dict, reason: str, deployment: str | N
 
 
 @task(name="retrain", cache_policy=NO_CACHE)
-def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Champion, store: MonitoringStore,
+def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Champion, full: pd.DataFrame,
             batch_name: str, verdict: str, deployment: str | None) -> dict:
-    """The training flow on the updated data window; its gate scores champion and challenger on the newest windows."""
+    """The training flow on the updated data window (`full`: the champion's reference and every batch since); its gate
+    scores champion and challenger on the newest windows."""
     logger = get_run_logger()
     r = cfg.monitoring.retrain
-    full = monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
     data = monitor.retrain_window(full, r.policy, r.recent_points)
     folder = work_folder(cfg, st) / "retrain"
     folder.mkdir(parents=True, exist_ok=True)
@@ -216,13 +216,16 @@ def monitoring_flow(config: str, training_deployment: str | None = None) -> dict
             with mlflow_stores(st.mlflow_uri):
                 exp = experiment_for(f"{cfg.name}-monitoring", st.artifact_location)
                 champ = Champion(cfg, st)
+                history = _history(store, cfg, champ)
                 for path in monitor.list_batches(incoming):  # re-listed under the lock
-                    row = _one_batch(config, cfg, st, store, exp, champ, path, training_deployment, logger)
+                    row, history = _one_batch(config, cfg, st, store, exp, champ, history, path, training_deployment,
+                                              logger)
                     if row is None:
                         continue
                     summary["batches"].append(row)
                     if row["new_champion_version"] not in (None, champ.version):
                         champ = Champion(cfg, st)  # later batches are judged against the new champion
+                        history = _history(store, cfg, champ)
     except LockHeld as e:
         logger.warning("%s; this run judges nothing (the holder will handle the waiting batches)", e)
         summary["skipped"] = str(e)
@@ -231,17 +234,23 @@ def monitoring_flow(config: str, training_deployment: str | None = None) -> dict
     return summary
 
 
-def _one_batch(config, cfg, st, store, exp, champ, path: Path, deployment, logger) -> dict | None:
+def _history(store: MonitoringStore, cfg: PipelineConfig, champ: Champion) -> pd.DataFrame:
+    """The series so far: the champion's reference and every accepted batch after it (read once per champion)."""
+    return monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
+
+
+def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: Path, deployment,
+               logger) -> tuple[dict | None, pd.DataFrame]:
+    """Judge one batch file; returns its summary row (None for a repeat) and the series extended by the batch."""
     name = path.name
     digest = monitor.file_digest(path)
     done = store.seen(cfg.model_name, digest)
     if done is not None:
         logger.info("batch %s was already judged (%s, %s): not judged again", name, done["batch"], done["verdict"])
         _move(path, incoming_folder(cfg, st) / ("quarantine" if done["status"] == "quarantined" else "processed"))
-        return None
+        return None, history
     d = cfg.data
     cols = champ.meta["columns"]
-    history = monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
     base = {"model_name": cfg.model_name, "batch": name, "digest": digest, "champion_version": champ.version}
     raw = None
     try:
@@ -258,9 +267,10 @@ def _one_batch(config, cfg, st, store, exp, champ, path: Path, deployment, logge
                       "n_rows": None if raw is None else int(len(raw))})
         return {"batch": name, "verdict": "invalid", "action": "quarantined", "message": str(e),
                 "drift_share": None, "champion_mse": None, "error_ratio": None, "champion_version": champ.version,
-                "new_champion_version": champ.version}
+                "new_champion_version": champ.version}, history
 
     outcome = judge(cfg, champ, history, batch)
+    history = pd.concat([history, batch], ignore_index=True)  # the stream now includes this batch
     v = outcome["verdict"]
     drift = outcome["drift"]
     work = work_folder(cfg, st) / "batches"
@@ -286,7 +296,7 @@ def _one_batch(config, cfg, st, store, exp, champ, path: Path, deployment, logge
                 champ.version, _fmt(outcome["champion_mse"]), _fmt(ratio))
     if retraining:
         try:
-            res = retrain(config, cfg, st, champ, store, name, v, deployment)
+            res = retrain(config, cfg, st, champ, history, name, v, deployment)
         except BaseException as e:  # Ctrl-C included: the row says what happened, the registry rolled back itself
             store.update(row_id, action="retrain failed", message=f"{type(e).__name__}: {e}"[:4000])
             mlflow.MlflowClient().set_tag(run_id, "action", "retrain failed")
@@ -303,7 +313,7 @@ def _one_batch(config, cfg, st, store, exp, champ, path: Path, deployment, logge
         mlflow.MlflowClient().set_tag(run_id, "action", row["action"])
     return {k: row.get(k) for k in ("batch", "verdict", "action", "drift_share", "champion_mse", "error_ratio",
                                     "champion_version", "new_version", "new_champion_version", "n_windows",
-                                    "report_path", "mlflow_run_id")}
+                                    "report_path", "mlflow_run_id")}, history
 
 
 def _finite(x):
