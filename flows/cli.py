@@ -85,7 +85,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 
 @app.command()
 def train(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name "
-                                                "(seed_sine, greensboro_weather).")] = "seed_sine"):
+                                                "(seed_sine, greensboro_weather, japanese_vowels, rotten_tomatoes).")] = "seed_sine"):
     """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
     cfg, st = _load(config)
     from flows.training import summary_table, training_flow
@@ -103,35 +103,54 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
 
 
 @app.command()
-def predict(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Parquet of history rows: the model's "
-                                                "input columns, optionally grouped by a window_id column.")],
+def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help="CSV or Parquet in the training "
+                                                          "format. Forecasting: history rows (the model's input "
+                                                          "columns, optionally grouped by window_id). "
+                                                          "Classification: one text per row, or one row per "
+                                                          "sequence step.")] = None,
+            text: Annotated[Optional[list[str]], typer.Option("--text", "-t", help="Text classification: a raw "
+                                                              "text to classify (repeatable).")] = None,
             model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
                                                          "models:/<name>@champion.")] = None,
             config: Annotated[str, typer.Option("--config", "-c", help="Config naming the model and its stores.")]
             = "seed_sine",
-            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write forecasts here (.csv or "
+            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write predictions here (.csv or "
                                                           ".parquet) instead of printing them.")] = None):
-    """Forecast the next H steps (original units) from the last L rows of each history."""
+    """Forecast the next H steps (original units) from the last L rows of each history; or classify texts and
+    sequences (the label and every class's probability)."""
     cfg, st = _load(config)
     import mlflow
+    import pandas as pd
 
     from rnn_pipeline import datasets, registry
+    from rnn_pipeline.bundle import ClassifierBundle
+    from rnn_pipeline.errors import DataValidationError
 
     _quiet_libraries()
+    if (input is None) == (not text):
+        raise DataValidationError("give either --input FILE or --text (text models only)")
     mlflow.set_tracking_uri(st.mlflow_uri)
     mlflow.set_registry_uri(st.mlflow_uri)
     uri = model or f"models:/{cfg.model_name}@champion"
-    frame = datasets.read_table(input)
     loaded = registry.load(uri)
     bundle = registry.load_bundle(loaded)
-    from rnn_pipeline.errors import DataValidationError
-
-    try:  # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean float columns
-        ids, x = bundle.frame_to_windows(frame)
+    source = str(input) if input is not None else "--text"
+    if text and not (isinstance(bundle, ClassifierBundle) and bundle.kind == "text"):
+        raise DataValidationError(f"--text needs a text classifier; {uri} reads "
+                                  f"{'sequences' if isinstance(bundle, ClassifierBundle) else 'series'}")
+    frame = datasets.read_table(input) if input is not None else pd.DataFrame({bundle.text_column: text})
+    try:  # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
+        if isinstance(bundle, ClassifierBundle):
+            ids, items = bundle.read_frame(frame, source)
+            bundle.encoder.encode(items, source, ids)  # a too-long sequence fails here, naming its id
+            x_frame, id_col = bundle.items_frame(items), bundle.sequence_column
+        else:
+            ids, x = bundle.frame_to_windows(frame)
+            x_frame, id_col = bundle.windows_frame(x), "window_id"
     except DataValidationError as e:
-        raise DataValidationError(e.problem, source=str(input), column=e.column, row=e.row, value=e.value) from None
-    out = loaded.predict(bundle.windows_frame(x))
-    out["window_id"] = ids
+        raise DataValidationError(e.problem, source=source, column=e.column, row=e.row, value=e.value) from None
+    out = loaded.predict(x_frame).sort_values(id_col).reset_index(drop=True)
+    out[id_col] = ids
     if output is None:
         typer.echo(out.to_csv(index=False, float_format="%.8g"), nl=False)
     elif output.suffix.lower() in (".parquet", ".pq"):

@@ -17,10 +17,12 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, evaluate, monitor, registry, stores as stores_mod, tune, validation
-from rnn_pipeline.bundle import ForecastBundle
+from rnn_pipeline import datasets, evaluate, monitor, monitor_classify, registry, sequences, stores as stores_mod, tune, \
+    validation
+from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
+from rnn_pipeline.sequences import PreparedSequences
 from rnn_pipeline.train import pick_device, setup_torch
 
 STACK = ("torch", "prefect", "mlflow", "optuna", "pandas", "numpy", "scikit-learn", "evidently")
@@ -33,13 +35,20 @@ def ingest(cfg: PipelineConfig):
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(frame, source: str, cfg: PipelineConfig):
+    """Forecasting: (time, values); classification: the raw texts or sequences with their labels."""
     d = cfg.data
+    if cfg.task == "classification":
+        return monitor_classify.read_items(frame, source, d, labels=True)
     return validation.validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
 
 
 @task(name="preprocess", cache_policy=NO_CACHE)
-def preprocess(time_col, values, source: str, cfg: PipelineConfig) -> PreparedSeries:
+def preprocess(checked, source: str, cfg: PipelineConfig) -> PreparedSeries | PreparedSequences:
     s = cfg.split
+    if cfg.task == "classification":
+        return sequences.prepare_sequences(checked, source, cfg.features, val=s.val, test=s.test, seed=cfg.seed,
+                                           imbalance=cfg.training.imbalance)
+    time_col, values = checked
     data = prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
                           window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                           scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
@@ -60,23 +69,31 @@ def fit_best(params, data, cfg, device):
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(data, bundle: ForecastBundle, cfg):
+def evaluate_task(data, bundle: ForecastBundle | ClassifierBundle, cfg):
+    if cfg.task == "classification":
+        return evaluate.evaluate_classifier(data, bundle.predict_proba, cfg.seed)
     return evaluate.evaluate(data, bundle.predict_windows, bundle.window, cfg.evaluation.season,
                              cfg.evaluation.ridge_alphas)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(model_uri, cfg, data):
-    return registry.gate(model_uri, cfg.model_name, data, cfg.registry.metric, cfg.registry.margin)
+    return registry.gate(model_uri, cfg.model_name, data, cfg.gate_metric, cfg.registry.margin)
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(model_uri, cfg, decision, run_id, tags):
-    return registry.register(model_uri, cfg.model_name, decision, cfg.registry.metric, run_id, tags)
+    return registry.register(model_uri, cfg.model_name, decision, cfg.gate_metric, run_id, tags)
 
 
-def data_digest(data: PreparedSeries) -> str:
+def data_digest(data: PreparedSeries | PreparedSequences) -> str:
     h = hashlib.sha256()
+    if isinstance(data, PreparedSequences):
+        raw = data.raw
+        h.update(json.dumps([raw.kind, raw.channels, [str(v) for v in raw.ids], list(map(str, raw.labels))]).encode())
+        for item in raw.items:
+            h.update(item.encode() if isinstance(item, str) else np.ascontiguousarray(item).tobytes())
+        return h.hexdigest()
     h.update(json.dumps([data.target_columns, data.feature_columns]).encode())
     h.update(np.ascontiguousarray(data.values).tobytes())
     h.update(data.time.astype(str).str.cat(sep=",").encode())
@@ -99,6 +116,73 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[p] = "not installed"
     return out
+
+
+def make_bundle(model, data: PreparedSeries | PreparedSequences, params: dict, cfg: PipelineConfig):
+    if isinstance(data, PreparedSequences):
+        d = cfg.data
+        return ClassifierBundle(model, data.encoder, data.classes, d.text_column, d.sequence_column, d.step_column)
+    return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns, int(params["window"]),
+                          data.horizon)
+
+
+def log_evaluation(ev: dict, data) -> None:
+    """Test metrics, the baselines' metrics and the skills, in the active MLflow run."""
+    mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()})
+    for name, m in ev["baselines"].items():
+        mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in m.items()})
+    mlflow.log_metrics({f"skill_vs_{k}": v for k, v in ev["skill"].items()})
+    if isinstance(data, PreparedSequences):
+        for c, r in ev["report"].items():
+            if isinstance(r, dict) and c in data.classes:
+                mlflow.log_metrics({f"test_class_{c}_{k}": r[k] for k in ("precision", "recall", "f1-score")})
+        return
+    mlflow.log_metrics({f"test_mse_h{h + 1}": v for h, v in enumerate(ev["mse_by_horizon"])})
+    if len(data.target_columns) > 1:
+        for col, m in ev["per_target"].items():
+            mlflow.log_metrics({f"test_{col}_{k}": v for k, v in m.items()})
+
+
+def task_summary(ev: dict, data) -> dict:
+    if isinstance(data, PreparedSequences):
+        return {"n_test": ev["n_test"], "classes": data.classes, "per_class": {
+            c: ev["report"][c] for c in data.classes}, "n_truncated": data.n_truncated,
+            "max_length": data.encoder.max_length, "split_sizes": {k: len(v) for k, v in data.split.items()}}
+    return {"metrics_per_target": ev["per_target"], "mse_by_horizon": ev["mse_by_horizon"],
+            "n_test_windows": ev["n_test_windows"]}
+
+
+def log_artifacts(tmp: Path, ev: dict, data, bundle, fitted, tuned, cfg: PipelineConfig, digest: str):
+    """Plots, the model (with its save/load check), the test predictions and the monitoring reference. Returns the
+    model URI and the save/load difference."""
+    study = tuned.study if tuned.n_complete > 1 else None
+    if isinstance(data, PreparedSequences):
+        files = evaluate.save_classification_plots(tmp, ev, data.classes, fitted.history, study)
+        mlflow.log_dict(ev["report"], "report/classification_report.json")
+        index, expected = ev["test_index"], ev["proba"]
+        example = bundle.items_frame([data.raw.items[i] for i in index[:2]])
+        predictions = evaluate.classification_frame(ev, data)
+        reference = monitor_classify.write_reference(tmp / "reference", data, bundle, ev["metrics"], cfg.data,
+                                                     digest)
+    else:
+        files = evaluate.save_plots(tmp, ev, data.time.iloc[ev["first_targets"]].to_numpy(), fitted.history, study)
+        index, expected = ev["first_targets"], ev["y_pred"]
+        example = bundle.windows_frame(lag_matrix(data.values, index[:1], bundle.window))
+        predictions = evaluate.predictions_frame(ev, data.time, bundle.output_columns)
+        meta = monitor.reference_meta(cfg.data.time_column, data.target_columns + data.feature_columns,
+                                      data.n_targets, bundle.window, data.horizon, ev["metrics"]["mse"], data.time,
+                                      digest)
+        reference = monitor.write_reference(tmp / "reference", data.time, data.values, meta)
+    for f in files:
+        mlflow.log_artifact(str(f), "plots")
+    model_uri = registry.log_model(bundle, tmp / "bundle", example)
+    # the seed's save/load check: the logged pyfunc must reproduce the in-memory predictions
+    diff = registry.check_reproduces(model_uri, bundle, data, index, expected)
+    predictions.to_csv(tmp / "test_predictions.csv", index=False)
+    mlflow.log_artifact(str(tmp / "test_predictions.csv"), "predictions")
+    # the reference for monitoring: the data this model learned from, recorded with it
+    mlflow.log_artifacts(str(reference), monitor.REFERENCE_DIR)
+    return model_uri, diff
 
 
 @contextmanager
@@ -129,11 +213,9 @@ def experiment_for(name: str, artifact_location: str | None) -> str:
 
 
 def summary_table(s: dict) -> str:
-    lines = [f"model {s['model_name']} v{s['model_version']}: "
-             f"{'PROMOTED to champion' if s['promoted'] else 'kept as challenger'} ({s['reason']})",
-             f"champion is now v{s['champion_version']}",
-             f"best params: {s['best_params']}",
-             f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)",
+    if s.get("task") == "classification":
+        return _classification_table(s)
+    lines = _head(s) + [
              f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
     rows = [("rnn", s["metrics"], None)] + [(k, v, s["skill"][k]) for k, v in s["baselines"].items()]
     for name, m, sk in rows:
@@ -142,6 +224,24 @@ def summary_table(s: dict) -> str:
                      f"{m['mase']:>8.3f}{skill:>8}")
     lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
                  f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
+    return "\n".join(lines)
+
+
+def _head(s: dict) -> list[str]:
+    return [f"model {s['model_name']} v{s['model_version']}: "
+            f"{'PROMOTED to champion' if s['promoted'] else 'kept as challenger'} ({s['reason']})",
+            f"champion is now v{s['champion_version']}",
+            f"best params: {s['best_params']}",
+            f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)"]
+
+
+def _classification_table(s: dict) -> str:
+    lines = _head(s) + [f"{'model':<16}{'accuracy':>10}{'f1_macro':>10}{'f1_wtd':>8}{'roc_auc':>9}{'log_loss':>10}"]
+    for name, m in [("rnn", s["metrics"]), *s["baselines"].items()]:
+        lines.append(f"{name:<16}{m['accuracy']:>10.4f}{m['f1_macro']:>10.4f}{m['f1_weighted']:>8.4f}"
+                     f"{m['roc_auc']:>9.4f}{m['log_loss']:>10.4f}")
+    lines.append(f"{s['n_test']} test items; wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, "
+                 f"final fit {s['timings']['final_fit']:.1f}s)")
     return "\n".join(lines)
 
 
@@ -158,11 +258,15 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
     device = pick_device(cfg.training.device)
 
     frame, source = ingest(cfg)
-    time_col, values = validate(frame, source, cfg)
-    data = preprocess(time_col, values, source, cfg)
+    data = preprocess(validate(frame, source, cfg), source, cfg)
     digest = data_digest(data)
-    logger.info("data %s: %d rows, %d columns; split at rows %d (validation) and %d (test)", source, data.points.n,
-                data.values.shape[1], data.points.val_start + 1, data.points.test_start + 1)
+    if isinstance(data, PreparedSequences):
+        logger.info("data %s: %d %s items, %d classes; split %s; max length %d (%d truncated)", source,
+                    len(data.raw), data.kind, len(data.classes), {k: len(v) for k, v in data.split.items()},
+                    data.encoder.max_length, data.n_truncated)
+    else:
+        logger.info("data %s: %d rows, %d columns; split at rows %d (validation) and %d (test)", source,
+                    data.points.n, data.values.shape[1], data.points.val_start + 1, data.points.test_start + 1)
 
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
     timings = {}
@@ -189,45 +293,21 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
         client = mlflow.MlflowClient()
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, h[k], int(time.time() * 1000), h["epoch"])
                                           for h in fitted.history for k in ("train_loss", "val_loss", "lr")])
-        bundle = ForecastBundle(fitted.model, data.scaling, data.target_columns, data.feature_columns,
-                                int(tuned.best_params["window"]), data.horizon)
+        bundle = make_bundle(fitted.model, data, tuned.best_params, cfg)
 
         t0 = time.perf_counter()
         ev = evaluate_task(data, bundle, cfg)
-        mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()})
-        for name, m in ev["baselines"].items():
-            mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in m.items()})
-        mlflow.log_metrics({f"skill_vs_{k}": v for k, v in ev["skill"].items()})
-        mlflow.log_metrics({f"test_mse_h{h + 1}": v for h, v in enumerate(ev["mse_by_horizon"])})
-        if len(data.target_columns) > 1:
-            for col, m in ev["per_target"].items():
-                mlflow.log_metrics({f"test_{col}_{k}": v for k, v in m.items()})
+        log_evaluation(ev, data)
         with tempfile.TemporaryDirectory() as tmp:
-            files = evaluate.save_plots(tmp, ev, data.time.iloc[ev["first_targets"]].to_numpy(), fitted.history,
-                                        tuned.study if tuned.n_complete > 1 else None)
-            for f in files:
-                mlflow.log_artifact(str(f), "plots")
-            idx = data.points.first_targets("test", bundle.window, data.horizon)[:1]
-            example = bundle.windows_frame(lag_matrix(data.values, idx, bundle.window))
-            model_uri = registry.log_model(bundle, Path(tmp) / "bundle", example)
-            # the seed's save/load check: the logged pyfunc must reproduce the in-memory forecasts
-            save_load_diff = registry.check_reproduces(model_uri, bundle, data, ev["first_targets"], ev["y_pred"])
-            evaluate.predictions_frame(ev, data.time, bundle.output_columns).to_csv(
-                Path(tmp) / "test_predictions.csv", index=False)
-            mlflow.log_artifact(str(Path(tmp) / "test_predictions.csv"), "predictions")
-            # the reference for monitoring: the data this model learned from, recorded with it
-            meta = monitor.reference_meta(cfg.data.time_column, data.target_columns + data.feature_columns,
-                                          data.n_targets, bundle.window, data.horizon, ev["metrics"]["mse"], data.time,
-                                          digest)
-            mlflow.log_artifacts(str(monitor.write_reference(Path(tmp) / "reference", data.time, data.values, meta)),
-                                 monitor.REFERENCE_DIR)
+            model_uri, save_load_diff = log_artifacts(Path(tmp), ev, data, bundle, fitted, tuned, cfg, digest)
         timings["evaluate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         decision = gate_task(model_uri, cfg, data)
+        scores = ("accuracy", "f1_macro") if cfg.task == "classification" else ("mse",)
         version = register_task(model_uri, cfg, decision, run_id,
-                                {"data_digest": digest[:16], "config": cfg.name, "trigger": reason,
-                                 "test_mse": f"{ev['metrics']['mse']:.8g}",
+                                {"data_digest": digest[:16], "config": cfg.name, "trigger": reason, "task": cfg.task,
+                                 **{f"test_{k}": f"{ev['metrics'][k]:.8g}" for k in scores},
                                  "reference": f"runs:/{run_id}/{monitor.REFERENCE_DIR}"})
         timings["register"] = time.perf_counter() - t0
         champion = registry.current_champion(client, cfg.model_name)
@@ -236,13 +316,12 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
 
         timings["training_compute"] = tuned.trial_seconds + fitted.seconds
         summary = {
-            "model_name": cfg.model_name, "model_version": version, "promoted": decision.promoted,
+            "task": cfg.task, "model_name": cfg.model_name, "model_version": version, "promoted": decision.promoted,
             "champion_version": str(champion.version) if champion else None, "reason": decision.reason,
-            "gate": {"metric": cfg.registry.metric, "challenger": decision.challenger_score,
+            "gate": {"metric": cfg.gate_metric, "challenger": decision.challenger_score,
                      "champion": decision.champion_score, "previous_champion_version": decision.champion_version},
             "metrics": ev["metrics"], "baselines": ev["baselines"], "skill": ev["skill"],
-            "metrics_per_target": ev["per_target"], "mse_by_horizon": ev["mse_by_horizon"],
-            "n_test_windows": ev["n_test_windows"], "best_params": tuned.best_params,
+            **task_summary(ev, data), "best_params": tuned.best_params,
             "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
             "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,
             "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val},

@@ -1,4 +1,5 @@
-"""The self-contained forecaster: weights (safetensors) + preprocessing (JSON). Loading it unpickles nothing.
+"""The self-contained model: weights (safetensors) + preprocessing (JSON). Loading it unpickles nothing.
+ForecastBundle forecasts; ClassifierBundle classifies texts or numeric sequences.
 
 The same object answers in the flow (in memory), in the registered MLflow pyfunc, in the CLI and in any
 server, always in original units.
@@ -17,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DataValidationError
 from .features import Scaling
-from .models import ModelSpec, RNNForecaster
+from .models import ClassifierSpec, ModelSpec, RNNClassifier, RNNForecaster
+from .sequences import Encoder, pad, read_sequences, read_texts
 
 WINDOW_ID = "window_id"
 PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
@@ -46,19 +48,12 @@ class ForecastBundle:
                 "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon}
 
     def save(self, folder: str | Path) -> dict[str, str]:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / PREPROCESS_FILE).write_text(json.dumps(self.preprocess_json(), indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
-        return {"preprocess": str(folder / PREPROCESS_FILE), "weights": str(folder / WEIGHTS_FILE)}
+        return _save(folder, self.preprocess_json(), self.model)
 
     @classmethod
     def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ForecastBundle":
         meta = json.loads(Path(preprocess_path).read_text())
-        model = RNNForecaster(ModelSpec(**meta["model"]))
-        model.load_state_dict(load_file(str(weights_path)))
-        model.eval()
+        model = _weights(RNNForecaster(ModelSpec(**meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
 
@@ -110,3 +105,115 @@ class ForecastBundle:
         frame = pd.DataFrame(x.reshape(n * self.window, -1), columns=self.input_columns)
         frame.insert(0, WINDOW_ID, np.repeat(np.arange(n, dtype="int64"), self.window))
         return frame
+
+
+def _save(folder: str | Path, meta: dict, model: torch.nn.Module) -> dict[str, str]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PREPROCESS_FILE).write_text(json.dumps(meta, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    return {"preprocess": str(folder / PREPROCESS_FILE), "weights": str(folder / WEIGHTS_FILE)}
+
+
+def _weights(model: torch.nn.Module, weights_path: str | Path) -> torch.nn.Module:
+    model.load_state_dict(load_file(str(weights_path)))
+    model.eval()
+    return model
+
+
+LABEL = "label"
+
+
+@dataclass
+class ClassifierBundle:
+    """Raw texts or raw numeric sequences -> the label and the probability of every class."""
+
+    model: RNNClassifier
+    encoder: Encoder
+    classes: list[str]
+    text_column: str | None
+    sequence_column: str
+    step_column: str | None
+
+    @property
+    def kind(self) -> str:
+        return self.encoder.kind
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [self.text_column] if self.kind == "text" else list(self.encoder.channels)
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [LABEL, *(f"prob_{c}" for c in self.classes)]
+
+    def preprocess_json(self) -> dict:
+        return {"format": 1, "task": "classification", "model": self.model.spec.to_json(),
+                "encoder": self.encoder.to_json(), "classes": self.classes, "text_column": self.text_column,
+                "sequence_column": self.sequence_column, "step_column": self.step_column}
+
+    def save(self, folder: str | Path) -> dict[str, str]:
+        return _save(folder, self.preprocess_json(), self.model)
+
+    @classmethod
+    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ClassifierBundle":
+        meta = json.loads(Path(preprocess_path).read_text())
+        model = _weights(RNNClassifier(ClassifierSpec(**meta["model"])), weights_path)
+        return cls(model, Encoder.from_json(meta["encoder"]), meta["classes"], meta["text_column"],
+                   meta["sequence_column"], meta["step_column"])
+
+    def predict_proba(self, items: list, source: str = "input", ids=None, chunk: int = 256) -> np.ndarray:
+        """Raw items (texts, or (steps, channels) arrays in original units) -> (N, classes) probabilities. Batches
+        hold items of similar length; packing makes the result independent of the batching anyway."""
+        encoded, _ = self.encoder.encode(items, source, ids)
+        return self.predict_encoded(encoded, chunk)
+
+    def predict_encoded(self, encoded: list[np.ndarray], chunk: int = 256) -> np.ndarray:
+        out = np.zeros((len(encoded), len(self.classes)), dtype="float64")
+        order = np.argsort([len(e) for e in encoded], kind="stable")
+        self.model.eval()
+        with torch.inference_mode():
+            for i in range(0, len(order), chunk):
+                part = order[i:i + chunk]
+                x, lengths = pad([torch.from_numpy(encoded[j]) for j in part], self.model.spec.padding)
+                out[part] = torch.softmax(self.model(x, lengths), dim=-1).double().numpy()
+        return out
+
+    def read_frame(self, frame: pd.DataFrame, source: str = "input") -> tuple[np.ndarray, list]:
+        """A user's frame (the training format; a label column, if any, is ignored) -> (ids, raw items)."""
+        if self.kind == "text":
+            raw = read_texts(frame, source, self.text_column, None)
+            ids = (frame[self.sequence_column].to_numpy() if self.sequence_column in frame.columns
+                   else np.arange(len(frame)))
+            return ids, raw.items
+        step = self.step_column if self.step_column in frame.columns else None
+        raw = read_sequences(frame, source, self.sequence_column, step, self.encoder.channels, None)
+        return raw.ids, raw.items
+
+    def items_frame(self, items: list) -> pd.DataFrame:
+        """The inverse of read_frame, with ids 0..n-1: the frame a client sends to the pyfunc."""
+        if self.kind == "text":
+            return pd.DataFrame({self.sequence_column: np.arange(len(items), dtype="int64"),
+                                 self.text_column: list(items)})
+        lengths = [len(x) for x in items]
+        frame = pd.DataFrame(np.concatenate(items) if items else np.zeros((0, len(self.input_columns))),
+                             columns=self.input_columns)
+        frame.insert(0, self.sequence_column, np.repeat(np.arange(len(items), dtype="int64"), lengths))
+        return frame
+
+    def result_frame(self, ids, proba: np.ndarray) -> pd.DataFrame:
+        out = pd.DataFrame(proba, columns=self.output_columns[1:])
+        out.insert(0, LABEL, np.asarray(self.classes, dtype=object)[proba.argmax(1)] if len(proba) else [])
+        out.insert(0, self.sequence_column, ids)
+        return out
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        ids, items = self.read_frame(frame)
+        return self.result_frame(ids, self.predict_proba(items, ids=ids))
+
+
+def load_bundle(preprocess_path: str | Path, weights_path: str | Path) -> ForecastBundle | ClassifierBundle:
+    task = json.loads(Path(preprocess_path).read_text()).get("task", "forecasting")
+    cls = ClassifierBundle if task == "classification" else ForecastBundle
+    return cls.load(preprocess_path, weights_path)

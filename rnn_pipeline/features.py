@@ -140,6 +140,36 @@ class WindowSet:
         y = seq[:, 1:, : self.T].unfold(1, self.H, 1)  # (B, L, T, H)
         return x, y.permute(0, 1, 3, 2)
 
+    # the interface train.fit uses (shared with sequences.SequenceSet)
+    def to(self, device) -> "WindowSet":
+        if torch.device(device).type == "cpu":
+            return self
+        return WindowSet(self.z.to(device), self.T, self.L, self.H, self.starts.numpy() + self.L)
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(len(self), generator=generator)
+
+    def loss(self, model, idx: torch.Tensor, loss_steps: str = "last", burn_in: float = 0.5) -> torch.Tensor:
+        """MSE of a batch; with loss_steps='all', of every step's forecast after the burn-in share of the window."""
+        all_steps = loss_steps == "all"
+        x, y = self.batch(idx, all_steps=all_steps)
+        out = model(x, all_steps=all_steps)
+        if all_steps:
+            first = int(self.L * burn_in)
+            out, y = out[:, first:], y[:, first:]
+        return torch.nn.functional.mse_loss(out, y)
+
+    @torch.no_grad()
+    def eval_loss(self, model, chunk: int = 8192) -> float:
+        """Mean squared error of the last-step forecast over all windows (scaled units)."""
+        model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(self), chunk):
+            x, y = self.batch(torch.arange(i, min(i + chunk, len(self))))
+            total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
+            n += len(x)
+        return total / max(n, 1)
+
 
 def lag_matrix(values: np.ndarray, first_targets: np.ndarray, window: int) -> np.ndarray:
     """(N, L, F) input windows ending just before each first target, gathered from numpy's sliding view."""

@@ -7,12 +7,13 @@ from mlflow.pyfunc import PythonModel
 
 class RNNForecastModel(PythonModel):
     def load_context(self, context):
-        from rnn_pipeline.bundle import ForecastBundle
+        from rnn_pipeline.bundle import load_bundle
 
-        self.bundle = ForecastBundle.load(context.artifacts["preprocess"], context.artifacts["weights"])
+        self.bundle = load_bundle(context.artifacts["preprocess"], context.artifacts["weights"])
 
     def predict(self, context, model_input, params=None):
-        """Rows of history (optionally grouped by `window_id`) -> H-step forecasts in original units."""
+        """Forecasting: rows of history (optionally grouped by `window_id`) -> H-step forecasts in original units.
+        Classification: texts, or a long table of sequence steps -> label and class probabilities."""
         return self.bundle.predict_frame(model_input)
 
 

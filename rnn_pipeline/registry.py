@@ -18,9 +18,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from .bundle import WINDOW_ID, ForecastBundle
+from .bundle import LABEL, WINDOW_ID, ClassifierBundle, ForecastBundle
+from .config import HIGHER_IS_BETTER
 from .errors import PipelineError, RegistryError
 from .features import PreparedSeries, lag_matrix, target_matrix
+from .sequences import PreparedSequences
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -31,7 +33,14 @@ def _req(pkg: str) -> str:
     return f"{pkg}=={metadata.version(pkg).split('+')[0]}"
 
 
-def signature_for(bundle: ForecastBundle) -> ModelSignature:
+def signature_for(bundle: ForecastBundle | ClassifierBundle) -> ModelSignature:
+    if isinstance(bundle, ClassifierBundle):
+        ident = ColSpec("long", bundle.sequence_column, required=bundle.kind == "numeric")
+        cols = ([ColSpec("string", bundle.text_column)] if bundle.kind == "text"
+                else [ColSpec("double", c) for c in bundle.input_columns])
+        outputs = Schema([ColSpec("long", bundle.sequence_column), ColSpec("string", LABEL)]
+                         + [ColSpec("double", c) for c in bundle.output_columns[1:]])
+        return ModelSignature(inputs=Schema([ident, *cols]), outputs=outputs)
     inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in bundle.input_columns])
     outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in bundle.output_columns])
     return ModelSignature(inputs=inputs, outputs=outputs)
@@ -47,8 +56,8 @@ def log_model(bundle: ForecastBundle, workdir: str | Path, input_example: pd.Dat
     return info.model_uri
 
 
-def load_bundle(model) -> ForecastBundle:
-    """The ForecastBundle inside a loaded pyfunc."""
+def load_bundle(model) -> ForecastBundle | ClassifierBundle:
+    """The bundle inside a loaded pyfunc."""
     return model.unwrap_python_model().bundle
 
 
@@ -59,9 +68,39 @@ def load(uri: str):
         raise RegistryError(f"cannot load model '{uri}': {e.message.splitlines()[0]}") from None
 
 
-def score(model, data: PreparedSeries, metric: str) -> float:
-    """Score a loaded pyfunc on the test windows of `data` (original units), through its own predict."""
+def predict_items(model, items: list) -> np.ndarray:
+    """Class probabilities for raw items through a loaded classifier pyfunc's own predict."""
     b = load_bundle(model)
+    out = model.predict(b.items_frame(items))
+    return out.sort_values(b.sequence_column)[b.output_columns[1:]].to_numpy(dtype="float64")
+
+
+def score_classifier(model, data: PreparedSequences, metric: str) -> float:
+    from .evaluate import classification_metrics
+
+    b = load_bundle(model)
+    if not isinstance(b, ClassifierBundle) or b.kind != data.kind:
+        raise PipelineError(f"model is not a {data.kind} classifier")
+    if b.kind == "numeric" and b.input_columns != data.encoder.channels:
+        raise PipelineError(f"model reads channels {b.input_columns}; this data has {data.encoder.channels}")
+    idx = data.split["test"]
+    proba = predict_items(model, [data.raw.items[i] for i in idx])
+    # the model's classes may differ from this data's: score on this data's class order
+    lookup = {c: j for j, c in enumerate(b.classes)}
+    aligned = np.zeros((len(idx), len(data.classes)))
+    for j, c in enumerate(data.classes):
+        if c in lookup:
+            aligned[:, j] = proba[:, lookup[c]]
+    return classification_metrics(data.y[idx], aligned, len(data.classes))[metric]
+
+
+def score(model, data: PreparedSeries | PreparedSequences, metric: str) -> float:
+    """Score a loaded pyfunc on the test windows (or items) of `data` (original units), through its own predict."""
+    if isinstance(data, PreparedSequences):
+        return score_classifier(model, data, metric)
+    b = load_bundle(model)
+    if not isinstance(b, ForecastBundle):
+        raise PipelineError("model is a classifier; this data is a series to forecast")
     if b.target_columns != data.target_columns or b.horizon != data.horizon:
         raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
                             f"{data.target_columns} x {data.horizon}")
@@ -80,13 +119,17 @@ def score(model, data: PreparedSeries, metric: str) -> float:
             "mae": float(np.mean(np.abs(err)))}[metric]
 
 
-def check_reproduces(model_uri: str, bundle: ForecastBundle, data: PreparedSeries, first_targets: np.ndarray,
-                     expected: np.ndarray) -> float:
-    """Reload the logged pyfunc and check it gives the in-memory forecasts (the seed's save/load check).
-    Returns the largest absolute difference; raises before anything is registered when they differ."""
-    x = lag_matrix(data.values, first_targets, bundle.window)
-    got = load(model_uri).predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
-    want = expected.reshape(len(first_targets), -1)
+def check_reproduces(model_uri: str, bundle, data, index: np.ndarray, expected: np.ndarray) -> float:
+    """Reload the logged pyfunc and check it gives the in-memory forecasts or probabilities for the test windows
+    (items) at `index` (the seed's save/load check). Returns the largest absolute difference; raises before anything
+    is registered when they differ."""
+    model = load(model_uri)
+    if isinstance(bundle, ClassifierBundle):
+        got = predict_items(model, [data.raw.items[i] for i in index])
+    else:
+        x = lag_matrix(data.values, index, bundle.window)
+        got = model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
+    want = expected.reshape(len(index), -1)
     diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
     if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
         raise PipelineError(f"the logged model does not reproduce the in-memory forecasts (max difference "
@@ -118,17 +161,21 @@ def decide(challenger_score: float, champion_score: float | None, margin: float,
         return GateDecision(False, f"champion v{champion_version} could not be scored on this data "
                                    f"({champion_error}); kept, promote by hand if intended",
                             challenger_score, None, champion_version)
-    bar = champion_score * (1 - margin)
-    if challenger_score < bar:
-        return GateDecision(True, f"challenger {metric} {challenger_score:.6g} < champion v{champion_version} "
-                                  f"{champion_score:.6g} x (1 - margin {margin:g})", challenger_score, champion_score,
-                            champion_version)
-    return GateDecision(False, f"challenger {metric} {challenger_score:.6g} does not beat champion "
-                               f"v{champion_version} {champion_score:.6g} x (1 - margin {margin:g})",
-                        challenger_score, champion_score, champion_version)
+    if metric in HIGHER_IS_BETTER:  # the margin is a share of the champion's shortfall from a perfect 1
+        bar = champion_score + margin * (1 - champion_score)
+        wins, rule = challenger_score > bar, f"> {champion_score:.6g} + margin {margin:g} x (1 - {champion_score:.6g})"
+    else:
+        bar = champion_score * (1 - margin)
+        wins, rule = challenger_score < bar, f"< {champion_score:.6g} x (1 - margin {margin:g})"
+    if wins:
+        return GateDecision(True, f"challenger {metric} {challenger_score:.6g} beats champion v{champion_version} "
+                                  f"{champion_score:.6g} ({rule})", challenger_score, champion_score, champion_version)
+    return GateDecision(False, f"challenger {metric} {challenger_score:.6g} does not beat champion v{champion_version} "
+                               f"{champion_score:.6g} (needs {rule})", challenger_score, champion_score,
+                        champion_version)
 
 
-def gate(model_uri: str, name: str, data: PreparedSeries, metric: str, margin: float) -> GateDecision:
+def gate(model_uri: str, name: str, data: PreparedSeries | PreparedSequences, metric: str, margin: float) -> GateDecision:
     """Score challenger and champion on the same test windows and decide; changes nothing in the registry."""
     client = mlflow.MlflowClient()
     challenger_score = score(load(model_uri), data, metric)
@@ -171,7 +218,7 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="RNN forecaster registered by rnn-pipeline")
+        client.create_registered_model(name, description="RNN model registered by rnn-pipeline")
         created_model = True
     previous_challenger = _alias_version(client, name, CHALLENGER)
     version = None

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
-from .features import WindowSet
-from .models import ModelSpec, RNNForecaster
+from .models import ClassifierSpec, ModelSpec, build_model
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ class TrainingDiverged(PipelineError):
 
 @dataclass
 class FitResult:
-    model: RNNForecaster
+    model: torch.nn.Module
     best_val: float
     best_epoch: int
     epochs: int
@@ -66,40 +65,21 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"unknown optimizer '{name}'")
 
 
-@torch.no_grad()
-def mean_loss(model: RNNForecaster, windows: WindowSet, chunk: int = 8192) -> float:
-    """Mean squared error of the last-step forecast over all windows (scaled units)."""
-    model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(windows), chunk):
-        x, y = windows.batch(torch.arange(i, min(i + chunk, len(windows))))
-        x, y = x.to(windows_device(model)), y.to(windows_device(model))
-        total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
-        n += len(x)
-    return total / max(n, 1)
-
-
-def windows_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def fit(spec: ModelSpec, train: WindowSet, val: WindowSet, *, lr: float, batch_size: int, optimizer: str = "adam",
+def fit(spec: ModelSpec | ClassifierSpec, train, val, *, lr: float, batch_size: int, optimizer: str = "adam",
         weight_decay: float = 0.0, max_epochs: int = 100, patience: int = 10, lr_patience: int = 5,
         lr_factor: float = 0.5, clip_grad_norm: float | None = 1.0, loss_steps: str = "last", burn_in: float = 0.5,
         seed: int = 0, device: torch.device | str = "cpu",
         on_epoch: Callable[[int, float], None] | None = None, log_every: int = 0) -> FitResult:
-    """Train one model. `on_epoch(epoch, val_loss)` is called after every epoch (the tuner's pruning hook; it
-    may raise to stop). Returns the model with the best validation weights restored."""
+    """Train one model. `train`/`val`: a features.WindowSet (forecasting) or a sequences.SequenceSet
+    (classification): each gives a batch loss, a validation loss and the epoch's order. `on_epoch(epoch, val_loss)`
+    is called after every epoch (the tuner's pruning hook; it may raise to stop). Returns the model with the best
+    validation weights restored."""
     torch.manual_seed(seed)
     device = torch.device(device)
-    model = RNNForecaster(spec).to(device)
+    model = build_model(spec).to(device)
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=lr_factor, patience=lr_patience)
-    all_steps = loss_steps == "all"
-    first_scored = int(train.L * burn_in) if all_steps else 0
-    if device.type != "cpu":
-        train = WindowSet(train.z.to(device), train.T, train.L, train.H, train.starts.numpy() + train.L)
-        val = WindowSet(val.z.to(device), val.T, val.L, val.H, val.starts.numpy() + val.L)
+    train, val = train.to(device), val.to(device)
     gen = torch.Generator().manual_seed(seed)
     n = len(train)
     best_val, best_epoch, best_state, bad = math.inf, -1, None, 0
@@ -108,22 +88,19 @@ def fit(spec: ModelSpec, train: WindowSet, val: WindowSet, *, lr: float, batch_s
     for epoch in range(max_epochs):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = train.order(gen)
         running = 0.0
         for i in range(0, n, batch_size):
-            x, y = train.batch(perm[i:i + batch_size], all_steps=all_steps)
-            out = model(x, all_steps=all_steps)
-            if all_steps:
-                out, y = out[:, first_scored:], y[:, first_scored:]
-            loss = torch.nn.functional.mse_loss(out, y)
+            idx = perm[i:i + batch_size]
+            loss = train.loss(model, idx, loss_steps=loss_steps, burn_in=burn_in)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             opt.step()
-            running += loss.item() * len(x)
+            running += loss.item() * len(idx)
         train_loss = running / n
-        val_loss = mean_loss(model, val)
+        val_loss = val.eval_loss(model)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1} (train {train_loss}, val {val_loss})")
         sched.step(val_loss)

@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from .config import FloatRange, IntRange, PipelineConfig
 from .features import PreparedSeries
-from .models import ModelSpec
+from .models import ClassifierSpec, ModelSpec
+from .sequences import PreparedSequences
 from .train import fit
 
 log = logging.getLogger(__name__)
@@ -39,22 +40,42 @@ def suggest(trial: optuna.Trial, cfg: PipelineConfig) -> dict:
 
 
 def default_params(cfg: PipelineConfig) -> dict:
-    return {"cell": cfg.model.cell, "hidden": cfg.model.hidden, "layers": cfg.model.layers,
-            "dropout": cfg.model.dropout, "lr": cfg.training.lr, "batch_size": cfg.training.batch_size,
-            "window": cfg.features.window, "optimizer": cfg.training.optimizer}
+    """Every tunable knob at its configured value: forecasting adds the window, classification the sequence
+    reader's knobs (embedding width only for embedded text)."""
+    m = cfg.model
+    out = {"cell": m.cell, "hidden": m.hidden, "layers": m.layers, "dropout": m.dropout, "lr": cfg.training.lr,
+           "batch_size": cfg.training.batch_size, "optimizer": cfg.training.optimizer}
+    if cfg.task == "classification":
+        out.update(bidirectional=m.bidirectional, pooling=m.pooling)
+        if cfg.data.text_column and cfg.features.encoding == "embedding":
+            out["embedding_dim"] = m.embedding_dim
+    else:
+        out["window"] = cfg.features.window
+    return out
 
 
-def spec_for(params: dict, data: PreparedSeries) -> ModelSpec:
-    return ModelSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
-                     dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
-                     horizon=data.horizon)
+def spec_for(params: dict, data: PreparedSeries | PreparedSequences) -> ModelSpec | ClassifierSpec:
+    common = dict(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
+                  dropout=float(params["dropout"]))
+    if isinstance(data, PreparedSequences):
+        return ClassifierSpec(**common, n_classes=len(data.classes), input_kind=data.kind,
+                              n_inputs=data.encoder.n_inputs, encoding=data.encoding,
+                              embedding_dim=int(params.get("embedding_dim", 64)),
+                              bidirectional=bool(params["bidirectional"]), pooling=params["pooling"],
+                              padding=data.padding)
+    return ModelSpec(**common, n_features=data.z.shape[1], n_targets=data.n_targets, horizon=data.horizon)
 
 
-def train_with(params: dict, data: PreparedSeries, cfg: PipelineConfig, *, max_epochs: int, patience: int,
-               device, on_epoch=None, log_every: int = 0):
+def _split_sets(params: dict, data: PreparedSeries | PreparedSequences):
+    if isinstance(data, PreparedSequences):
+        return data.batches("train"), data.batches("val")
+    return data.windows("train", params["window"]), data.windows("val", params["window"])
+
+
+def train_with(params: dict, data: PreparedSeries | PreparedSequences, cfg: PipelineConfig, *, max_epochs: int,
+               patience: int, device, on_epoch=None, log_every: int = 0):
     t = cfg.training
-    return fit(spec_for(params, data), data.windows("train", params["window"]), data.windows("val", params["window"]),
-               lr=params["lr"], batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
+    return fit(spec_for(params, data), *_split_sets(params, data), lr=params["lr"], batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
                weight_decay=t.weight_decay, max_epochs=max_epochs, patience=patience, lr_patience=t.lr_patience,
                lr_factor=t.lr_factor, clip_grad_norm=t.clip_grad_norm, loss_steps=t.loss_steps, burn_in=t.burn_in,
                seed=cfg.seed, device=device, on_epoch=on_epoch, log_every=log_every)

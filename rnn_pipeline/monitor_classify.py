@@ -1,0 +1,118 @@
+"""Monitoring for sequence classification: a batch of texts or sequences (labels optional) against the champion's
+reference (the labelled data it was trained on).
+
+- Input drift: per-item descriptors through Evidently. Text: Evidently's text descriptors (length, word count,
+  share of non-letter characters) plus the share of tokens outside the model's vocabulary (computed with the
+  model's own tokenizer: Evidently's OOV descriptor needs an English word list downloaded at run time).
+  Numeric sequences: length and each channel's mean and spread.
+- Prediction drift: the distribution of the champion's predicted labels (Evidently, categorical).
+- When the batch carries labels: the champion's accuracy and macro F1 on it against its test scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataValidationError
+from .sequences import RawSequences, channel_columns, read_sequences, read_texts
+
+REFERENCE_DATA, REFERENCE_META = "data.parquet", "reference.json"
+PREDICTED = "predicted_label"
+
+
+def read_items(frame: pd.DataFrame, source: str, d, labels: bool) -> RawSequences:
+    """The training format of `d` (a DataConfig): texts, or a long table of numeric sequences. With labels=False a
+    label column is read when present (a monitoring batch may or may not carry labels)."""
+    label_column = d.label_column if (labels or d.label_column in frame.columns) else None
+    if d.text_column:
+        return read_texts(frame, source, d.text_column, label_column, d.split_column if labels else None)
+    split = d.split_column if labels and d.split_column in frame.columns else None
+    channels = channel_columns(frame, d.sequence_column, d.step_column, d.label_column, d.split_column,
+                               d.channel_columns)
+    step = d.step_column if d.step_column and (labels or d.step_column in frame.columns) else None
+    return read_sequences(frame, source, d.sequence_column, step, channels, label_column, split)
+
+
+def items_frame(raw: RawSequences, d) -> pd.DataFrame:
+    """Raw items back in the user's format (with their ids and labels): what a retrain reads."""
+    if raw.kind == "text":
+        out = pd.DataFrame({d.text_column: raw.items})
+        if raw.labels is not None:
+            out[d.label_column] = raw.labels
+        return out
+    lengths = [len(x) for x in raw.items]
+    out = pd.DataFrame(np.concatenate(raw.items), columns=raw.channels)
+    out.insert(0, d.sequence_column, np.repeat(raw.ids, lengths))
+    out.insert(1, d.step_column or "step", np.concatenate([np.arange(n) for n in lengths]))
+    if raw.labels is not None:
+        out[d.label_column] = np.repeat(raw.labels, lengths)
+    return out
+
+
+def write_reference(folder: str | Path, data, bundle, metrics: dict, d, digest: str) -> Path:
+    """The training items (every split, labelled, in the user's format) and what monitoring needs about them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    items_frame(data.raw, d).to_parquet(folder / REFERENCE_DATA, index=False)
+    meta = {"format": 1, "task": "classification", "kind": data.kind, "classes": data.classes,
+            "test_accuracy": float(metrics["accuracy"]), "test_f1_macro": float(metrics["f1_macro"]),
+            "n_items": len(data.raw), "channels": data.raw.channels, "data_digest": digest,
+            "train_index": data.split["train"].tolist()}
+    (folder / REFERENCE_META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def read_reference(folder: str | Path, d) -> tuple[RawSequences, dict]:
+    folder = Path(folder)
+    meta = json.loads((folder / REFERENCE_META).read_text())
+    raw = read_items(pd.read_parquet(folder / REFERENCE_DATA), str(folder / REFERENCE_DATA), d, labels=True)
+    return raw, meta
+
+
+def descriptors(raw: RawSequences, bundle) -> pd.DataFrame:
+    """One row per item: the input descriptors (see the module docstring) and the champion's predicted label."""
+    from evidently import DataDefinition, Dataset
+    from evidently.descriptors import NonLetterCharacterPercentage, TextLength, WordCount
+
+    proba = bundle.predict_proba(raw.items, ids=raw.ids)
+    predicted = np.asarray(bundle.classes, dtype=object)[proba.argmax(1)]
+    if raw.kind == "text":
+        frame = pd.DataFrame({"text": raw.items})
+        ds = Dataset.from_pandas(frame, data_definition=DataDefinition(text_columns=["text"]),
+                                 descriptors=[TextLength("text", alias="length"), WordCount("text", alias="words"),
+                                              NonLetterCharacterPercentage("text", alias="non_letter_share")])
+        out = ds.as_dataframe()[["length", "words", "non_letter_share"]].astype("float64").reset_index(drop=True)
+        encoded, _ = bundle.encoder.encode(raw.items)
+        out["oov_share"] = bundle.encoder.text.oov_share(encoded)
+    else:
+        cols = {"length": [float(len(x)) for x in raw.items]}
+        for j, c in enumerate(raw.channels):
+            cols[f"{c}_mean"] = [float(x[:, j].mean()) for x in raw.items]
+            cols[f"{c}_std"] = [float(x[:, j].std()) for x in raw.items]
+        out = pd.DataFrame(cols)
+    out[PREDICTED] = predicted
+    return out
+
+
+def label_scores(raw: RawSequences, proba: np.ndarray, classes: list[str]) -> dict | None:
+    """Accuracy and macro F1 of the champion on a labelled batch; None when the batch has no labels. A label the
+    champion has never seen counts as an error (it cannot predict it) and is listed."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if raw.labels is None:
+        return None
+    predicted = np.asarray(classes, dtype=object)[proba.argmax(1)]
+    truth = raw.labels.astype(object)
+    unseen = sorted(set(truth) - set(classes))
+    return {"accuracy": float(accuracy_score(truth, predicted)),
+            "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "n_labelled": int(len(truth)), "unseen_labels": unseen}
+
+
+def check_batch(raw: RawSequences, source: str) -> None:
+    if len(raw) == 0:
+        raise DataValidationError("no items", source=source)

@@ -1,0 +1,466 @@
+"""Sequence classification data: reading texts and numeric sequences, tokenizers and vocabularies, per-channel
+scaling, truncation and padding. Everything is fitted on the training split only and saved as JSON in the model.
+
+Two input kinds:
+- text: one row per text (`text_column`, `label_column`); tokens become integer ids (0 = <pad>, 1 = <unk>).
+- numeric: a long table, one row per step (`sequence_column`, optional `step_column`, channels, `label_column`);
+  each sequence becomes a (steps, channels) float array, scaled per channel.
+
+Padding happens per batch (`pad`), on the configured side; the model packs the batch (pack_padded_sequence), so
+a sequence's prediction does not depend on its batch's padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .errors import DataValidationError
+from .features import Scaling, fit_scaler
+from .validation import numeric_columns
+
+log = logging.getLogger(__name__)
+PAD, UNK = "<pad>", "<unk>"
+SPLITS = ("train", "val", "test")
+
+
+# ---- reading -----------------------------------------------------------------------------------------------------
+@dataclass
+class RawSequences:
+    """Validated raw inputs: texts (str) or numeric sequences ((steps, channels) float64), one per item."""
+
+    kind: str  # "text" | "numeric"
+    items: list
+    ids: np.ndarray  # sequence ids (numeric) or 1-based row numbers (text)
+    labels: np.ndarray | None  # str per item, None when the input has no labels
+    split: np.ndarray | None = None  # "train"/"val"/"test" per item, from data.split_column
+    channels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, idx: np.ndarray) -> "RawSequences":
+        return RawSequences(self.kind, [self.items[i] for i in idx], self.ids[idx],
+                            None if self.labels is None else self.labels[idx],
+                            None if self.split is None else self.split[idx], self.channels)
+
+
+def _labels(frame: pd.DataFrame, source: str, column: str, rows: np.ndarray | None = None) -> np.ndarray:
+    raw = frame[column]
+    missing = raw.isna().to_numpy() | raw.astype(str).str.strip().eq("").to_numpy()
+    if missing.any():
+        pos = int(np.flatnonzero(missing)[0])
+        raise DataValidationError("missing label", source=source, column=column, row=pos + 1)
+    return _label_strings(raw)
+
+
+def _label_strings(raw: pd.Series) -> np.ndarray:
+    """Labels as strings; integral floats (a CSV column of 1.0, 2.0) read as '1', '2'."""
+    if pd.api.types.is_float_dtype(raw) and np.all(np.mod(raw.to_numpy(), 1) == 0):
+        raw = raw.astype("int64")
+    return np.asarray([str(v).strip() for v in raw], dtype=object)
+
+
+def _split_values(frame: pd.DataFrame, source: str, column: str | None) -> np.ndarray | None:
+    if column is None:
+        return None
+    if column not in frame.columns:
+        raise DataValidationError(f"missing split column '{column}' (data.split_column)", source=source)
+    values = frame[column].astype(str).str.strip().str.lower().to_numpy()
+    bad = ~np.isin(values, SPLITS)
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataValidationError("split must be train, val or test", source=source, column=column, row=pos + 1,
+                                  value=frame[column].iloc[pos])
+    return values
+
+
+def read_texts(frame: pd.DataFrame, source: str, text_column: str, label_column: str | None,
+               split_column: str | None = None) -> RawSequences:
+    """One text per row. Empty or whitespace-only text is refused with its row; so is a missing label."""
+    if text_column not in frame.columns:
+        raise DataValidationError(f"missing text column '{text_column}' (columns present: "
+                                  f"{', '.join(map(str, frame.columns))})", source=source)
+    if label_column is not None and label_column not in frame.columns:
+        raise DataValidationError(f"missing label column '{label_column}' (columns present: "
+                                  f"{', '.join(map(str, frame.columns))})", source=source)
+    raw = frame[text_column]
+    empty = raw.isna().to_numpy() | raw.astype(str).str.strip().eq("").to_numpy()
+    if empty.any():
+        pos = int(np.flatnonzero(empty)[0])
+        raise DataValidationError(f"empty text ({int(empty.sum())} such rows)", source=source, column=text_column,
+                                  row=pos + 1, value=raw.iloc[pos])
+    labels = None if label_column is None else _labels(frame, source, label_column)
+    return RawSequences("text", raw.astype(str).tolist(), np.arange(1, len(frame) + 1), labels,
+                        _split_values(frame, source, split_column))
+
+
+def channel_columns(frame: pd.DataFrame, sequence_column: str, step_column: str | None, label_column: str | None,
+                    split_column: str | None, configured: list[str]) -> list[str]:
+    if configured:
+        return list(configured)
+    skip = {sequence_column, step_column, label_column, split_column}
+    return [str(c) for c in frame.columns if c not in skip]
+
+
+def read_sequences(frame: pd.DataFrame, source: str, sequence_column: str, step_column: str | None,
+                   channels: list[str], label_column: str | None, split_column: str | None = None,
+                   ) -> RawSequences:
+    """A long table -> one (steps, channels) array per sequence id, in order of first appearance; rows ordered by
+    `step_column` within a sequence. Non-numeric or missing channel values (a ragged row), duplicate steps and a
+    sequence with two labels are refused with file, column, row and value."""
+    need = [sequence_column, *([step_column] if step_column else []), *channels,
+            *([label_column] if label_column else [])]
+    have = [str(c) for c in frame.columns]
+    for col in need:
+        if col not in frame.columns:
+            what = "label column" if col == label_column else "column"
+            raise DataValidationError(f"missing {what} '{col}' (columns present: {', '.join(have)})", source=source)
+    if not channels:
+        raise DataValidationError("no channel columns: a sequence needs at least one numeric column", source=source)
+    ids = frame[sequence_column]
+    if ids.isna().any():
+        pos = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise DataValidationError("missing sequence id", source=source, column=sequence_column, row=pos + 1)
+    # a missing cell is a ragged step: refused (filling it from a neighbour could borrow from another sequence)
+    values = numeric_columns(frame, source, channels, "error").to_numpy()
+    labels = None if label_column is None else _labels(frame, source, label_column)
+    split = _split_values(frame, source, split_column)
+    groups = pd.Series(np.arange(len(frame))).groupby(ids.to_numpy(), sort=False).indices
+    items, out_ids, out_labels, out_split = [], [], [], []
+    step = None
+    if step_column:
+        step = pd.to_numeric(frame[step_column], errors="coerce").to_numpy(dtype="float64")
+        if np.isnan(step).any():
+            pos = int(np.flatnonzero(np.isnan(step))[0])
+            raise DataValidationError("step is not a number", source=source, column=step_column, row=pos + 1,
+                                      value=frame[step_column].iloc[pos])
+    for sid, rows in groups.items():
+        if step is not None:
+            rows = rows[np.argsort(step[rows], kind="stable")]
+            dup = np.flatnonzero(np.diff(step[rows]) == 0)
+            if dup.size:
+                r = int(rows[dup[0] + 1])
+                raise DataValidationError(f"sequence {sid!r} has step {step[r]:g} twice", source=source,
+                                          column=step_column, row=r + 1, value=frame[step_column].iloc[r])
+        for col, arr in (("label", labels), ("split", split)):
+            if arr is not None and len(set(arr[rows])) > 1:
+                r = int(rows[np.flatnonzero(arr[rows] != arr[rows[0]])[0]])
+                column = label_column if col == "label" else split_column
+                raise DataValidationError(f"sequence {sid!r} has two {col}s ({arr[rows[0]]!r} and {arr[r]!r})",
+                                          source=source, column=column, row=r + 1, value=arr[r])
+        items.append(values[rows])
+        out_ids.append(sid)
+        if labels is not None:
+            out_labels.append(labels[rows[0]])
+        if split is not None:
+            out_split.append(split[rows[0]])
+    return RawSequences("numeric", items, np.asarray(out_ids), None if labels is None else np.asarray(out_labels),
+                        None if split is None else np.asarray(out_split), list(channels))
+
+
+def sequences_from_arrays(sequences: list, channels: list[str]) -> list[np.ndarray]:
+    """Raw nested lists (one list of steps per sequence, one list of channel values per step) -> float arrays.
+    An empty sequence, a ragged step (wrong number of channels) or a non-numeric value is refused."""
+    out = []
+    for i, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise DataValidationError(f"sequence {i} is empty")
+        for j, stp in enumerate(seq):
+            if np.ndim(stp) != 1 or len(stp) != len(channels):
+                raise DataValidationError(f"sequence {i}, step {j}: ragged: {len(np.atleast_1d(stp))} values, "
+                                          f"the model reads {len(channels)} channels {channels}")
+        try:
+            arr = np.asarray(seq, dtype="float64")
+        except (TypeError, ValueError):
+            raise DataValidationError(f"sequence {i}: a value is not a number") from None
+        if not np.isfinite(arr).all():
+            j, c = np.argwhere(~np.isfinite(arr))[0]
+            raise DataValidationError(f"sequence {i}, step {j}: not a finite number", column=channels[c],
+                                      value=arr[j, c])
+        out.append(arr)
+    return out
+
+
+# ---- text encoding -----------------------------------------------------------------------------------------------
+class TextEncoder:
+    """Text -> token ids. 'word': the regex `pattern` (after optional lower-casing) and a vocabulary of tokens seen at
+    least `min_freq` times in training, at most `max_vocab` (ties broken alphabetically). 'bpe': a byte-pair
+    encoding trained by the `tokenizers` library on the training texts. Ids 0 and 1 are <pad> and <unk>."""
+
+    def __init__(self, kind: str, lowercase: bool, pattern: str, vocab: list[str] | None = None,
+                 bpe_json: str | None = None):
+        self.kind, self.lowercase, self.pattern = kind, lowercase, pattern
+        self._re = re.compile(pattern)
+        self.vocab = vocab or [PAD, UNK]
+        self.index = {t: i for i, t in enumerate(self.vocab)}
+        self.bpe_json = bpe_json
+        self._bpe = None
+        if bpe_json is not None:
+            from tokenizers import Tokenizer
+
+            self._bpe = Tokenizer.from_str(bpe_json)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._bpe.get_vocab_size() if self._bpe is not None else len(self.vocab)
+
+    def words(self, text: str) -> list[str]:
+        return self._re.findall(text.lower() if self.lowercase else text)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        if self._bpe is not None:
+            return [np.asarray(e.ids, dtype="int64") for e in self._bpe.encode_batch(
+                [t.lower() if self.lowercase else t for t in texts])]
+        return [np.asarray([self.index.get(w, 1) for w in self.words(t)], dtype="int64") for t in texts]
+
+    def oov_share(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """Per text: the share of its tokens that are <unk>."""
+        return np.asarray([float(np.mean(e == 1)) if len(e) else 0.0 for e in encoded])
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "lowercase": self.lowercase, "pattern": self.pattern,
+                "vocab": self.vocab if self._bpe is None else None, "bpe": self.bpe_json}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TextEncoder":
+        return cls(d["kind"], d["lowercase"], d["pattern"], d.get("vocab"), d.get("bpe"))
+
+    @classmethod
+    def fit(cls, texts: list[str], kind: str, lowercase: bool, pattern: str, min_freq: int,
+            max_vocab: int) -> "TextEncoder":
+        if kind == "bpe":
+            from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+            tok = Tokenizer(models.BPE(unk_token=UNK))
+            tok.pre_tokenizer = pre_tokenizers.Split(pattern=_tokenizers_regex(pattern), behavior="isolated")
+            trainer = trainers.BpeTrainer(vocab_size=max_vocab, min_frequency=min_freq, special_tokens=[PAD, UNK],
+                                          show_progress=False)
+            tok.train_from_iterator([t.lower() if lowercase else t for t in texts], trainer=trainer)
+            return cls(kind, lowercase, pattern, None, tok.to_str())
+        enc = cls(kind, lowercase, pattern)
+        counts = Counter(w for t in texts for w in enc.words(t))
+        kept = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        return cls(kind, lowercase, pattern, [PAD, UNK, *kept[: max_vocab - 2]])
+
+
+def _tokenizers_regex(pattern: str):
+    from tokenizers import Regex
+
+    return Regex(pattern)
+
+
+# ---- prepared data -----------------------------------------------------------------------------------------------
+@dataclass
+class Encoder:
+    """Raw items -> model inputs: the text encoder or the per-channel scaling, then truncation."""
+
+    kind: str
+    channels: list[str]
+    text: TextEncoder | None
+    scaling: Scaling | None
+    max_length: int
+    too_long: str  # truncate | error
+    truncate_side: str  # pre | post
+
+    def encode(self, items: list, source: str = "input", ids=None) -> tuple[list[np.ndarray], int]:
+        """Returns the encoded items and how many were truncated. An item that encodes to nothing (a text of no
+        tokens) becomes a single <unk>, so that it still gets a prediction."""
+        if self.kind == "text":
+            seqs = self.text.encode(items)
+            seqs = [s if len(s) else np.ones(1, dtype="int64") for s in seqs]
+        else:
+            seqs = [self.scaling.transform(x).astype("float32") for x in items]
+        n_cut = 0
+        out = []
+        for i, s in enumerate(seqs):
+            if len(s) > self.max_length:
+                if self.too_long == "error":
+                    sid = ids[i] if ids is not None else i
+                    what = "tokens" if self.kind == "text" else "steps"
+                    raise DataValidationError(f"sequence {sid!r} has {len(s)} {what}, more than features.max_length "
+                                              f"{self.max_length} (set features.too_long: truncate to cut it)",
+                                              source=source)
+                s = s[-self.max_length:] if self.truncate_side == "pre" else s[: self.max_length]
+                n_cut += 1
+            out.append(s)
+        return out, n_cut
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "channels": self.channels, "text": self.text and self.text.to_json(),
+                "scaling": self.scaling and self.scaling.to_json(), "max_length": self.max_length,
+                "too_long": self.too_long, "truncate_side": self.truncate_side}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Encoder":
+        return cls(d["kind"], d["channels"], d["text"] and TextEncoder.from_json(d["text"]),
+                   d["scaling"] and Scaling.from_json(d["scaling"]), d["max_length"], d["too_long"],
+                   d["truncate_side"])
+
+    @property
+    def n_inputs(self) -> int:
+        return self.text.vocab_size if self.kind == "text" else len(self.channels)
+
+
+@dataclass
+class PreparedSequences:
+    """Labelled items, split (stratified) and encoded with an encoder fitted on the training split only."""
+
+    source: str
+    raw: RawSequences
+    encoder: Encoder
+    classes: list[str]
+    x: list[np.ndarray]
+    y: np.ndarray  # class index per item
+    split: dict[str, np.ndarray]  # split name -> item indices
+    n_truncated: int
+    padding: str
+    imbalance: str
+    encoding: str = "embedding"  # text: how tokens enter the model
+
+    @property
+    def kind(self) -> str:
+        return self.encoder.kind
+
+    def batches(self, split: str, params: dict | None = None, loss_weights: bool = True) -> "SequenceSet":
+        idx = self.split[split]
+        counts = np.bincount(self.y[self.split["train"]], minlength=len(self.classes)).astype("float64")
+        inv = np.where(counts > 0, counts.sum() / (len(self.classes) * np.maximum(counts, 1)), 0.0)
+        weights = torch.tensor(inv, dtype=torch.float32) if (
+            loss_weights and split == "train" and self.imbalance == "class_weights") else None
+        sampler = torch.tensor(inv[self.y[idx]], dtype=torch.float64) if (
+            split == "train" and self.imbalance == "weighted_sampler") else None
+        return SequenceSet([torch.from_numpy(self.x[i]) for i in idx], torch.from_numpy(self.y[idx]),
+                           self.padding, weights, sampler)
+
+
+def stratified_split(labels: np.ndarray, fixed: np.ndarray | None, val: float, test: float, seed: int,
+                     source: str) -> dict[str, np.ndarray]:
+    """Split item indices. With a split column: its test rows are the test set; validation comes from its val rows,
+    or when there are none, a stratified `val` share of its train rows. Otherwise stratified shares of everything."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+
+    def carve(pool: np.ndarray, share: float, what: str):
+        counts = Counter(labels[pool])
+        strat = labels[pool] if min(counts.values()) >= 2 else None
+        if strat is None:
+            rare = [k for k, c in counts.items() if c < 2]
+            log.warning("%s: class(es) %s have a single item: the %s split is not stratified", source, rare, what)
+        try:
+            return train_test_split(pool, test_size=share, random_state=seed, stratify=strat)
+        except ValueError as e:
+            raise DataValidationError(f"cannot carve a {what} split from {len(pool)} items: {e}", source=source) \
+                from None
+
+    if fixed is not None:
+        test_idx = idx[fixed == "test"]
+        train_pool = idx[fixed == "train"]
+        val_idx = idx[fixed == "val"]
+        if len(val_idx) == 0:
+            train_pool, val_idx = carve(train_pool, val, "validation")
+    else:
+        rest, test_idx = carve(idx, test, "test")
+        train_pool, val_idx = carve(rest, val / (1 - test), "validation")
+    for name, part in (("train", train_pool), ("validation", val_idx), ("test", test_idx)):
+        if len(part) == 0:
+            raise DataValidationError(f"the {name} split is empty", source=source)
+    return {"train": np.sort(train_pool), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def prepare_sequences(raw: RawSequences, source: str, features, *, val: float, test: float, seed: int,
+                      imbalance: str) -> PreparedSequences:
+    """Split, check the labels, fit the encoder on the training split, encode and truncate everything."""
+    if raw.labels is None:
+        raise DataValidationError("no labels: training needs a label column", source=source)
+    if len(raw) < 6:
+        raise DataValidationError(f"only {len(raw)} labelled items: too few to train, validate and test",
+                                  source=source)
+    split = stratified_split(raw.labels, raw.split, val, test, seed, source)
+    train_labels = raw.labels[split["train"]]
+    classes = sorted(set(train_labels))
+    if len(classes) < 2:
+        raise DataValidationError(f"the training data holds a single class ({classes[0]!r}): nothing to tell apart",
+                                  source=source)
+    for name in ("val", "test"):
+        unseen = sorted(set(raw.labels[split[name]]) - set(classes))
+        if unseen:
+            pos = int(split[name][np.flatnonzero(np.isin(raw.labels[split[name]], unseen))[0]])
+            raise DataValidationError(f"label {unseen[0]!r} appears in the {name} split but never in training",
+                                      source=source, row=None if raw.kind == "numeric" else int(raw.ids[pos]),
+                                      value=unseen[0])
+    train_items = [raw.items[i] for i in split["train"]]
+    if raw.kind == "text":
+        text = TextEncoder.fit(train_items, features.tokenizer, features.lowercase, features.token_pattern,
+                               features.min_freq, features.max_vocab)
+        lengths = [len(e) for e in text.encode(train_items)]
+        enc = Encoder("text", [], text, None, 0, features.too_long, features.truncate_side)
+    else:
+        scaling = fit_scaler(features.scaler, np.concatenate(train_items))
+        lengths = [len(x) for x in train_items]
+        enc = Encoder("numeric", raw.channels, None, scaling, 0, features.too_long, features.truncate_side)
+    enc.max_length = int(features.max_length or max(lengths))
+    x, n_cut = enc.encode(raw.items, source, raw.ids)
+    if n_cut:
+        log.warning("%s: %d of %d sequences are longer than max_length %d and were truncated (%s)", source, n_cut,
+                    len(x), enc.max_length, "keeping the end" if enc.truncate_side == "pre" else "keeping the start")
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([lookup[v] for v in raw.labels], dtype="int64")
+    return PreparedSequences(source, raw, enc, classes, x, y, split, n_cut, features.padding, imbalance,
+                             features.encoding)
+
+
+# ---- batches -----------------------------------------------------------------------------------------------------
+def pad(seqs: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest in the batch with zeros (<pad> for tokens), on the left ('pre') or right ('post')."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    return pad_sequence(seqs, batch_first=True, padding_side="left" if side == "pre" else "right"), lengths
+
+
+class SequenceSet:
+    """Items of one split for train.fit: padded batches, cross-entropy with optional class weights, and an
+    optional weighted sampler for the training order."""
+
+    def __init__(self, seqs: list[torch.Tensor], y: torch.Tensor, padding: str, class_weights=None, sampler=None):
+        self.seqs, self.y, self.padding = seqs, y, padding
+        self.class_weights, self.sampler = class_weights, sampler
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def to(self, device) -> "SequenceSet":
+        if torch.device(device).type == "cpu":
+            return self
+        cw = None if self.class_weights is None else self.class_weights.to(device)
+        return SequenceSet([s.to(device) for s in self.seqs], self.y.to(device), self.padding, cw, self.sampler)
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        if self.sampler is not None:  # inverse-frequency sampling with replacement, one epoch's worth
+            return torch.multinomial(self.sampler, len(self), replacement=True, generator=generator)
+        return torch.randperm(len(self), generator=generator)
+
+    def batch(self, idx: torch.Tensor):
+        x, lengths = pad([self.seqs[i] for i in idx.tolist()], self.padding)
+        return x, lengths, self.y[idx.to(self.y.device)]
+
+    def loss(self, model, idx: torch.Tensor, **_) -> torch.Tensor:
+        x, lengths, y = self.batch(idx)
+        return torch.nn.functional.cross_entropy(model(x, lengths), y, weight=self.class_weights)
+
+    @torch.no_grad()
+    def eval_loss(self, model, chunk: int = 512) -> float:
+        """Mean (unweighted) cross-entropy over the split."""
+        model.eval()
+        total = 0.0
+        for i in range(0, len(self), chunk):
+            x, lengths, y = self.batch(torch.arange(i, min(i + chunk, len(self))))
+            total += torch.nn.functional.cross_entropy(model(x, lengths), y, reduction="sum").item()
+        return total / max(len(self), 1)

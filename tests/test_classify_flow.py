@@ -1,0 +1,142 @@
+"""Sequence classification through the training flow: built-in JapaneseVowels, a user's text file, the CLI, the
+gate, and bad input that changes nothing in the registry."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.training import training_flow
+from rnn_pipeline.errors import DataValidationError
+
+pytestmark = pytest.mark.slow
+
+
+def _registry(root):
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                               registry_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _versions(root, name):
+    if not (root / "mlflow.db").exists():
+        return []
+    client = _registry(root)
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    return versions, {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+
+
+def test_japanese_vowels_builtin_config_beats_097_accuracy(tmp_path, prefect_harness):
+    """The built-in config as shipped (its own hyperparameters, no search), on the fixed 370-utterance test set."""
+    s = training_flow("japanese_vowels", {"stores": {"root": str(tmp_path / "state")}})
+    assert s["promoted"] and s["n_test"] == 370
+    assert s["metrics"]["accuracy"] >= 0.97, s["metrics"]
+    assert s["metrics"]["accuracy"] > s["baselines"]["majority"]["accuracy"] + 0.8
+    assert "summary_logreg" in s["baselines"]
+    saved = json.loads((tmp_path / "state" / "last_run.json").read_text())
+    assert saved["metrics"]["accuracy"] == s["metrics"]["accuracy"] and "f1_macro" in saved["metrics"]
+    assert saved["save_load_max_abs_diff"] < 1e-6
+
+
+def _text_file(path, n=240, seed=0):
+    """Three balanced classes told apart by cue words placed anywhere in filler text."""
+    rng = np.random.default_rng(seed)
+    filler = ["the", "film", "was", "a", "story", "plot", "acting"]
+    rows = []
+    for i in range(n):
+        kind = i % 3
+        words = list(rng.choice(filler, int(rng.integers(2, 6))))
+        if kind == 0:
+            cue, label = ["good"], "positive"
+        elif kind == 1:
+            cue, label = ["not", "good"], "negative"
+        else:
+            cue, label = ["boring"], "mixed"
+        pos = int(rng.integers(0, len(words) + 1))
+        rows.append({"review": " ".join(words[:pos] + cue + words[pos:]).capitalize() + ".", "sentiment": label})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _text_config(folder, extra=""):
+    _text_file(folder / "reviews.csv")
+    path = folder / "reviews.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: reviews
+        task: classification
+        seed: 3
+        data: {{path: reviews.csv, text_column: review, label_column: sentiment}}
+        features: {{tokenizer: word, min_freq: 1, padding: pre}}
+        model: {{cell: gru, hidden: 16, embedding_dim: 8, bidirectional: true, pooling: last}}
+        training: {{max_epochs: 40, patience: 8, lr: 0.01, batch_size: 16}}
+        tuning:
+          n_trials: 2
+          max_epochs: 3
+          space: {{cell: [gru, lstm], pooling: [last, mean]}}
+        stores: {{root: "{folder / 'state'}"}}
+        """) + textwrap.dedent(extra))
+    return path
+
+
+def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefect_harness):
+    cfg = _text_config(tmp_path)
+    s = training_flow(str(cfg))
+    root = tmp_path / "state"
+    assert s["promoted"] and s["model_version"] == "1" and s["task"] == "classification"
+    assert s["n_trials"] == 2 and s["classes"] == ["mixed", "negative", "positive"]
+    assert {"majority", "tfidf_logreg"} == set(s["baselines"])
+    for k in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "log_loss"):
+        assert k in s["metrics"]
+    assert s["metrics"]["accuracy"] >= 0.9 and s["baselines"]["majority"]["accuracy"] < 0.4
+    client = _registry(root)
+    files = {a.path for a in client.list_artifacts(s["mlflow_run_id"], "plots")}
+    assert "plots/confusion_matrix.png" in files
+    report = json.loads(open(client.download_artifacts(s["mlflow_run_id"], "report/classification_report.json",
+                                                       str(tmp_path))).read())
+    assert set(s["classes"]) <= set(report)
+    mv = client.get_model_version("reviews", "1")
+    assert mv.tags["task"] == "classification" and float(mv.tags["test_accuracy"]) == s["metrics"]["accuracy"]
+
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--config", str(cfg), "--text",
+                          "The plot was not good", "--text", "A good film"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.strip().splitlines()]
+    assert lines[0] == "sequence_id,label,prob_mixed,prob_negative,prob_positive"
+    rows = [ln.split(",") for ln in lines[1:]]
+    assert [r[1] for r in rows] == ["negative", "positive"]
+    assert all(abs(sum(map(float, r[2:])) - 1) < 1e-5 for r in rows)
+
+    empty = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--config", str(cfg), "--text", "   "],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert empty.returncode != 0 and "empty text" in empty.stderr.strip().splitlines()[-1]
+
+    # a weaker challenger (one epoch, two units) loses the gate on macro F1: the champion stays
+    s2 = training_flow(str(cfg), {"model": {"hidden": 2}, "training": {"max_epochs": 1}, "tuning": {"n_trials": 0}})
+    assert not s2["promoted"] and s2["champion_version"] == "1"
+    assert "f1_macro" in s2["reason"] and "does not beat champion v1" in s2["reason"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda f: f.drop(columns=["sentiment"]), "missing label column 'sentiment'"),
+    (lambda f: f.assign(sentiment="positive"), "single class"),
+    (lambda f: f.assign(review=f.review.where(f.index != 7, " ")), "empty text"),
+    (lambda f: f.assign(split=np.where(np.arange(len(f)) < 200, "train", "test"),
+                        sentiment=f.sentiment.where(f.index != 230, "sarcastic")),
+     "label 'sarcastic' appears in the test split but never in training"),
+])
+def test_bad_training_input_is_refused_and_changes_nothing(tmp_path, prefect_harness, change, message):
+    cfg = _text_config(tmp_path, "")
+    s = training_flow(str(cfg), {"tuning": {"n_trials": 0}, "training": {"max_epochs": 2}})
+    before = _versions(tmp_path / "state", "reviews")
+    assert before == (["1"], {"challenger": "1", "champion": "1"}) and s["promoted"]
+    frame = pd.read_csv(tmp_path / "reviews.csv")
+    change(frame).to_csv(tmp_path / "reviews.csv", index=False)
+    overrides = {"data": {"split_column": "split"}} if "split" in change(frame).columns else None
+    with pytest.raises(DataValidationError, match=message):
+        training_flow(str(cfg), overrides)
+    assert _versions(tmp_path / "state", "reviews") == before
