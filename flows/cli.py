@@ -184,8 +184,12 @@ def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config f
         return
     for b in summary["batches"]:
         share = "-" if b["drift_share"] is None else f"{b['drift_share']:.2f}"
-        ratio = "-" if b["error_ratio"] is None else f"{b['error_ratio']:.2f}"
-        typer.echo(f"{b['batch']}: {b['verdict']} (drifted share {share}, error ratio {ratio}) -> {b['action']}"
+        if cfg.task == "classification":
+            acc = b.get("champion_accuracy")
+            score = "no labels" if acc is None else f"accuracy {acc:.3f} vs {b['reference_accuracy']:.3f} on test"
+        else:
+            score = "error ratio " + ("-" if b["error_ratio"] is None else f"{b['error_ratio']:.2f}")
+        typer.echo(f"{b['batch']}: {b['verdict']} (drifted share {share}, {score}) -> {b['action']}"
                    + (f"; champion v{b['new_champion_version']}" if b["action"].startswith("retrain") else ""))
 
 
@@ -205,7 +209,7 @@ def history(config: Annotated[str, typer.Option("--config", "-c", help="Config f
     if frame.empty:
         typer.echo(f"no monitoring history for model '{cfg.model_name}' in {st.monitoring_url}")
         return
-    typer.echo(history_table(frame))
+    typer.echo(history_table(frame, cfg.task))
     if output is not None:
         frame.to_parquet(output, index=False) if output.suffix.lower() in (".parquet", ".pq") else \
             frame.to_csv(output, index=False)

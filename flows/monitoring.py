@@ -19,7 +19,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, monitor, registry, stores as stores_mod
+from rnn_pipeline import datasets, monitor, monitor_classify, registry, stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryError
 from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
@@ -27,7 +27,8 @@ from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
 from .training import experiment_for, mlflow_stores, training_flow
 
 PARAM_TYPES = {"cell": str, "hidden": int, "layers": int, "dropout": float, "lr": float, "batch_size": int,
-               "window": int, "optimizer": str}
+               "window": int, "optimizer": str, "bidirectional": lambda v: str(v) == "True", "pooling": str,
+               "embedding_dim": int}
 
 
 def incoming_folder(cfg: PipelineConfig, st: stores_mod.Stores) -> Path:
@@ -65,11 +66,20 @@ class Champion:
             shutil.rmtree(local, ignore_errors=True)
             found.rename(local)
             shutil.rmtree(tmp, ignore_errors=True)
-        self.reference, self.meta = monitor.read_reference(local)
         self.model = registry.load(f"models:/{cfg.model_name}/{self.version}")
         self.bundle = registry.load_bundle(self.model)
-        self.features = monitor.window_features(self.reference[self.meta["columns"]].to_numpy(), self.meta["columns"],
-                                                self.meta["n_targets"], self.meta["window"])
+        self.task = json.loads((local / monitor.REFERENCE_META).read_text()).get("task", "forecasting")
+        if self.task == "classification":
+            # the items it learned from, described like a batch; shuffled so that a block of them is a random sample
+            # (for the calibrated thresholds)
+            self.reference, self.meta = monitor_classify.read_reference(local, cfg.data)
+            train = self.reference.subset(np.asarray(self.meta["train_index"]))
+            desc = monitor_classify.descriptors(train, self.bundle)
+            self.features = desc.sample(frac=1.0, random_state=0).reset_index(drop=True)
+        else:
+            self.reference, self.meta = monitor.read_reference(local)
+            self.features = monitor.window_features(self.reference[self.meta["columns"]].to_numpy(),
+                                                    self.meta["columns"], self.meta["n_targets"], self.meta["window"])
         params = client.get_run(self.run_id).data.params
         self.params = {k: PARAM_TYPES[k](params[f"best.{k}"]) for k in PARAM_TYPES if f"best.{k}" in params}
 
@@ -113,12 +123,34 @@ def judge(cfg: PipelineConfig, champ: Champion, history: pd.DataFrame, batch: pd
             "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
 
 
+@task(name="judge-items", cache_policy=NO_CACHE)
+def judge_items(cfg: PipelineConfig, champ: Champion, batch) -> dict:
+    """Classification: Evidently drift of the item descriptors and of the predicted labels; with labels, the
+    champion's accuracy and macro F1 on the batch against its test accuracy."""
+    mc = cfg.monitoring
+    current = monitor_classify.descriptors(batch, champ.bundle)
+    drift = monitor.drift_report(champ.features, current, mc.drift_method, mc.drift_threshold, mc.drift_calibration,
+                                 categorical=(monitor_classify.PREDICTED,))
+    proba = champ.bundle.predict_proba(batch.items, ids=batch.ids)
+    scores = monitor_classify.label_scores(batch, proba, champ.bundle.classes)
+    ref = champ.meta["test_accuracy"]
+    degraded = bool(scores and scores["n_labelled"] >= mc.min_windows and scores["accuracy"] < ref - mc.accuracy_drop)
+    v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)
+    return {"drift": drift, "n_windows": len(batch), "labels": scores, "reference_accuracy": ref, "verdict": v,
+            "champion_mse": None, "error_ratio": None, "reference_mse": None,
+            "prediction_drift": drift.scores.get(monitor_classify.PREDICTED, {}).get("drifted")}
+
+
 def retrain_overrides(cfg: PipelineConfig, champ: Champion, data_path: Path) -> dict:
     r = cfg.monitoring.retrain
     out: dict = {"data": {"builtin": None, "path": str(data_path)}, "split": {"val_start": None, "test_start": None}}
+    if champ.task == "classification":  # the champion's items and the labelled batches, split afresh
+        out["data"]["split_column"] = None
+        out["split"] = {}
     if r.tuning == "reuse" and champ.params:
         p = champ.params
-        out["model"] = {k: p[k] for k in ("cell", "hidden", "layers", "dropout") if k in p}
+        out["model"] = {k: p[k] for k in ("cell", "hidden", "layers", "dropout", "bidirectional", "pooling",
+                                          "embedding_dim") if k in p}
         out["training"] = {k: p[k] for k in ("lr", "batch_size", "optimizer") if k in p}
         if "window" in p:
             out["features"] = {"window": p["window"]}
@@ -148,12 +180,21 @@ def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Cham
     scores champion and challenger on the newest windows."""
     logger = get_run_logger()
     r = cfg.monitoring.retrain
-    data = monitor.retrain_window(full, r.policy, r.recent_points)
+    if champ.task == "classification":
+        data = monitor_classify.retrain_items(champ.reference, _accepted_frames_since(store_rows(cfg, st), champ),
+                                              cfg.data, r.policy, r.recent_points)
+        if data is None:
+            logger.warning("verdict '%s' on %s, but no labelled batch has arrived since champion v%s was trained: "
+                           "nothing new to retrain on", verdict, batch_name, champ.version)
+            return {"action": "retrain skipped (no new labels)", "new_version": None,
+                    "new_champion_version": champ.version, "message": "no labelled batch since the champion"}
+    else:
+        data = monitor.retrain_window(full, r.policy, r.recent_points)
     folder = work_folder(cfg, st) / "retrain"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{Path(batch_name).stem}-{int(time.time())}.parquet"
     data.to_parquet(path, index=False)
-    logger.info("retraining on %d points (%s policy: %s .. %s) after verdict '%s' on %s", len(data), r.policy,
+    logger.info("retraining on %d rows (%s policy: %s .. %s) after verdict '%s' on %s", len(data), r.policy,
                 data.iloc[0, 0], data.iloc[-1, 0], verdict, batch_name)
     client = mlflow.MlflowClient()
     before = champ.version
@@ -184,9 +225,12 @@ def _log_run(experiment_id: str, cfg: PipelineConfig, batch: str, digest: str, c
             d = outcome["drift"]
             metrics = {"drift_share": d.share, "drifted_features": d.n_drifted, "n_windows": outcome["n_windows"]}
             metrics.update({f"drift_score.{k}": v["score"] for k, v in d.scores.items()})
-            for k in ("champion_mse", "error_ratio", "reference_mse"):
-                if outcome[k] is not None and np.isfinite(outcome[k]):
+            for k in ("champion_mse", "error_ratio", "reference_mse", "reference_accuracy"):
+                if outcome.get(k) is not None and np.isfinite(outcome[k]):
                     metrics[k] = outcome[k]
+            for k, val in (outcome.get("labels") or {}).items():
+                if k in ("accuracy", "f1_macro", "n_labelled"):
+                    metrics[f"champion_{k}"] = val
             mlflow.log_metrics(metrics)
             mlflow.log_dict(d.scores, "feature_scores.json")
         if message:
@@ -234,8 +278,30 @@ def monitoring_flow(config: str, training_deployment: str | None = None) -> dict
     return summary
 
 
-def _history(store: MonitoringStore, cfg: PipelineConfig, champ: Champion) -> pd.DataFrame:
-    """The series so far: the champion's reference and every accepted batch after it (read once per champion)."""
+def store_rows(cfg: PipelineConfig, st: stores_mod.Stores) -> list[dict]:
+    store = MonitoringStore(st.monitoring_url)
+    try:
+        return store.accepted(cfg.model_name)
+    finally:
+        store.dispose()
+
+
+def _accepted_frames_since(rows: list[dict], champ: Champion) -> list[pd.DataFrame]:
+    """The accepted batches that `champ` has not learned from: those after the batch whose retrain promoted it
+    (all of them for a champion trained from the config)."""
+    start = 0
+    for i, r in enumerate(rows):
+        if r["new_version"] == champ.version and r["new_champion_version"] == champ.version:
+            start = i + 1
+    return [pd.read_parquet(r["data_path"]) for r in rows[start:]
+            if r["data_path"] and Path(r["data_path"]).exists()]
+
+
+def _history(store: MonitoringStore, cfg: PipelineConfig, champ: Champion) -> pd.DataFrame | None:
+    """The series so far: the champion's reference and every accepted batch after it (read once per champion).
+    Classification has no series: None."""
+    if champ.task == "classification":
+        return None
     return monitor.stream(champ.reference, _accepted_frames(store, cfg.model_name), champ.meta["time_column"])
 
 
@@ -249,14 +315,16 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
         logger.info("batch %s was already judged (%s, %s): not judged again", name, done["batch"], done["verdict"])
         _move(path, incoming_folder(cfg, st) / ("quarantine" if done["status"] == "quarantined" else "processed"))
         return None, history
-    d = cfg.data
-    cols = champ.meta["columns"]
     base = {"model_name": cfg.model_name, "batch": name, "digest": digest, "champion_version": champ.version}
     raw = None
     try:
         raw = datasets.read_table(path)
-        batch = monitor.read_batch(raw, str(path), champ.meta["time_column"], cols, d.missing,
-                                   after=history[champ.meta["time_column"]].iloc[-1])
+        if champ.task == "classification":
+            batch = monitor_classify.read_items(raw, str(path), cfg.data, labels=False)
+            monitor_classify.check_batch(batch, str(path), champ.bundle.encoder.channels)
+        else:
+            batch = monitor.read_batch(raw, str(path), champ.meta["time_column"], champ.meta["columns"],
+                                       cfg.data.missing, after=history[champ.meta["time_column"]].iloc[-1])
     except DataValidationError as e:
         moved = _move(path, incoming_folder(cfg, st) / "quarantine")
         moved.with_name(moved.name + ".error.txt").write_text(str(e) + "\n")
@@ -269,21 +337,30 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
                 "drift_share": None, "champion_mse": None, "error_ratio": None, "champion_version": champ.version,
                 "new_champion_version": champ.version}, history
 
-    outcome = judge(cfg, champ, history, batch)
-    history = pd.concat([history, batch], ignore_index=True)  # the stream now includes this batch
-    v = outcome["verdict"]
-    drift = outcome["drift"]
     work = work_folder(cfg, st) / "batches"
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / f"{path.stem}-{digest[:12]}.parquet"
-    batch.to_parquet(data_path, index=False)
+    if champ.task == "classification":
+        outcome = judge_items(cfg, champ, batch)
+        monitor_classify.items_frame(batch, cfg.data).to_parquet(data_path, index=False)
+        labels = outcome["labels"] or {}
+        extra = {"n_rows": len(raw), "champion_accuracy": labels.get("accuracy"),
+                 "champion_f1": labels.get("f1_macro"), "n_labelled": labels.get("n_labelled"),
+                 "reference_accuracy": outcome["reference_accuracy"]}
+    else:
+        outcome = judge(cfg, champ, history, batch)
+        history = pd.concat([history, batch], ignore_index=True)  # the stream now includes this batch
+        batch.to_parquet(data_path, index=False)
+        tcol = champ.meta["time_column"]
+        extra = {"n_rows": len(batch), "first_time": str(batch[tcol].iloc[0]),
+                 "last_time": str(batch[tcol].iloc[-1])}
+    v = outcome["verdict"]
+    drift = outcome["drift"]
     report = drift.save_html(st.reports / cfg.name / f"{path.stem}-{digest[:8]}.html")
     run_id = _log_run(exp, cfg, name, digest, champ.version, outcome, v, report, None)
-    tcol = champ.meta["time_column"]
     row = {**base, "status": "judged", "verdict": v, "drift_share": drift.share, "error_ratio":
            _finite(outcome["error_ratio"]), "champion_mse": outcome["champion_mse"],
-           "reference_mse": outcome["reference_mse"], "n_rows": len(batch), "n_windows": outcome["n_windows"],
-           "first_time": str(batch[tcol].iloc[0]), "last_time": str(batch[tcol].iloc[-1]),
+           "reference_mse": outcome["reference_mse"], "n_windows": outcome["n_windows"], **extra,
            "feature_scores": drift.scores, "data_path": str(data_path), "report_path": str(report),
            "mlflow_run_id": run_id, "action": "none", "new_champion_version": champ.version}
     retraining = v in ("drift", "degraded") and cfg.monitoring.retrain.enabled
@@ -292,8 +369,13 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
     row_id = store.record(row)
     _move(path, incoming_folder(cfg, st) / "processed")
     ratio = outcome["error_ratio"]
-    logger.info("batch %s: %s (drifted share %.2f, champion v%s MSE %s, error ratio %s)", name, v, drift.share,
-                champ.version, _fmt(outcome["champion_mse"]), _fmt(ratio))
+    if champ.task == "classification":
+        logger.info("batch %s: %s (drifted share %.2f, predicted labels drifted: %s, champion v%s accuracy %s vs "
+                    "%.4g on its test items)", name, v, drift.share, outcome["prediction_drift"], champ.version,
+                    _fmt(row["champion_accuracy"]), outcome["reference_accuracy"])
+    else:
+        logger.info("batch %s: %s (drifted share %.2f, champion v%s MSE %s, error ratio %s)", name, v, drift.share,
+                    champ.version, _fmt(outcome["champion_mse"]), _fmt(ratio))
     if retraining:
         try:
             res = retrain(config, cfg, st, champ, history, name, v, deployment)
@@ -304,7 +386,7 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
         store.update(row_id, action=res["action"], new_version=res["new_version"],
                      new_champion_version=res["new_champion_version"], message=res.get("message"))
         mlflow.MlflowClient().set_tag(run_id, "action", res["action"])
-        if res.get("message"):
+        if res["action"] == "retrain failed":
             logger.error("retraining after %s failed: %s", name, res["message"])
         logger.info("batch %s: %s (challenger v%s, champion v%s)", name, res["action"], res["new_version"],
                     res["new_champion_version"])
@@ -312,6 +394,7 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
     else:
         mlflow.MlflowClient().set_tag(run_id, "action", row["action"])
     return {k: row.get(k) for k in ("batch", "verdict", "action", "drift_share", "champion_mse", "error_ratio",
+                                    "champion_accuracy", "champion_f1", "reference_accuracy", "n_labelled",
                                     "champion_version", "new_version", "new_champion_version", "n_windows",
                                     "report_path", "mlflow_run_id")}, history
 
@@ -320,16 +403,22 @@ def _finite(x):
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def _nan(x):
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else x
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def history_table(frame: pd.DataFrame) -> str:
+def history_table(frame: pd.DataFrame, task: str = "forecasting") -> str:
     """The monitoring store's rows for a model, as a terminal table."""
-    lines = [f"{'batch':<28}{'verdict':<10}{'drift':>7}{'champ mse':>11}{'ratio':>8}  {'champion':<9}action"]
+    a, b = ("accuracy", "f1") if task == "classification" else ("champ mse", "ratio")
+    lines = [f"{'batch':<28}{'verdict':<10}{'drift':>7}{a:>11}{b:>8}  {'champion':<9}action"]
     for r in frame.itertuples():
-        lines.append(f"{str(r.batch)[:27]:<28}{r.verdict:<10}{_fmt(r.drift_share):>7}{_fmt(r.champion_mse):>11}"
-                     f"{_fmt(r.error_ratio):>8}  v{str(r.champion_version or '-'):<8}{r.action}"
+        x, y = (r.champion_accuracy, r.champion_f1) if task == "classification" else (r.champion_mse, r.error_ratio)
+        lines.append(f"{str(r.batch)[:27]:<28}{r.verdict:<10}{_fmt(r.drift_share):>7}{_fmt(_nan(x)):>11}"
+                     f"{_fmt(_nan(y)):>8}  v{str(r.champion_version or '-'):<8}{r.action}"
                      + (f" (v{r.new_version}; champion v{r.new_champion_version})" if r.new_version else ""))
     return "\n".join(lines)
 

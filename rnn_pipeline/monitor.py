@@ -120,49 +120,73 @@ class DriftResult:
         return path
 
 
-def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, floor: float = 0.1) -> dict[str, float]:
-    """Per-feature thresholds for the normed Wasserstein distance, calibrated on the reference at the batch's size:
-    k x the largest distance between a contiguous block of `block` reference windows and the whole reference.
-    Overlapping windows make a batch one long dependent sample, so a batch drawn from the reference's own regime
-    lands far from it by chance; this measures how far, per feature, at this batch size."""
+def _category_shares(values: np.ndarray, keys: list) -> np.ndarray:
+    """Evidently's binning of a categorical column for its distance tests: shares per category, 0 -> 0.0001."""
+    counts = pd.Series(values).value_counts()
+    shares = np.array([counts.get(k, 0) for k in keys], dtype="float64") / max(len(values), 1)
+    shares[shares == 0] = 0.0001
+    return shares
+
+
+def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, floor: float = 0.1,
+                         categorical: tuple[str, ...] = ()) -> dict[str, float]:
+    """Per-feature thresholds, calibrated on the reference at the batch's size: k x the largest distance between a
+    contiguous block of `block` reference rows and the whole reference (the normed Wasserstein distance; for a
+    `categorical` column, the Jensen-Shannon distance of the category shares). Overlapping windows make a batch one
+    long dependent sample, so a batch drawn from the reference's own regime lands far from it by chance; this
+    measures how far, per feature, at this batch size. (Rows that are exchangeable, such as classified items,
+    should be shuffled first, so that a block is a random sample.)"""
+    from scipy.spatial.distance import jensenshannon
     from scipy.stats import wasserstein_distance
 
     n = len(reference)
     block = max(2, min(block, n // 2))
     step = max(1, block // 4)
+    starts = range(0, n - block + 1, step)
     out = {}
     for c in reference.columns:
         r = reference[c].to_numpy()
-        scale = max(float(np.std(r)), 0.001)  # Evidently's normalisation
-        worst = max(wasserstein_distance(r, r[i:i + block]) / scale for i in range(0, n - block + 1, step))
+        if c in categorical:
+            keys = sorted(set(r))
+            whole = _category_shares(r, keys)
+            worst = max(float(jensenshannon(whole, _category_shares(r[i:i + block], keys))) for i in starts)
+        else:
+            scale = max(float(np.std(r)), 0.001)  # Evidently's normalisation
+            worst = max(wasserstein_distance(r, r[i:i + block]) / scale for i in starts)
         out[c] = max(floor, k * worst)
     return out
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, method: str,
-                 threshold: float | str | None, calibration_k: float = 1.5) -> DriftResult:
-    """Evidently's data-drift preset over the feature columns, with one fixed stat test for every column.
-    threshold: a number for every feature, None for Evidently's default, or 'auto' (wasserstein only): per-feature
-    thresholds calibrated on the reference at this batch size."""
+                 threshold: float | str | None, calibration_k: float = 1.5,
+                 categorical: tuple[str, ...] = ()) -> DriftResult:
+    """Evidently's data-drift preset over the feature columns, with one fixed stat test for every numeric column
+    (and Jensen-Shannon for the `categorical` ones). threshold: a number for every numeric feature, None for
+    Evidently's defaults, or 'auto' (wasserstein only): per-feature thresholds calibrated on the reference at this
+    batch size."""
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
     if len(current) < 2:
         raise PipelineError(f"a drift check needs at least 2 windows in the batch, got {len(current)}")
-    kwargs = {"method": method}
+    kwargs = {"num_method": method}
+    methods = {c: ("jensenshannon" if c in categorical else method) for c in reference.columns}
+    if categorical:
+        kwargs["cat_method"] = "jensenshannon"
     if threshold == "auto":
         if method != "wasserstein":
             raise PipelineError(f"drift_threshold 'auto' is calibrated for the wasserstein method, not '{method}'")
-        kwargs["per_column_threshold"] = calibrate_thresholds(reference, len(current), calibration_k)
+        kwargs["per_column_threshold"] = calibrate_thresholds(reference, len(current), calibration_k,
+                                                              categorical=categorical)
     elif threshold is not None:
-        kwargs["threshold"] = threshold
+        kwargs["num_threshold"] = threshold
     snap = Report([DataDriftPreset(**kwargs)]).run(reference_data=reference, current_data=current)
-    scores, count, share = _drift_values(snap.dict(), list(reference.columns), method,
+    scores, count, share = _drift_values(snap.dict(), list(reference.columns), methods,
                                          None if threshold == "auto" else threshold)
     return DriftResult(share, count, scores, method, threshold, snap)
 
 
-def _drift_values(d: dict, columns: list[str], method: str, threshold: float | None):
+def _drift_values(d: dict, columns: list[str], methods: dict[str, str], threshold: float | None):
     count = share = None
     scores: dict[str, dict] = {}
     for m in d["metrics"]:
@@ -176,7 +200,7 @@ def _drift_values(d: dict, columns: list[str], method: str, threshold: float | N
             score = float(value)
             if thr is None:
                 drifted = None
-            elif method in P_VALUE_METHODS:
+            elif methods[cfg["column"]] in P_VALUE_METHODS:
                 drifted = bool(score < thr)
             else:
                 drifted = bool(score >= thr)

@@ -113,6 +113,33 @@ def label_scores(raw: RawSequences, proba: np.ndarray, classes: list[str]) -> di
             "n_labelled": int(len(truth)), "unseen_labels": unseen}
 
 
-def check_batch(raw: RawSequences, source: str) -> None:
+def check_batch(raw: RawSequences, source: str, channels: list[str]) -> None:
+    """A monitoring batch must hold items the champion can read."""
     if len(raw) == 0:
         raise DataValidationError("no items", source=source)
+    if raw.kind == "numeric" and raw.channels != list(channels):
+        missing = [c for c in channels if c not in raw.channels]
+        raise DataValidationError(f"channels {raw.channels} do not match the champion's {channels}"
+                                  + (f" (missing {missing})" if missing else ""), source=source)
+
+
+def retrain_items(reference: RawSequences, batches: list[pd.DataFrame], d, policy: str,
+                  recent_points: int) -> pd.DataFrame | None:
+    """The champion's items and the labelled batches since, in the training format (None: no labelled batch).
+    Sequence ids are prefixed by their origin so that batches cannot collide; the 'recent' policy keeps the last
+    `recent_points` items."""
+    labelled = [b for b in batches if d.label_column in b.columns]
+    if not labelled:
+        return None
+    parts = [items_frame(reference, d), *labelled]
+    if reference.kind == "numeric":
+        parts = [p.assign(**{d.sequence_column: f"{k}:" + p[d.sequence_column].astype(str)})
+                 for k, p in enumerate(parts)]
+    out = pd.concat(parts, ignore_index=True)
+    if policy == "recent":
+        if reference.kind == "text":
+            out = out.iloc[-recent_points:]
+        else:
+            keep = pd.unique(out[d.sequence_column])[-recent_points:]
+            out = out[out[d.sequence_column].isin(keep)]
+    return out.reset_index(drop=True)

@@ -34,6 +34,10 @@ batches = sa.Table(
     sa.Column("error_ratio", sa.Float),
     sa.Column("champion_mse", sa.Float),                           # champion's MSE on the batch windows
     sa.Column("reference_mse", sa.Float),                          # champion's MSE on its own test windows
+    sa.Column("champion_accuracy", sa.Float),                      # classification: on a labelled batch
+    sa.Column("champion_f1", sa.Float),                            # classification: macro F1 on the batch
+    sa.Column("reference_accuracy", sa.Float),                     # classification: on its own test items
+    sa.Column("n_labelled", sa.Integer),
     sa.Column("champion_version", sa.String(20)),                  # the champion that was judged
     sa.Column("action", sa.String(40), nullable=False, default="none"),
     sa.Column("new_version", sa.String(20)),                       # the retrained challenger, if any
@@ -73,9 +77,19 @@ class MonitoringStore:
         try:
             self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
             metadata.create_all(self.engine)
+            self._add_missing_columns()
         except (SQLAlchemyError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PipelineError(f"monitoring store '{_safe(url)}' cannot be opened: {first}") from None
+
+    def _add_missing_columns(self) -> None:
+        """A store written by an older version lacks the newer (nullable) columns: add them."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns(batches.name)}
+        with self.engine.begin() as c:
+            for col in batches.columns:
+                if col.name not in have:
+                    kind = col.type.compile(dialect=self.engine.dialect)
+                    c.execute(sa.text(f'ALTER TABLE {batches.name} ADD COLUMN "{col.name}" {kind}'))
 
     def dispose(self) -> None:
         self.engine.dispose()
