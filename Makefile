@@ -38,6 +38,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/monitoring.py
+	$(PY) benchmarks/classification.py
 
 # The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
 demo: setup
