@@ -85,7 +85,8 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 
 @app.command()
 def train(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name "
-                                                "(seed_sine, greensboro_weather, japanese_vowels, rotten_tomatoes).")] = "seed_sine"):
+                                                "(seed_sine, greensboro_weather, japanese_vowels, "
+                                                "rotten_tomatoes).")] = "seed_sine"):
     """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
     cfg, st = _load(config)
     from flows.training import summary_table, training_flow

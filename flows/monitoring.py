@@ -19,7 +19,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, monitor, monitor_classify, registry, stores as stores_mod
+from rnn_pipeline import datasets, monitor, monitor_classify, registry, sequences, stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryError
 from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
@@ -320,7 +320,7 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
     try:
         raw = datasets.read_table(path)
         if champ.task == "classification":
-            batch = monitor_classify.read_items(raw, str(path), cfg.data, labels=False)
+            batch = sequences.read_items(raw, str(path), cfg.data, labels=False)
             monitor_classify.check_batch(batch, str(path), champ.bundle.encoder.channels)
         else:
             batch = monitor.read_batch(raw, str(path), champ.meta["time_column"], champ.meta["columns"],
@@ -342,7 +342,7 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
     data_path = work / f"{path.stem}-{digest[:12]}.parquet"
     if champ.task == "classification":
         outcome = judge_items(cfg, champ, batch)
-        monitor_classify.items_frame(batch, cfg.data).to_parquet(data_path, index=False)
+        sequences.items_frame(batch, cfg.data).to_parquet(data_path, index=False)
         labels = outcome["labels"] or {}
         extra = {"n_rows": len(raw), "champion_accuracy": labels.get("accuracy"),
                  "champion_f1": labels.get("f1_macro"), "n_labelled": labels.get("n_labelled"),

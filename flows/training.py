@@ -17,8 +17,8 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, evaluate, monitor, monitor_classify, registry, sequences, stores as stores_mod, tune, \
-    validation
+from rnn_pipeline import (datasets, evaluate, monitor, monitor_classify, registry, sequences, stores as stores_mod,
+                          tune, validation)
 from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
@@ -38,7 +38,7 @@ def validate(frame, source: str, cfg: PipelineConfig):
     """Forecasting: (time, values); classification: the raw texts or sequences with their labels."""
     d = cfg.data
     if cfg.task == "classification":
-        return monitor_classify.read_items(frame, source, d, labels=True)
+        return sequences.read_items(frame, source, d, labels=True)
     return validation.validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
 
 

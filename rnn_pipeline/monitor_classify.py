@@ -18,39 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataValidationError
-from .sequences import RawSequences, channel_columns, read_sequences, read_texts
+from .sequences import RawSequences, items_frame, read_items
 
 REFERENCE_DATA, REFERENCE_META = "data.parquet", "reference.json"
 PREDICTED = "predicted_label"
-
-
-def read_items(frame: pd.DataFrame, source: str, d, labels: bool) -> RawSequences:
-    """The training format of `d` (a DataConfig): texts, or a long table of numeric sequences. With labels=False a
-    label column is read when present (a monitoring batch may or may not carry labels)."""
-    label_column = d.label_column if (labels or d.label_column in frame.columns) else None
-    if d.text_column:
-        return read_texts(frame, source, d.text_column, label_column, d.split_column if labels else None)
-    split = d.split_column if labels and d.split_column in frame.columns else None
-    channels = channel_columns(frame, d.sequence_column, d.step_column, d.label_column, d.split_column,
-                               d.channel_columns)
-    step = d.step_column if d.step_column and (labels or d.step_column in frame.columns) else None
-    return read_sequences(frame, source, d.sequence_column, step, channels, label_column, split)
-
-
-def items_frame(raw: RawSequences, d) -> pd.DataFrame:
-    """Raw items back in the user's format (with their ids and labels): what a retrain reads."""
-    if raw.kind == "text":
-        out = pd.DataFrame({d.text_column: raw.items})
-        if raw.labels is not None:
-            out[d.label_column] = raw.labels
-        return out
-    lengths = [len(x) for x in raw.items]
-    out = pd.DataFrame(np.concatenate(raw.items), columns=raw.channels)
-    out.insert(0, d.sequence_column, np.repeat(raw.ids, lengths))
-    out.insert(1, d.step_column or "step", np.concatenate([np.arange(n) for n in lengths]))
-    if raw.labels is not None:
-        out[d.label_column] = np.repeat(raw.labels, lengths)
-    return out
 
 
 def write_reference(folder: str | Path, data, bundle, metrics: dict, d, digest: str) -> Path:

@@ -175,7 +175,8 @@ def decide(challenger_score: float, champion_score: float | None, margin: float,
                         champion_version)
 
 
-def gate(model_uri: str, name: str, data: PreparedSeries | PreparedSequences, metric: str, margin: float) -> GateDecision:
+def gate(model_uri: str, name: str, data: PreparedSeries | PreparedSequences, metric: str,
+         margin: float) -> GateDecision:
     """Score challenger and champion on the same test windows and decide; changes nothing in the registry."""
     client = mlflow.MlflowClient()
     challenger_score = score(load(model_uri), data, metric)

@@ -75,7 +75,8 @@ def _split_sets(params: dict, data: PreparedSeries | PreparedSequences):
 def train_with(params: dict, data: PreparedSeries | PreparedSequences, cfg: PipelineConfig, *, max_epochs: int,
                patience: int, device, on_epoch=None, log_every: int = 0):
     t = cfg.training
-    return fit(spec_for(params, data), *_split_sets(params, data), lr=params["lr"], batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
+    return fit(spec_for(params, data), *_split_sets(params, data), lr=params["lr"],
+               batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
                weight_decay=t.weight_decay, max_epochs=max_epochs, patience=patience, lr_patience=t.lr_patience,
                lr_factor=t.lr_factor, clip_grad_norm=t.clip_grad_norm, loss_steps=t.loss_steps, burn_in=t.burn_in,
                seed=cfg.seed, device=device, on_epoch=on_epoch, log_every=log_every)

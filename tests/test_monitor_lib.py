@@ -176,16 +176,18 @@ def test_a_store_from_the_previous_version_gains_the_new_columns(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
     with engine.begin() as c:  # the monitoring_batches table as the forecasting-only version created it
-        c.execute(sa.text("CREATE TABLE monitoring_batches (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name VARCHAR(200) "
-                          "NOT NULL, batch VARCHAR(500) NOT NULL, digest VARCHAR(64) NOT NULL, status VARCHAR(20) NOT NULL, "
-                          "verdict VARCHAR(20) NOT NULL, drift_share FLOAT, error_ratio FLOAT, champion_mse FLOAT, "
-                          "reference_mse FLOAT, champion_version VARCHAR(20), action VARCHAR(40) NOT NULL, "
-                          "new_version VARCHAR(20), new_champion_version VARCHAR(20), n_rows INTEGER, n_windows INTEGER, "
-                          "first_time VARCHAR(40), last_time VARCHAR(40), feature_scores TEXT, data_path VARCHAR(1000), "
-                          "report_path VARCHAR(1000), mlflow_run_id VARCHAR(64), message TEXT, created_at DATETIME NOT "
-                          "NULL, CONSTRAINT uq_monitoring_batch UNIQUE (model_name, digest))"))
-        c.execute(sa.text("INSERT INTO monitoring_batches (model_name, batch, digest, status, verdict, action, created_at) "
-                          "VALUES ('m', 'old.csv', 'abc', 'judged', 'ok', 'none', '2026-01-01 00:00:00')"))
+        c.execute(sa.text(
+            "CREATE TABLE monitoring_batches (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name VARCHAR(200) NOT NULL, "
+            "batch VARCHAR(500) NOT NULL, digest VARCHAR(64) NOT NULL, status VARCHAR(20) NOT NULL, "
+            "verdict VARCHAR(20) NOT NULL, drift_share FLOAT, error_ratio FLOAT, champion_mse FLOAT, "
+            "reference_mse FLOAT, champion_version VARCHAR(20), action VARCHAR(40) NOT NULL, new_version VARCHAR(20), "
+            "new_champion_version VARCHAR(20), n_rows INTEGER, n_windows INTEGER, first_time VARCHAR(40), "
+            "last_time VARCHAR(40), feature_scores TEXT, data_path VARCHAR(1000), report_path VARCHAR(1000), "
+            "mlflow_run_id VARCHAR(64), message TEXT, created_at DATETIME NOT NULL, "
+            "CONSTRAINT uq_monitoring_batch UNIQUE (model_name, digest))"))
+        c.execute(sa.text(
+            "INSERT INTO monitoring_batches (model_name, batch, digest, status, verdict, action, created_at) "
+            "VALUES ('m', 'old.csv', 'abc', 'judged', 'ok', 'none', '2026-01-01 00:00:00')"))
     engine.dispose()
     store = MonitoringStore(url)
     try:
