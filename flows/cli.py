@@ -108,7 +108,9 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
                                                           "format. Forecasting: history rows (the model's input "
                                                           "columns, optionally grouped by window_id). "
                                                           "Classification: one text per row, or one row per "
-                                                          "sequence step.")] = None,
+                                                          "sequence step; or a .json list of texts, or of "
+                                                          "sequences (lists of steps, each a list of channel "
+                                                          "values).")] = None,
             text: Annotated[Optional[list[str]], typer.Option("--text", "-t", help="Text classification: a raw "
                                                               "text to classify (repeatable).")] = None,
             model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
@@ -139,14 +141,17 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     if text and not (isinstance(bundle, ClassifierBundle) and bundle.kind == "text"):
         raise DataValidationError(f"--text needs a text classifier; {uri} reads "
                                   f"{'sequences' if isinstance(bundle, ClassifierBundle) else 'series'}")
-    frame = datasets.read_table(input) if input is not None else pd.DataFrame({bundle.text_column: text})
     try:  # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
         if isinstance(bundle, ClassifierBundle):
-            ids, items = bundle.read_frame(frame, source)
+            if input is not None and input.suffix.lower() == ".json":
+                ids, items = bundle.read_json(input)
+            else:
+                frame = datasets.read_table(input) if input is not None else pd.DataFrame({bundle.text_column: text})
+                ids, items = bundle.read_frame(frame, source)
             bundle.encoder.encode(items, source, ids)  # a too-long sequence fails here, naming its id
             x_frame, id_col = bundle.items_frame(items), bundle.sequence_column
         else:
-            ids, x = bundle.frame_to_windows(frame)
+            ids, x = bundle.frame_to_windows(datasets.read_table(input))
             x_frame, id_col = bundle.windows_frame(x), "window_id"
     except DataValidationError as e:
         raise DataValidationError(e.problem, source=source, column=e.column, row=e.row, value=e.value) from None

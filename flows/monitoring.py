@@ -133,6 +133,9 @@ def judge_items(cfg: PipelineConfig, champ: Champion, batch) -> dict:
                                  categorical=(monitor_classify.PREDICTED,))
     proba = champ.bundle.predict_proba(batch.items, ids=batch.ids)
     scores = monitor_classify.label_scores(batch, proba, champ.bundle.classes)
+    if scores and scores["unseen_labels"]:
+        get_run_logger().warning("batch labels %s were never seen by champion v%s: counted as errors (a retrain on "
+                                 "this batch learns them)", scores["unseen_labels"], champ.version)
     ref = champ.meta["test_accuracy"]
     degraded = bool(scores and scores["n_labelled"] >= mc.min_windows and scores["accuracy"] < ref - mc.accuracy_drop)
     v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .errors import DataValidationError
 from .features import Scaling
 from .models import ClassifierSpec, ModelSpec, RNNClassifier, RNNForecaster
-from .sequences import Encoder, pad, read_sequences, read_texts
+from .sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
 
 WINDOW_ID = "window_id"
 PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
@@ -190,6 +190,27 @@ class ClassifierBundle:
         step = self.step_column if self.step_column in frame.columns else None
         raw = read_sequences(frame, source, self.sequence_column, step, self.encoder.channels, None)
         return raw.ids, raw.items
+
+    def read_json(self, path: str | Path) -> tuple[np.ndarray, list]:
+        """A JSON list of raw texts, or of raw sequences (each a list of steps, each a list of channel values)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise DataValidationError(f"cannot be read as JSON: {e}", source=str(path)) from None
+        if not isinstance(data, list) or not data:
+            raise DataValidationError("expected a non-empty JSON list of "
+                                      + ("texts" if self.kind == "text" else "sequences"), source=str(path))
+        try:
+            if self.kind == "text":
+                bad = [i for i, t in enumerate(data) if not isinstance(t, str)]
+                if bad:
+                    raise DataValidationError("not a text", row=bad[0] + 1, value=data[bad[0]])
+                frame = pd.DataFrame({self.text_column: data})
+                return np.arange(len(data)), read_texts(frame, str(path), self.text_column, None).items
+            return np.arange(len(data)), sequences_from_arrays(data, self.encoder.channels)
+        except DataValidationError as e:
+            raise DataValidationError(e.problem, source=str(path), column=e.column, row=e.row,
+                                      value=e.value) from None
 
     def items_frame(self, items: list) -> pd.DataFrame:
         """The inverse of read_frame, with ids 0..n-1: the frame a client sends to the pyfunc."""

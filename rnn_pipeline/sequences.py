@@ -200,6 +200,8 @@ def sequences_from_arrays(sequences: list, channels: list[str]) -> list[np.ndarr
     An empty sequence, a ragged step (wrong number of channels) or a non-numeric value is refused."""
     out = []
     for i, seq in enumerate(sequences):
+        if not isinstance(seq, (list, tuple, np.ndarray)):
+            raise DataValidationError(f"sequence {i} is not a list of steps", value=seq)
         if len(seq) == 0:
             raise DataValidationError(f"sequence {i} is empty")
         for j, stp in enumerate(seq):

@@ -137,6 +137,8 @@ def test_raw_sequence_lists_refuse_empty_ragged_and_non_numeric():
         sequences_from_arrays([[[1, 2], [3]]], ["x", "y"])
     with pytest.raises(DataValidationError, match="not a number"):
         sequences_from_arrays([[[1, "a"]]], ["x", "y"])
+    with pytest.raises(DataValidationError, match="sequence 0 is not a list of steps"):
+        sequences_from_arrays([3.0], ["x", "y"])
 
 
 def test_empty_and_whitespace_texts_are_refused_with_their_row():

@@ -1,6 +1,7 @@
 """Sequence classification through the training flow: built-in JapaneseVowels, a user's text file, the CLI, the
 gate, and bad input that changes nothing in the registry."""
 
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from flows.training import training_flow
+from rnn_pipeline import datasets
 from rnn_pipeline.errors import DataValidationError
 
 pytestmark = pytest.mark.slow
@@ -40,6 +42,35 @@ def test_japanese_vowels_builtin_config_beats_097_accuracy(tmp_path, prefect_har
     saved = json.loads((tmp_path / "state" / "last_run.json").read_text())
     assert saved["metrics"]["accuracy"] == s["metrics"]["accuracy"] and "f1_macro" in saved["metrics"]
     assert saved["save_load_max_abs_diff"] < 1e-6
+
+    # raw sequences as JSON through the CLI: the test predictions as logged, then a ragged one refused
+    frame = datasets.japanese_vowels()
+    test = frame[frame.split == "test"]
+    ids = test.sequence_id.unique()[[0, 150, 369]]
+    seqs = [test[test.sequence_id == i].filter(like="dim_").to_numpy().tolist() for i in ids]
+    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
+    cfg = tmp_path / "jv.yaml"
+    cfg.write_text(f"name: japanese_vowels\ntask: classification\ndata: {{builtin: japanese_vowels}}\n"
+                   f"stores: {{root: '{tmp_path / 'state'}'}}\n")
+    out = _cli(["predict", "--config", str(cfg), "--input", str(tmp_path / "seqs.json")], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = pd.read_csv(io.StringIO(out.stdout))
+    logged = pd.read_csv(_registry(tmp_path / "state").download_artifacts(
+        s["mlflow_run_id"], "predictions/test_predictions.csv", str(tmp_path))).set_index("id").loc[ids]
+    assert got.label.astype(str).tolist() == logged.predicted.astype(str).tolist()
+    np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), logged.filter(like="prob_").to_numpy(),
+                               atol=1e-6)
+    seqs[1][3] = seqs[1][3][:5]
+    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
+    bad = _cli(["predict", "--config", str(cfg), "--input", str(tmp_path / "seqs.json")], tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'seqs.json'}: sequence 1, step 3: "
+                                                          "ragged: 5 values, the model reads 12 channels")
+
+
+def _cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
 
 
 def _text_file(path, n=240, seed=0):
