@@ -47,7 +47,7 @@ def preprocess(checked, source: str, cfg: PipelineConfig) -> PreparedSeries | Pr
     s = cfg.split
     if cfg.task == "classification":
         return sequences.prepare_sequences(checked, source, cfg.features, val=s.val, test=s.test, seed=cfg.seed,
-                                           imbalance=cfg.training.imbalance)
+                                           imbalance=cfg.training.imbalance, noise_std=cfg.training.noise_std)
     time_col, values = checked
     data = prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
                           window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,

@@ -138,6 +138,8 @@ class TrainingConfig(_Strict):
     burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
     threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    noise_std: float = Field(0.0, ge=0, description="classification, numeric sequences: Gaussian jitter (in scaled "
+                                                    "units) added to the inputs of every training batch")
     imbalance: Literal["class_weights", "weighted_sampler", "none"] = Field(
         "class_weights", description="classification: weight the loss by inverse class frequency, or sample "
                                      "batches with inverse-frequency weights")

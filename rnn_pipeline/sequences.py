@@ -355,6 +355,7 @@ class PreparedSequences:
     padding: str
     imbalance: str
     encoding: str = "embedding"  # text: how tokens enter the model
+    noise_std: float = 0.0  # numeric: jitter on training batches
 
     @property
     def kind(self) -> str:
@@ -368,8 +369,9 @@ class PreparedSequences:
             loss_weights and split == "train" and self.imbalance == "class_weights") else None
         sampler = torch.tensor(inv[self.y[idx]], dtype=torch.float64) if (
             split == "train" and self.imbalance == "weighted_sampler") else None
+        noise = self.noise_std if (split == "train" and self.kind == "numeric") else 0.0
         return SequenceSet([torch.from_numpy(self.x[i]) for i in idx], torch.from_numpy(self.y[idx]),
-                           self.padding, weights, sampler)
+                           self.padding, weights, sampler, noise)
 
 
 def stratified_split(labels: np.ndarray, fixed: np.ndarray | None, val: float, test: float, seed: int,
@@ -408,7 +410,7 @@ def stratified_split(labels: np.ndarray, fixed: np.ndarray | None, val: float, t
 
 
 def prepare_sequences(raw: RawSequences, source: str, features, *, val: float, test: float, seed: int,
-                      imbalance: str) -> PreparedSequences:
+                      imbalance: str, noise_std: float = 0.0) -> PreparedSequences:
     """Split, check the labels, fit the encoder on the training split, encode and truncate everything."""
     if raw.labels is None:
         raise DataValidationError("no labels: training needs a label column", source=source)
@@ -446,7 +448,7 @@ def prepare_sequences(raw: RawSequences, source: str, features, *, val: float, t
     lookup = {c: i for i, c in enumerate(classes)}
     y = np.asarray([lookup[v] for v in raw.labels], dtype="int64")
     return PreparedSequences(source, raw, enc, classes, x, y, split, n_cut, features.padding, imbalance,
-                             features.encoding)
+                             features.encoding, noise_std)
 
 
 # ---- batches -----------------------------------------------------------------------------------------------------
@@ -457,12 +459,13 @@ def pad(seqs: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor
 
 
 class SequenceSet:
-    """Items of one split for train.fit: padded batches, cross-entropy with optional class weights, and an
-    optional weighted sampler for the training order."""
+    """Items of one split for train.fit: padded batches, cross-entropy with optional class weights, an optional
+    weighted sampler for the training order, and optional Gaussian jitter on numeric training inputs."""
 
-    def __init__(self, seqs: list[torch.Tensor], y: torch.Tensor, padding: str, class_weights=None, sampler=None):
+    def __init__(self, seqs: list[torch.Tensor], y: torch.Tensor, padding: str, class_weights=None, sampler=None,
+                 noise_std: float = 0.0):
         self.seqs, self.y, self.padding = seqs, y, padding
-        self.class_weights, self.sampler = class_weights, sampler
+        self.class_weights, self.sampler, self.noise_std = class_weights, sampler, noise_std
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -471,7 +474,8 @@ class SequenceSet:
         if torch.device(device).type == "cpu":
             return self
         cw = None if self.class_weights is None else self.class_weights.to(device)
-        return SequenceSet([s.to(device) for s in self.seqs], self.y.to(device), self.padding, cw, self.sampler)
+        return SequenceSet([s.to(device) for s in self.seqs], self.y.to(device), self.padding, cw, self.sampler,
+                           self.noise_std)
 
     def order(self, generator: torch.Generator) -> torch.Tensor:
         if self.sampler is not None:  # inverse-frequency sampling with replacement, one epoch's worth
@@ -484,6 +488,8 @@ class SequenceSet:
 
     def loss(self, model, idx: torch.Tensor, **_) -> torch.Tensor:
         x, lengths, y = self.batch(idx)
+        if self.noise_std > 0:  # pad steps get noise too, but packing never reads them
+            x = x + self.noise_std * torch.randn_like(x)
         return torch.nn.functional.cross_entropy(model(x, lengths), y, weight=self.class_weights)
 
     @torch.no_grad()

@@ -233,3 +233,19 @@ def test_classification_metrics_and_baselines_on_known_cases():
     assert majority == pytest.approx(np.mean(y_test == data.classes.index("pos")))
     # the words alone decide the class here: the order-free TF-IDF model is perfect
     assert evaluate.classification_metrics(y_test, base["tfidf_logreg"], 2)["accuracy"] == 1.0
+
+
+def test_jitter_applies_to_numeric_training_batches_only():
+    raw = read_sequences(_long(), "f.csv", "sequence_id", "step", ["x", "y"], "label")
+    data = prepare_sequences(raw, "f.csv", _features(), val=0.25, test=0.25, seed=0, imbalance="none",
+                             noise_std=0.5)
+    model = RNNClassifier(ClassifierSpec(
+        cell="gru", hidden=4, layers=1, dropout=0.0, n_classes=3, input_kind="numeric", n_inputs=2))
+    train, val = data.batches("train"), data.batches("val")
+    assert train.noise_std == 0.5 and val.noise_std == 0.0
+    idx = torch.arange(len(train))
+    assert train.loss(model, idx).item() != train.loss(model, idx).item()  # fresh noise every batch
+    assert val.eval_loss(model) == val.eval_loss(model)
+    text = prepare_sequences(_texts(), "t.csv", _features(), val=0.2, test=0.2, seed=0, imbalance="none",
+                             noise_std=0.5)
+    assert text.batches("train").noise_std == 0.0  # token ids are not jittered
