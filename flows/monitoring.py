@@ -177,10 +177,11 @@ def _run_training(config: str, overrides: dict, reason: str, deployment: str | N
 
 
 @task(name="retrain", cache_policy=NO_CACHE)
-def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Champion, full: pd.DataFrame,
+def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Champion, full: pd.DataFrame | None,
             batch_name: str, verdict: str, deployment: str | None) -> dict:
-    """The training flow on the updated data window (`full`: the champion's reference and every batch since); its gate
-    scores champion and challenger on the newest windows."""
+    """The training flow on the updated data. Forecasting: the window of `full` (the champion's reference and every
+    batch since); its gate scores champion and challenger on the newest windows. Classification: the champion's
+    items plus the labelled batches it has not learned from, split afresh; skipped when there are none."""
     logger = get_run_logger()
     r = cfg.monitoring.retrain
     if champ.task == "classification":
