@@ -38,7 +38,7 @@ def validate(frame, source: str, cfg: PipelineConfig):
     """Forecasting: (time, values); classification: the raw texts or sequences with their labels."""
     d = cfg.data
     if cfg.task == "classification":
-        return sequences.read_items(frame, source, d, labels=True)
+        return sequences.read_items(frame, source, d, labels=True, split=True)
     return validation.validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
 
 

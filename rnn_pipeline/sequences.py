@@ -166,17 +166,18 @@ def read_sequences(frame: pd.DataFrame, source: str, sequence_column: str, step_
                         None if split is None else np.asarray(out_split), list(channels))
 
 
-def read_items(frame: pd.DataFrame, source: str, d, labels: bool) -> RawSequences:
-    """The training format of `d` (a DataConfig): texts, or a long table of numeric sequences. With labels=False a
-    label column is read when present (a monitoring batch may or may not carry labels)."""
+def read_items(frame: pd.DataFrame, source: str, d, labels: bool, split: bool = False) -> RawSequences:
+    """The training format of `d` (a DataConfig): texts, or a long table of numeric sequences. labels=True: the
+    label column must be there; otherwise it is read when present (a monitoring batch may or may not carry labels).
+    split=True: the configured split column must be there (training)."""
     label_column = d.label_column if (labels or d.label_column in frame.columns) else None
+    split_column = d.split_column if split else None
     if d.text_column:
-        return read_texts(frame, source, d.text_column, label_column, d.split_column if labels else None)
-    split = d.split_column if labels and d.split_column in frame.columns else None
+        return read_texts(frame, source, d.text_column, label_column, split_column)
     channels = channel_columns(frame, d.sequence_column, d.step_column, d.label_column, d.split_column,
                                d.channel_columns)
     step = d.step_column if d.step_column and (labels or d.step_column in frame.columns) else None
-    return read_sequences(frame, source, d.sequence_column, step, channels, label_column, split)
+    return read_sequences(frame, source, d.sequence_column, step, channels, label_column, split_column)
 
 
 def items_frame(raw: RawSequences, d) -> pd.DataFrame:
@@ -189,7 +190,8 @@ def items_frame(raw: RawSequences, d) -> pd.DataFrame:
     lengths = [len(x) for x in raw.items]
     out = pd.DataFrame(np.concatenate(raw.items), columns=raw.channels)
     out.insert(0, d.sequence_column, np.repeat(raw.ids, lengths))
-    out.insert(1, d.step_column or "step", np.concatenate([np.arange(n) for n in lengths]))
+    if d.step_column:  # without one, row order is step order
+        out.insert(1, d.step_column, np.concatenate([np.arange(n) for n in lengths]))
     if raw.labels is not None:
         out[d.label_column] = np.repeat(raw.labels, lengths)
     return out

@@ -249,3 +249,23 @@ def test_jitter_applies_to_numeric_training_batches_only():
     text = prepare_sequences(_texts(), "t.csv", _features(), val=0.2, test=0.2, seed=0, imbalance="none",
                              noise_std=0.5)
     assert text.batches("train").noise_std == 0.0  # token ids are not jittered
+
+
+@pytest.mark.parametrize("step_column", ["step", None])
+def test_items_written_for_a_retrain_read_back_the_same(step_column):
+    from rnn_pipeline.sequences import items_frame, read_items
+
+    d = PipelineConfig.model_validate({"name": "x", "task": "classification", "data": {
+        "builtin": "x", "step_column": step_column, "split_column": "split"}}).data
+    frame = _long().assign(split="train")
+    if step_column is None:
+        frame = frame.drop(columns=["step"])
+    raw = read_items(frame, "f.csv", d, labels=True, split=True)
+    assert raw.channels == ["x", "y"] and set(raw.split) == {"train"}
+    with pytest.raises(DataValidationError, match="missing split column 'split'"):
+        read_items(frame.drop(columns=["split"]), "f.csv", d, labels=True, split=True)
+    again = read_items(items_frame(raw, d), "ref.parquet", d, labels=True)  # no split column: not required
+    assert again.channels == ["x", "y"] and again.split is None
+    assert list(again.labels) == list(raw.labels)
+    for a, b in zip(again.items, raw.items):
+        np.testing.assert_array_equal(a, b)
