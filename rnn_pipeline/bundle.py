@@ -52,7 +52,10 @@ class ForecastBundle:
 
     @classmethod
     def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ForecastBundle":
-        meta = json.loads(Path(preprocess_path).read_text())
+        return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
+
+    @classmethod
+    def from_meta(cls, meta: dict, weights_path: str | Path) -> "ForecastBundle":
         model = _weights(RNNForecaster(ModelSpec(**meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
@@ -158,7 +161,10 @@ class ClassifierBundle:
 
     @classmethod
     def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ClassifierBundle":
-        meta = json.loads(Path(preprocess_path).read_text())
+        return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
+
+    @classmethod
+    def from_meta(cls, meta: dict, weights_path: str | Path) -> "ClassifierBundle":
         model = _weights(RNNClassifier(ClassifierSpec(**meta["model"])), weights_path)
         return cls(model, Encoder.from_json(meta["encoder"]), meta["classes"], meta["text_column"],
                    meta["sequence_column"], meta["step_column"])
@@ -235,6 +241,6 @@ class ClassifierBundle:
 
 
 def load_bundle(preprocess_path: str | Path, weights_path: str | Path) -> ForecastBundle | ClassifierBundle:
-    task = json.loads(Path(preprocess_path).read_text()).get("task", "forecasting")
-    cls = ClassifierBundle if task == "classification" else ForecastBundle
-    return cls.load(preprocess_path, weights_path)
+    meta = json.loads(Path(preprocess_path).read_text())
+    cls = ClassifierBundle if meta.get("task", "forecasting") == "classification" else ForecastBundle
+    return cls.from_meta(meta, weights_path)

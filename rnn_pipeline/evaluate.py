@@ -122,16 +122,12 @@ def save_plots(folder: str | Path, ev: dict, time_values, history: list[dict], s
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
+    files: list[Path] = []
     y_true, y_pred = ev["y_true"][:, 0, 0], ev["y_pred"][:, 0, 0]
     resid = y_true - y_pred
 
     def save(fig, name):
-        path = folder / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save_figure(fig, folder / name))
 
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(time_values, y_true, label="actual", lw=1)
@@ -159,18 +155,23 @@ def save_plots(folder: str | Path, ev: dict, time_values, history: list[dict], s
     return files
 
 
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _training_plots(folder: Path, history: list[dict], study=None) -> list[Path]:
     """Loss curves and, when the study allows, the Optuna history and parameter importances."""
     import matplotlib.pyplot as plt
 
-    files = []
+    files: list[Path] = []
 
     def save(fig, name):
-        path = folder / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save_figure(fig, folder / name))
 
     if history:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -309,7 +310,4 @@ def save_classification_plots(folder: str | Path, ev: dict, classes: list[str], 
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(ev["confusion"], display_labels=[str(c) for c in classes]).plot(ax=ax, colorbar=False)
     ax.set_title(f"Test confusion matrix (accuracy {ev['metrics']['accuracy']:.3f})")
-    fig.tight_layout()
-    fig.savefig(folder / "confusion_matrix.png", dpi=90)
-    plt.close(fig)
-    return [folder / "confusion_matrix.png", *_training_plots(folder, history, study)]
+    return [_save_figure(fig, folder / "confusion_matrix.png"), *_training_plots(folder, history, study)]
