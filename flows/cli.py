@@ -282,6 +282,47 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
     run_demo("seed_sine_demo", batch_size=batch_size, stationary=stationary, shifted=shifted, echo=typer.echo)
 
 
+@app.command()
+def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config naming the model, its stores and the "
+                                                "serving limits.")] = "seed_sine",
+          model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
+                                                       "models:/<name>@champion (an alias is followed: hot swap).")]
+          = None,
+          host: Annotated[Optional[str], typer.Option(help="Interface to bind; default serving.host "
+                                                      "(127.0.0.1).")] = None,
+          port: Annotated[Optional[int], typer.Option(help="Port; default serving.port (8000); 0 picks a free "
+                                                      "one.")] = None,
+          access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = False):
+    """Serve the model over HTTP (FastAPI + uvicorn): POST /predict, POST /actuals, GET /health, /metadata, /stats
+    and the OpenAPI docs at /docs. Predictions and actuals go to the inference log in the monitoring store."""
+    cfg, st = _load(config)
+    import mlflow
+    import torch
+    import uvicorn
+
+    from rnn_pipeline import inference_log, serve as srv
+
+    _quiet_libraries()
+    mlflow.set_tracking_uri(st.mlflow_uri)
+    mlflow.set_registry_uri(st.mlflow_uri)
+    torch.set_num_threads(cfg.serving.threads)
+    s = cfg.serving
+    uri = model or f"models:/{cfg.model_name}@champion"
+    holder = srv.ModelHolder(uri, s.poll_seconds)
+    served = holder.load()
+    store = inference_log.InferenceLog(st.monitoring_url) if s.log_predictions else None
+    limits = srv.Limits(s.max_body_bytes, s.max_items, s.max_steps, s.max_text_chars)
+    api = srv.create_app(holder, limits, store, s.log_flush_seconds, str(st.root / "inference_log.failed.jsonl"))
+    host = host or s.host
+    port = s.port if port is None else port
+    port = port or _free_port()
+    follows = f", following alias '{holder.alias}' every {s.poll_seconds:g}s" if holder.alias else ""
+    typer.echo(f"serving {served.name or uri} v{served.version} ({uri}{follows}) on http://{host}:{port} "
+               f"(docs: http://{host}:{port}/docs)")
+    typer.echo(f"inference log: {st.monitoring_url}" if store else "inference log: off (serving.log_predictions)")
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=access_log)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -237,6 +237,10 @@ class RetrainConfig(_Strict):
 class MonitoringConfig(_Strict):
     """The monitoring flow: new batches -> Evidently drift + the champion's error -> verdict -> retrain."""
 
+    source: Literal["files", "inference_log"] = Field(
+        "files", description="where a pass takes its current data: batch files in `incoming`, or the predictions "
+                             "(and actuals) the service and predict-batch wrote to the inference log since the last "
+                             "pass")
     incoming: str | None = Field(None, description="folder of new batch files (CSV/Parquet, the training schema); "
                                                    "default <root>/incoming/<name>; relative to the config's folder")
     drift_method: Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "anderson", "cramer_von_mises",
@@ -272,6 +276,26 @@ class MonitoringConfig(_Strict):
         return self
 
 
+class ServingConfig(_Strict):
+    """`rnn-pipeline serve`: the HTTP service around the champion, and the inference log it writes."""
+
+    host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 exposes the service to the network)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: a free one)")
+    poll_seconds: float = Field(30.0, gt=0, description="how often the service checks whether the alias it serves "
+                                                        "moved to another version (hot swap)")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="a larger request body is refused with 413")
+    max_items: int = Field(1000, ge=1, description="most series, texts or sequences (or actuals) in one request "
+                                                   "(413 beyond)")
+    max_steps: int = Field(10_000, ge=1, description="most steps in one history or sequence (422 beyond)")
+    max_text_chars: int = Field(100_000, ge=1, description="longest text in characters (422 beyond)")
+    threads: int = Field(1, ge=1, description="torch CPU threads in the service (1 is fastest for small RNNs)")
+    log_predictions: bool = Field(True, description="write every prediction and actual to the inference log "
+                                                    "(the monitoring store)")
+    log_flush_seconds: float = Field(0.2, gt=0, description="the inference log is written in the background, in "
+                                                            "batches, at least this often")
+    batch_chunk: int = Field(10_000, ge=1, description="predict-batch: items scored and logged per chunk")
+
+
 class PipelineConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     task: Literal["forecasting", "classification"] = "forecasting"
@@ -286,6 +310,7 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     stores: StoresConfig = Field(default_factory=StoresConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     # Set by load_config: the folder relative data paths resolve against. Not part of the YAML.
     base_dir: str = Field(".", exclude=True)
 
@@ -320,7 +345,7 @@ class PipelineConfig(_Strict):
         """A short stable hash of what shapes a tuning trial: the study name carries it, so that raising n_trials,
         changing the time budget, the final fit, evaluation or registry settings resumes the same study."""
         d = self.model_dump(mode="json", exclude={"stores": True, "registry": True, "evaluation": True, "name": True,
-                                                  "monitoring": True,
+                                                  "monitoring": True, "serving": True,
                                                   "tuning": {"n_trials", "timeout_seconds"},
                                                   "training": {"max_epochs", "patience", "threads", "device"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
