@@ -125,7 +125,7 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     import mlflow
     import pandas as pd
 
-    from rnn_pipeline import datasets, registry
+    from rnn_pipeline import batch, registry
     from rnn_pipeline.bundle import ClassifierBundle
     from rnn_pipeline.errors import DataValidationError
 
@@ -141,20 +141,13 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     if text and not (isinstance(bundle, ClassifierBundle) and bundle.kind == "text"):
         raise DataValidationError(f"--text needs a text classifier; {uri} reads "
                                   f"{'sequences' if isinstance(bundle, ClassifierBundle) else 'series'}")
-    try:  # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
-        if isinstance(bundle, ClassifierBundle):
-            if input is not None and input.suffix.lower() == ".json":
-                ids, items = bundle.read_json(input)
-            else:
-                frame = datasets.read_table(input) if input is not None else pd.DataFrame({bundle.text_column: text})
-                ids, items = bundle.read_frame(frame, source)
-            bundle.encoder.encode(items, source, ids)  # a too-long sequence fails here, naming its id
-            x_frame, id_col = bundle.items_frame(items), bundle.sequence_column
-        else:
-            ids, x = bundle.frame_to_windows(datasets.read_table(input))
-            x_frame, id_col = bundle.windows_frame(x), "window_id"
-    except DataValidationError as e:
-        raise DataValidationError(e.problem, source=source, column=e.column, row=e.row, value=e.value) from None
+    # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
+    data = batch.read_input(str(input))[0] if input is not None else pd.DataFrame({bundle.text_column: text})
+    ids, inputs = batch.model_inputs(bundle, data, source)
+    if isinstance(bundle, ClassifierBundle):
+        x_frame, id_col = bundle.items_frame(inputs), bundle.sequence_column
+    else:
+        x_frame, id_col = bundle.windows_frame(inputs), "window_id"
     out = loaded.predict(x_frame).sort_values(id_col).reset_index(drop=True)
     out[id_col] = ids
     if output is None:
@@ -165,20 +158,52 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
         out.to_csv(output, index=False)
 
 
+@app.command("predict-batch")
+def predict_batch(input: Annotated[str, typer.Option("--input", "-i", help="A CSV, Parquet or JSON file in the "
+                                                     "training format (as `predict` reads it), a file:// or "
+                                                     "http(s):// URL of one, or with --table a database URL.")],
+                  output: Annotated[Path, typer.Option("--output", "-o", help="Predictions file: Parquet, or CSV "
+                                                       "when it ends in .csv.")],
+                  config: Annotated[str, typer.Option("--config", "-c", help="Config naming the model and its "
+                                                      "stores.")] = "seed_sine",
+                  model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
+                                                               "models:/<name>@champion.")] = None,
+                  table: Annotated[Optional[str], typer.Option(help="Read this table from the database at "
+                                                               "--input (a SQLAlchemy URL).")] = None):
+    """Score a file, URL or table with the model through the batch-prediction flow: predictions with their
+    prediction ids and model version go to --output, and every prediction to the inference log."""
+    cfg, st = _load(config)
+    from flows.batch import batch_prediction_flow
+
+    _one_line_pipeline_errors()
+    _quiet_libraries()
+    s = batch_prediction_flow(config, input, str(output), model, table)
+    typer.echo(f"{s['n_predictions']} predictions of {s['model_name']} v{s['model_version']} written to "
+               f"{s['output']} in {s['seconds']:.1f} s"
+               + (f"; logged to {s['inference_log']}" if s["logged"] else ""))
+
+
 @app.command()
 def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
             = "seed_sine",
             training_deployment: Annotated[Optional[str], typer.Option(
                 help="Retrain through this Prefect deployment ('<flow>/<deployment>') instead of in-process.")]
+            = None,
+            source: Annotated[Optional[str], typer.Option(
+                help="Where the current data comes from: 'files' (the incoming folder) or 'inference_log' (what "
+                     "the service and predict-batch logged since the last pass). Default: monitoring.source.")]
             = None):
-    """Run the monitoring flow once: judge every new batch in the incoming folder; retrain on drift."""
+    """Run the monitoring flow once: judge every new batch in the incoming folder (or the inference log's new
+    predictions and actuals); retrain on drift or degradation."""
     cfg, st = _load(config)
     from flows.monitoring import incoming_folder, monitoring_flow
 
     _one_line_pipeline_errors()
     _quiet_libraries()
     try:
-        summary = monitoring_flow(config, training_deployment)
+        if source not in (None, "files", "inference_log"):
+            raise typer.BadParameter(f"--source must be 'files' or 'inference_log', not '{source}'")
+        summary = monitoring_flow(config, training_deployment, source)
     except KeyboardInterrupt:
         typer.echo("interrupted: judged batches are recorded; run the same command to go on", err=True)
         raise typer.Exit(130)
@@ -186,7 +211,8 @@ def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config f
         typer.echo(f"skipped: {summary['skipped']}")
         return
     if not summary["batches"]:
-        typer.echo(f"no new batches in {incoming_folder(cfg, st)}")
+        typer.echo("not enough new predictions or actuals in the inference log to judge"
+                   if summary["source"] == "inference_log" else f"no new batches in {incoming_folder(cfg, st)}")
         return
     for b in summary["batches"]:
         share = "-" if b["drift_share"] is None else f"{b['drift_share']:.2f}"

@@ -7,6 +7,7 @@ a lock in the monitoring store for its model, so two passes started together jud
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,9 +20,10 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, monitor, monitor_classify, registry, sequences, stores as stores_mod
+from rnn_pipeline import datasets, monitor, monitor_classify, monitor_log, registry, sequences, stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryError
+from rnn_pipeline.inference_log import InferenceLog
 from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
 
 from .training import experiment_for, mlflow_stores, training_flow
@@ -144,6 +146,99 @@ def judge_items(cfg: PipelineConfig, champ: Champion, batch) -> dict:
             "prediction_drift": drift.scores.get(monitor_classify.PREDICTED, {}).get("drifted")}
 
 
+@task(name="judge-inference-log", cache_policy=NO_CACHE)
+def judge_log(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame, labelled: pd.DataFrame) -> dict:
+    """Forecasting from the inference log: Evidently drift of the logged windows' statistics against the reference
+    windows', and the champion's live MSE (its logged forecasts against the posted actuals) against its test MSE."""
+    m, mc = champ.meta, cfg.monitoring
+    x = monitor_log.forecast_windows(current, m["columns"], m["window"])
+    if len(x) < mc.min_windows:
+        raise DataValidationError(f"only {len(x)} logged window(s) read the champion's columns {m['columns']} over "
+                                  f"{m['window']} steps; monitoring needs at least {mc.min_windows}")
+    stats = monitor_log.window_stats(x, m["columns"])
+    drift = monitor.drift_report(champ.features[list(stats.columns)], stats, mc.drift_method, mc.drift_threshold,
+                                 mc.drift_calibration)
+    y_true, y_pred = monitor_log.forecast_errors(labelled, champ.bundle.target_columns)
+    champion_mse = ratio = None
+    if len(y_true) >= mc.min_windows:
+        champion_mse = monitor.mse(y_true, y_pred)
+        ref = m["test_mse"]
+        ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
+    return {"drift": drift, "n_windows": len(y_true), "champion_mse": champion_mse, "error_ratio": ratio,
+            "reference_mse": m["test_mse"], "n_inputs": len(x),
+            "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
+
+
+@task(name="judge-inference-log-items", cache_policy=NO_CACHE)
+def judge_log_items(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame, labelled: pd.DataFrame) -> dict:
+    """Classification from the inference log: descriptor and predicted-label drift of the logged items, and the
+    champion's live accuracy and macro F1 (its logged labels against the posted ones)."""
+    mc, b = cfg.monitoring, champ.bundle
+    batch = monitor_log.items(current, b.kind, b.input_columns)
+    if len(batch) < mc.min_windows:
+        raise DataValidationError(f"only {len(batch)} logged item(s) match the champion's input; monitoring needs "
+                                  f"at least {mc.min_windows}")
+    drift = monitor.drift_report(champ.features, monitor_classify.descriptors(batch, b), mc.drift_method,
+                                 mc.drift_threshold, mc.drift_calibration, categorical=(monitor_classify.PREDICTED,))
+    truth = monitor_log.items(labelled, b.kind, b.input_columns, with_labels=True)
+    scores = (monitor_classify.label_scores(truth, monitor_log.logged_proba(labelled, b.classes), b.classes)
+              if len(truth) else None)
+    ref = champ.meta["test_accuracy"]
+    degraded = bool(scores and scores["n_labelled"] >= mc.min_windows and scores["accuracy"] < ref - mc.accuracy_drop)
+    v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)
+    return {"drift": drift, "n_windows": len(batch), "labels": scores, "reference_accuracy": ref, "verdict": v,
+            "champion_mse": None, "error_ratio": None, "reference_mse": None, "n_inputs": len(batch),
+            "prediction_drift": drift.scores.get(monitor_classify.PREDICTED, {}).get("drifted")}
+
+
+def _log_pass(config, cfg, st, store: MonitoringStore, exp, champ: Champion, history, deployment, logger) -> dict | None:
+    """Judge what the inference log gained since the last pass: the inputs of new predictions (drift), and the
+    champion's predictions that received actuals (live error). Too little new data: nothing is judged (None)."""
+    after_p, after_a = store.log_watermark(cfg.model_name)
+    log = InferenceLog(st.monitoring_url)
+    try:
+        new = log.predictions(cfg.model_name, after_p)
+        answered = log.labelled(cfg.model_name, after_a)
+    finally:
+        log.dispose()
+    parts = [f for f in (new, answered) if len(f)]
+    current = pd.concat(parts, ignore_index=True).drop_duplicates("prediction_id") if parts else new
+    labelled = answered[answered["model_version"] == champ.version]
+    if len(current) < cfg.monitoring.min_windows:
+        logger.info("inference log: %d new prediction(s) or actual(s) for %s since the last pass; waiting for at "
+                    "least %d (monitoring.min_windows)", len(current), cfg.model_name, cfg.monitoring.min_windows)
+        return None
+    last_p = int(new["seq"].max()) if len(new) else after_p
+    last_a = int(answered["actual_seq"].max()) if len(answered) else after_a
+    name = f"inference-log #{after_p + 1}-{last_p}"
+    digest = hashlib.sha256(f"{cfg.model_name}:{last_p}:{last_a}".encode()).hexdigest()
+    base = {"model_name": cfg.model_name, "batch": name, "digest": digest, "champion_version": champ.version,
+            "log_prediction_seq": last_p, "log_actual_seq": last_a}
+    times = pd.to_datetime(current["created_at"])
+    extra = {"n_rows": len(current), "first_time": str(times.min()), "last_time": str(times.max())}
+    data_path = None
+    try:
+        if champ.task == "classification":
+            outcome = judge_log_items(cfg, champ, current, labelled)
+            labels = outcome["labels"] or {}
+            extra.update(champion_accuracy=labels.get("accuracy"), champion_f1=labels.get("f1_macro"),
+                         n_labelled=labels.get("n_labelled"), reference_accuracy=outcome["reference_accuracy"])
+            truth = monitor_log.items(answered, champ.bundle.kind, champ.bundle.input_columns, with_labels=True)
+            if len(truth):  # what a retrain learns from: every logged item with its posted label
+                data_path = work_folder(cfg, st) / "batches" / f"inference-log-{last_p}-{last_a}.parquet"
+                data_path.parent.mkdir(parents=True, exist_ok=True)
+                sequences.items_frame(truth, cfg.data).to_parquet(data_path, index=False)
+        else:
+            outcome = judge_log(cfg, champ, current, labelled)
+    except DataValidationError as e:
+        logger.warning("inference log: %s; nothing judged", e)
+        return None
+    logger.info("inference log: %d new prediction(s), %d actual(s) for champion v%s", len(new), len(labelled),
+                champ.version)
+    return _record_and_act(config, cfg, st, store, exp, champ, history, base, outcome, extra, data_path,
+                           f"inference-log-{last_p}", deployment, logger)
+
+
 def retrain_overrides(cfg: PipelineConfig, champ: Champion, data_path: Path) -> dict:
     r = cfg.monitoring.retrain
     out: dict = {"data": {"builtin": None, "path": str(data_path)}, "split": {"val_start": None, "test_start": None}}
@@ -193,6 +288,12 @@ def retrain(config: str, cfg: PipelineConfig, st: stores_mod.Stores, champ: Cham
             return {"action": "retrain skipped (no new labels)", "new_version": None,
                     "new_champion_version": champ.version, "message": "no labelled batch since the champion"}
     else:
+        if len(full) <= len(champ.reference):  # an inference-log verdict with no batch of the series since
+            logger.warning("verdict '%s' on %s, but no new data of the series has arrived since champion v%s was "
+                           "trained (forecasts and actuals in the log are not a series): nothing new to retrain on",
+                           verdict, batch_name, champ.version)
+            return {"action": "retrain skipped (no new series data)", "new_version": None,
+                    "new_champion_version": champ.version, "message": "no batch of the series since the champion"}
         data = monitor.retrain_window(full, r.policy, r.recent_points)
     folder = work_folder(cfg, st) / "retrain"
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,17 +346,19 @@ def _log_run(experiment_id: str, cfg: PipelineConfig, batch: str, digest: str, c
 
 
 @flow(name="rnn-monitoring")
-def monitoring_flow(config: str, training_deployment: str | None = None) -> dict:
-    """Judge every new batch once; retrain on drift or degradation (through `training_deployment` when given, else
-    in-process). Returns {'batches': [one dict per batch], ...}."""
+def monitoring_flow(config: str, training_deployment: str | None = None, source: str | None = None) -> dict:
+    """Judge every new batch once (or, with source 'inference_log', what the inference log gained since the last
+    pass); retrain on drift or degradation (through `training_deployment` when given, else in-process). `source`
+    overrides monitoring.source. Returns {'batches': [one dict per batch], ...}."""
     logger = get_run_logger()
-    cfg = load_config(config)
+    cfg = load_config(config, {"monitoring": {"source": source}} if source else None)
     st = stores_mod.resolve(cfg.stores, os.environ)
     stores_mod.ensure(st)
+    from_log = cfg.monitoring.source == "inference_log"
     incoming = incoming_folder(cfg, st)
-    files = monitor.list_batches(incoming)
-    summary = {"model_name": cfg.model_name, "incoming": str(incoming), "batches": [], "skipped": None}
-    if not files:
+    summary = {"model_name": cfg.model_name, "source": cfg.monitoring.source, "incoming": str(incoming),
+               "batches": [], "skipped": None}
+    if not from_log and not monitor.list_batches(incoming):
         logger.info("no new batches in %s", incoming)
         return summary
     store = MonitoringStore(st.monitoring_url)
@@ -265,6 +368,10 @@ def monitoring_flow(config: str, training_deployment: str | None = None) -> dict
                 exp = experiment_for(f"{cfg.name}-monitoring", st.artifact_location)
                 champ = Champion(cfg, st)
                 history = _history(store, cfg, champ)
+                if from_log:
+                    row = _log_pass(config, cfg, st, store, exp, champ, history, training_deployment, logger)
+                    summary["batches"] += [row] if row else []
+                    return summary
                 for path in monitor.list_batches(incoming):  # re-listed under the lock
                     row, history = _one_batch(config, cfg, st, store, exp, champ, history, path, training_deployment,
                                               logger)
@@ -358,20 +465,31 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
         tcol = champ.meta["time_column"]
         extra = {"n_rows": len(batch), "first_time": str(batch[tcol].iloc[0]),
                  "last_time": str(batch[tcol].iloc[-1])}
+    row = _record_and_act(config, cfg, st, store, exp, champ, history, base, outcome, extra, data_path, path.stem,
+                          deployment, logger, lambda: _move(path, incoming_folder(cfg, st) / "processed"))
+    return row, history
+
+
+def _record_and_act(config, cfg, st, store, exp, champ, history, base: dict, outcome: dict, extra: dict,
+                    data_path: Path | None, stem: str, deployment, logger, recorded=None) -> dict:
+    """Record a judged batch (HTML report, MLflow run, store row); on drift or degradation retrain and re-gate.
+    `recorded()` runs once the row is in the store. Returns the batch's summary row."""
+    name, digest = base["batch"], base["digest"]
     v = outcome["verdict"]
     drift = outcome["drift"]
-    report = drift.save_html(st.reports / cfg.name / f"{path.stem}-{digest[:8]}.html")
+    report = drift.save_html(st.reports / cfg.name / f"{stem}-{digest[:8]}.html")
     run_id = _log_run(exp, cfg, name, digest, champ.version, outcome, v, report, None)
     row = {**base, "status": "judged", "verdict": v, "drift_share": drift.share, "error_ratio":
            _finite(outcome["error_ratio"]), "champion_mse": outcome["champion_mse"],
            "reference_mse": outcome["reference_mse"], "n_windows": outcome["n_windows"], **extra,
-           "feature_scores": drift.scores, "data_path": str(data_path), "report_path": str(report),
+           "feature_scores": drift.scores, "data_path": data_path and str(data_path), "report_path": str(report),
            "mlflow_run_id": run_id, "action": "none", "new_champion_version": champ.version}
     retraining = v in ("drift", "degraded") and cfg.monitoring.retrain.enabled
     if retraining:
         row["action"] = "retrain started"
     row_id = store.record(row)
-    _move(path, incoming_folder(cfg, st) / "processed")
+    if recorded is not None:
+        recorded()
     ratio = outcome["error_ratio"]
     if champ.task == "classification":
         logger.info("batch %s: %s (drifted share %.2f, predicted labels drifted: %s, champion v%s accuracy %s vs "
@@ -400,7 +518,7 @@ def _one_batch(config, cfg, st, store, exp, champ, history: pd.DataFrame, path: 
     return {k: row.get(k) for k in ("batch", "verdict", "action", "drift_share", "champion_mse", "error_ratio",
                                     "champion_accuracy", "champion_f1", "reference_accuracy", "n_labelled",
                                     "champion_version", "new_version", "new_champion_version", "n_windows",
-                                    "report_path", "mlflow_run_id")}, history
+                                    "report_path", "mlflow_run_id")}
 
 
 def _finite(x):

@@ -203,20 +203,24 @@ class ClassifierBundle:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise DataValidationError(f"cannot be read as JSON: {e}", source=str(path)) from None
-        if not isinstance(data, list) or not data:
-            raise DataValidationError("expected a non-empty JSON list of "
-                                      + ("texts" if self.kind == "text" else "sequences"), source=str(path))
         try:
-            if self.kind == "text":
-                bad = [i for i, t in enumerate(data) if not isinstance(t, str)]
-                if bad:
-                    raise DataValidationError("not a text", row=bad[0] + 1, value=data[bad[0]])
-                frame = pd.DataFrame({self.text_column: data})
-                return np.arange(len(data)), read_texts(frame, str(path), self.text_column, None).items
-            return np.arange(len(data)), sequences_from_arrays(data, self.encoder.channels)
+            return self.items_from_list(data)
         except DataValidationError as e:
             raise DataValidationError(e.problem, source=str(path), column=e.column, row=e.row,
                                       value=e.value) from None
+
+    def items_from_list(self, data) -> tuple[np.ndarray, list]:
+        """Parsed JSON (a list of texts, or of sequences) -> (ids 0..n-1, raw items)."""
+        if not isinstance(data, list) or not data:
+            raise DataValidationError("expected a non-empty JSON list of "
+                                      + ("texts" if self.kind == "text" else "sequences"))
+        if self.kind == "text":
+            bad = [i for i, t in enumerate(data) if not isinstance(t, str)]
+            if bad:
+                raise DataValidationError("not a text", row=bad[0] + 1, value=data[bad[0]])
+            frame = pd.DataFrame({self.text_column: data})
+            return np.arange(len(data)), read_texts(frame, "input", self.text_column, None).items
+        return np.arange(len(data)), sequences_from_arrays(data, self.encoder.channels)
 
     def items_frame(self, items: list) -> pd.DataFrame:
         """The inverse of read_frame, with ids 0..n-1: the frame a client sends to the pyfunc."""

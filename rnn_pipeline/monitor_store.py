@@ -47,6 +47,8 @@ batches = sa.Table(
     sa.Column("first_time", sa.String(40)),
     sa.Column("last_time", sa.String(40)),
     sa.Column("feature_scores", sa.Text),                          # JSON {feature: {score, drifted}}
+    sa.Column("log_prediction_seq", sa.Integer),                   # inference-log pass: last prediction judged
+    sa.Column("log_actual_seq", sa.Integer),                       # inference-log pass: last actual judged
     sa.Column("data_path", sa.String(1000)),                       # the accepted batch, normalised (Parquet)
     sa.Column("report_path", sa.String(1000)),
     sa.Column("mlflow_run_id", sa.String(64)),
@@ -131,6 +133,13 @@ class MonitoringStore:
                                                       batches.c.status == "judged")
                              .order_by(batches.c.id)).mappings().all()
         return [dict(r) for r in rows]
+
+    def log_watermark(self, model_name: str) -> tuple[int, int]:
+        """The last inference-log prediction and actual that a pass judged for this model (0, 0 before the first)."""
+        with self.engine.connect() as c:
+            p, a = c.execute(sa.select(sa.func.max(batches.c.log_prediction_seq), sa.func.max(batches.c.log_actual_seq))
+                             .where(batches.c.model_name == model_name)).one()
+        return int(p or 0), int(a or 0)
 
     # ---- lock ----------------------------------------------------------------------------------------------
     @contextmanager
