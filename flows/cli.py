@@ -184,6 +184,27 @@ def predict_batch(input: Annotated[str, typer.Option("--input", "-i", help="A CS
 
 
 @app.command()
+def actuals(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Parquet: prediction_id plus 'label' "
+                                                "(classification) or the forecast columns <target>_h<k> holding the "
+                                                "actual values (as predict-batch writes them).")],
+            config: Annotated[str, typer.Option("--config", "-c", help="Config naming the model and its stores.")]
+            = "seed_sine"):
+    """Record actual values or labels for earlier predictions (from the service or predict-batch) in the inference
+    log, all or none; monitoring then scores the predictions against them."""
+    cfg, st = _load(config)
+    from rnn_pipeline import batch, inference_log
+
+    frame, name = batch.read_input(str(input))
+    items = inference_log.actuals_from_frame(frame, str(input))
+    store = inference_log.InferenceLog(st.monitoring_url)
+    try:
+        n = store.add_actuals(cfg.model_name, items, source=f"file:{name}", where=f"{input}, row {{n}}")
+    finally:
+        store.dispose()
+    typer.echo(f"recorded {n} actual(s) for {cfg.model_name} in {st.monitoring_url}")
+
+
+@app.command()
 def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
             = "seed_sine",
             training_deployment: Annotated[Optional[str], typer.Option(

@@ -90,7 +90,8 @@ class ForecastBundle:
         out = np.empty((len(order), self.window, arr.shape[1]))
         for i, rows in enumerate(groups.values()):
             if len(rows) < self.window:
-                raise DataValidationError(f"window {order[i]!r} has {len(rows)} rows of history; the model needs "
+                wid = order[i].item() if isinstance(order[i], np.generic) else order[i]
+                raise DataValidationError(f"window {wid!r} has {len(rows)} rows of history; the model needs "
                                           f"the last {self.window}", column=WINDOW_ID)
             out[i] = arr[rows[-self.window:]]
         return order, out

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import queue
+import re
 import threading
 import time
 import uuid
@@ -146,6 +147,43 @@ def check_actual(output: dict, actual: dict, where: str) -> None:
             raise DataValidationError(f"{where}: target '{k}' has a value that is not a finite number")
 
 
+def actuals_from_frame(frame: pd.DataFrame, source: str) -> list[tuple[str, dict]]:
+    """A table of actuals: `prediction_id` plus either `label` (classification) or the forecast's own columns
+    `<target>_h<k>` (as predict-batch writes them) holding the actual values."""
+    if not isinstance(frame, pd.DataFrame):
+        raise DataValidationError("expected a CSV or Parquet table of actuals", source=source)
+    if "prediction_id" not in frame.columns:
+        raise DataValidationError("missing column 'prediction_id'", source=source)
+    steps = {}
+    for col in frame.columns:
+        m = re.fullmatch(r"(.+)_h(\d+)", str(col))
+        if m:
+            steps.setdefault(m.group(1), []).append((int(m.group(2)), col))
+    if "label" not in frame.columns and not steps:
+        raise DataValidationError("needs a 'label' column (classification) or '<target>_h<k>' columns of actual "
+                                  "values (forecasting)", source=source)
+    cols = ["prediction_id", *(["label"] if "label" in frame.columns else
+                               [c for t in steps.values() for _, c in sorted(t)])]
+    missing = frame[cols].isna().to_numpy()
+    if missing.any():
+        r, c = map(int, np.argwhere(missing)[0])
+        raise DataValidationError("missing value", source=source, column=cols[c], row=r + 1)
+    ids = frame["prediction_id"].astype(str).tolist()
+    if "label" in frame.columns:
+        return [(pid, {"label": str(v)}) for pid, v in zip(ids, frame["label"])]
+    out = []
+    for i, pid in enumerate(ids):
+        values = {}
+        for target, cs in steps.items():
+            raw = [frame[c].iloc[i] for _, c in sorted(cs)]
+            try:
+                values[target] = [float(v) for v in raw]
+            except (TypeError, ValueError):
+                raise DataValidationError("not a number", source=source, row=i + 1, value=raw) from None
+        out.append((pid, {"values": values}))
+    return out
+
+
 def _n(output: dict) -> int:
     return len(next(iter(output.values()))) if output else 0
 
@@ -169,7 +207,8 @@ class InferenceLog:
             with self.engine.begin() as c:
                 c.execute(predictions.insert(), [encode(r) for r in rows])
 
-    def add_actuals(self, model_name: str, items: list[tuple[str, dict]], source: str = "api") -> int:
+    def add_actuals(self, model_name: str, items: list[tuple[str, dict]], source: str = "api",
+                    where: str = "actuals[{i}]") -> int:
         """Record actuals [(prediction_id, {"values": {...}} | {"label": ...})] for predictions of `model_name`,
         all or none: an unknown id, an id that already has an actual, or an actual of the wrong shape records
         nothing."""
@@ -187,7 +226,7 @@ class InferenceLog:
             if unknown:
                 raise UnknownPredictions(unknown)
             for i, (pid, actual) in enumerate(items):
-                check_actual(found[pid], actual, f"actuals[{i}] ({pid})")
+                check_actual(found[pid], actual, where.format(i=i, n=i + 1) + f" ({pid})")
             have = []
             for part in _chunks(ids, 500):
                 have += [r[0] for r in c.execute(sa.select(actuals.c.prediction_id)

@@ -7,6 +7,7 @@ while writing the version deletes it again."""
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -63,7 +64,9 @@ def load_bundle(model) -> ForecastBundle | ClassifierBundle:
 
 def load(uri: str):
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with warnings.catch_warnings():  # our pyfunc validates its own input; MLflow's type-hint advice is noise
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+            return mlflow.pyfunc.load_model(uri)
     except MlflowException as e:
         raise RegistryError(f"cannot load model '{uri}': {e.message.splitlines()[0]}") from None
 

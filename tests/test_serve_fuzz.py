@@ -1,0 +1,189 @@
+"""The model service's OpenAPI schema fuzzed with schemathesis: whatever schemathesis sends to POST /predict,
+POST /actuals, GET /health, /metadata and /stats (valid and invalid bodies, wrong types, unsupported methods), the
+answer is never a server error (5xx).
+
+The app (`rnn_pipeline.serve.create_app` around a freshly trained tiny forecaster, with its inference log) runs in
+uvicorn on a free port in a thread, so its lifespan (log writer, alias polling) runs as in `rnn-pipeline serve`. Two
+passes: the schema as published, and the same schema narrowed to the served model's shape (its input columns, at
+least its window of steps), so that generated histories reach the model instead of stopping at the length check.
+Derandomized and bounded (EXAMPLES per operation, plus schemathesis' coverage cases): the same requests every run.
+"""
+
+import json
+from collections import Counter
+import socket
+import threading
+import time
+
+import hypothesis
+import httpx
+import mlflow
+import pytest
+import schemathesis
+import torch
+from hypothesis import HealthCheck, Phase
+from schemathesis.checks import not_a_server_error
+
+from conftest import write_config
+
+pytestmark = pytest.mark.slow
+NAME = "fuzz"
+EXAMPLES = 25
+COLUMNS, WINDOW, HORIZON = ["value"], 20, 2  # the tiny forecaster's shape (asserted against /metadata)
+SEEN: list[tuple[str, str, int]] = []  # (pass, operation, status) of every request sent
+SETTINGS = hypothesis.settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+                               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+                               print_blob=True)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory, prefect_harness):
+    """A champion trained in seconds, served by uvicorn in this process until the module's tests are done."""
+    import uvicorn
+
+    from flows.training import mlflow_stores, training_flow
+    from rnn_pipeline import serve as srv
+    from rnn_pipeline.inference_log import InferenceLog
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    cfg = write_config(folder, name=NAME, n_trials=0, epochs=3, extra=f"features: {{window: {WINDOW}, horizon: {HORIZON}}}\n")
+    assert training_flow(str(cfg))["promoted"]
+    # training flushes denormals to zero on this thread (a CPU flag); Hypothesis refuses to generate floats then
+    torch.set_flush_denormal(False)
+    state = folder / "state"
+    uri = f"sqlite:///{state / 'mlflow.db'}"
+    with mlflow_stores(uri):
+        holder = srv.ModelHolder(f"models:/{NAME}@champion", poll_seconds=3600,
+                                 client=mlflow.MlflowClient(uri, registry_uri=uri))
+        holder.load()
+    store = InferenceLog(f"sqlite:///{state / 'monitoring.db'}")
+    app = srv.create_app(holder, srv.Limits(max_body_bytes=200_000, max_items=20, max_steps=500), store,
+                         flush_seconds=0.05, fallback=str(state / "inference_log.failed.jsonl"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-fuzz", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    yield url
+    server.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+    store.dispose()
+
+
+def app_schema() -> dict:
+    """The service's OpenAPI document, built at import (schemathesis parametrizes tests at collection): it does not
+    depend on the model, only on whether the inference log is on (POST /actuals). The live one is compared with it."""
+    from rnn_pipeline import serve as srv
+
+    class NoModel:  # create_app touches the holder only in its lifespan and its endpoints
+        alias = None
+
+    return srv.create_app(NoModel(), store=object()).openapi()
+
+
+def model_shaped(raw: dict, columns: list[str], window: int, horizon: int) -> dict:
+    """The published schema narrowed to what the served model reads and answers: histories of every input column,
+    window to window + 5 steps, 1 to 4 series per request; actuals as H values of each target."""
+    raw = json.loads(json.dumps(raw))
+    schemas = raw["components"]["schemas"]
+    schemas["Actual"] = {
+        "type": "object", "additionalProperties": False, "required": ["prediction_id", "values"],
+        "properties": {"prediction_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                       "values": {"type": "object", "additionalProperties": False, "required": columns,
+                                  "properties": {c: {"type": "array", "items": {"type": "number"},
+                                                     "minItems": horizon, "maxItems": horizon} for c in columns}}}}
+    schemas["SeriesInput"]["properties"]["history"] = {
+        "type": "object", "additionalProperties": False, "required": columns,
+        "properties": {c: {"type": "array", "items": {"type": "number"}, "minItems": window,
+                           "maxItems": window + 5} for c in columns}}
+    schemas["PredictRequest"] = {
+        "type": "object", "additionalProperties": False, "required": ["series"],
+        "properties": {"series": {"type": "array", "minItems": 1, "maxItems": 4,
+                                  "items": {"$ref": "#/components/schemas/SeriesInput"}}}}
+    return raw
+
+
+RAW = app_schema()
+published = schemathesis.openapi.from_dict(RAW)
+SHAPED = model_shaped(RAW, COLUMNS, WINDOW, HORIZON)
+shaped_predict = schemathesis.openapi.from_dict(SHAPED).include(path="/predict")
+shaped_actuals = schemathesis.openapi.from_dict(SHAPED).include(path="/actuals")
+
+
+@pytest.fixture(scope="module")
+def live(base_url):
+    """The service answers the schema the tests were generated from, with the model shape they assume."""
+    assert httpx.get(base_url + "/openapi.json", timeout=10).json() == json.loads(json.dumps(RAW))
+    meta = httpx.get(base_url + "/metadata", timeout=10).json()
+    assert (meta["input_columns"], meta["window"], meta["horizon"]) == (COLUMNS, WINDOW, HORIZON)
+    return base_url
+
+
+def _call(case, base_url: str, label: str):
+    response = case.call(base_url=base_url, timeout=30)
+    SEEN.append((label, f"{case.method.upper()} {case.path}", response.status_code))
+    assert response.status_code < 500, (f"{response.status_code} from {case.method.upper()} {case.path}: "
+                                        f"{response.text[:500]}\nreproduce: {case.as_curl_command()}")
+    case.validate_response(response, checks=[not_a_server_error])
+
+
+@published.parametrize()
+@SETTINGS
+def test_published_schema_never_answers_5xx(case, live):
+    _call(case, live, "published")
+
+
+@shaped_predict.parametrize()
+@SETTINGS
+def test_model_shaped_histories_never_answer_5xx(case, live):
+    _call(case, live, "model-shaped")
+
+
+@pytest.fixture(scope="module")
+def prediction_ids(live):
+    """Ids of real predictions, for actuals that reach the inference log's checks (not just 'unknown id')."""
+    history = {c: [0.1 * i for i in range(WINDOW)] for c in COLUMNS}
+    ids = []
+    for _ in range(3):
+        r = httpx.post(live + "/predict", json={"series": [{"history": history}] * 20}, timeout=30)
+        assert r.status_code == 200, r.text
+        ids += [p["prediction_id"] for p in r.json()["predictions"]]
+    return ids
+
+
+@shaped_actuals.parametrize()
+@SETTINGS
+def test_actuals_for_real_predictions_never_answer_5xx(case, live, prediction_ids):
+    """Generated actuals with their ids swapped for real ones: recorded (200), already recorded (409), wrong shape
+    (422), never 5xx."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("actuals"), list):
+        for k, a in enumerate(body["actuals"]):
+            if isinstance(a, dict) and isinstance(a.get("prediction_id"), str):
+                a["prediction_id"] = prediction_ids[(len(SEEN) + k) % len(prediction_ids)]
+    _call(case, live, "actuals")
+
+
+def test_the_fuzzing_reached_every_operation_and_the_model():
+    """Runs after the fuzz tests (file order): what they sent covered every operation, generated histories got
+    forecasts (200), not only validation errors, and generated actuals were recorded, refused as duplicates and
+    refused as malformed."""
+    assert SEEN, "the fuzz tests did not run"
+    operations = {op for _, op, _ in SEEN}
+    assert {"POST /predict", "POST /actuals", "GET /health", "GET /metadata", "GET /stats"} <= operations
+    assert not [s for s in SEEN if s[2] >= 500]
+    forecasts = sum(1 for label, op, status in SEEN if label == "model-shaped" and op == "POST /predict"
+                    and status == 200)
+    assert forecasts >= 5, f"only {forecasts} generated histories reached the model"
+    recorded = {status for label, op, status in SEEN if label == "actuals"}
+    assert {200, 409, 422} <= recorded, f"actuals answered only {sorted(recorded)}"
+    counts = Counter((label, op, status) for label, op, status in SEEN)
+    print(f"\n{len(SEEN)} requests: " + ", ".join(f"{label} {op} {status}: {n}"
+                                                 for (label, op, status), n in sorted(counts.items())))
