@@ -3,7 +3,6 @@ monitoring flow; actuals that diverge from the forecasts make the verdict 'degra
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -36,8 +35,8 @@ def _serve_round(folder, start: int, n: int, offset: float, seed: int) -> list[s
     y = sine_stream(start, n + 50, seed=seed)["value"].to_numpy()
     uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
     store = InferenceLog(f"sqlite:///{folder / 'state' / 'monitoring.db'}")
-    holder = ModelHolder(f"models:/{NAME}@champion", client=mlflow.MlflowClient(uri, registry_uri=uri))
     with mlflow_stores(uri):
+        holder = ModelHolder(f"models:/{NAME}@champion")
         holder.load()
     with TestClient(create_app(holder, store=store)) as client:
         r = client.post("/predict", json={"series": [{"history": {"value": y[i:i + 50].tolist()}} for i in range(n)]})

@@ -177,6 +177,41 @@ def test_non_finite_values_and_streamed_oversized_bodies_are_refused(service):
     assert stats["responses"].get("5xx", 0) == 0 and stats["responses"]["4xx"] >= 2
 
 
+def test_the_registered_model_also_serves_with_mlflow_models_serve(service):
+    """The same registered pyfunc behind MLflow's own scoring server answers like our service."""
+    client, _, folder = service
+    ours = client.post("/predict", json={"series": [{"history": {"value": HISTORY}}]}).json()
+    port = _free_port()
+    uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
+    bin_dir = str(Path(sys.executable).parent)  # MLflow starts `uvicorn` by name: the venv's bin must be on PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    exe = str(Path(bin_dir) / "mlflow")
+    proc = subprocess.Popen([exe, "models", "serve", "-m", "models:/srv@champion", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "mlflow models serve did not answer /ping in 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        window = HISTORY[-20:]
+        body = {"dataframe_split": {"columns": ["window_id", "value"], "data": [[0, v] for v in window]}}
+        r = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        [row] = r.json()["predictions"]
+        np.testing.assert_allclose([row["value_h1"], row["value_h2"]], ours["predictions"][0]["forecast"]["value"],
+                                   rtol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_a_new_champion_is_served_without_a_restart(service):
     client, proc, folder = service
     reg = _registry(folder)
