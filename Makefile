@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CONFIG ?= seed_sine
 
-.PHONY: setup run test bench ui clean demo deploy monitor
+.PHONY: setup run test bench ui clean demo deploy monitor serve
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ monitor: setup
 # training deployments until Ctrl-C.
 deploy: setup
 	$(VENV)/bin/rnn-pipeline deploy --config $(CONFIG)
+
+# The champion over HTTP on 127.0.0.1:8000 (POST /predict, POST /actuals, /docs), following the alias.
+serve: setup
+	$(VENV)/bin/rnn-pipeline serve --config $(CONFIG)
 
 ui: setup
 	$(VENV)/bin/rnn-pipeline ui
