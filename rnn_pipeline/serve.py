@@ -27,6 +27,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import inference_log as ilog
@@ -411,7 +412,7 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), store: ilog.Infer
             if state["writer"] is not None:
                 state["writer"].close()
 
-    app = FastAPI(title="rnn-pipeline model service", lifespan=lifespan,
+    app = FastAPIOffline(title="rnn-pipeline model service", lifespan=lifespan,
                   description="Predictions from a registered RNN (forecasts in original units, or labels with class "
                               "probabilities); actuals for earlier predictions feed monitoring.")
     app.add_middleware(Guard, max_body_bytes=limits.max_body_bytes, stats=stats)
@@ -480,7 +481,8 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), store: ilog.Infer
             if len(req.actuals) > limits.max_items:
                 raise _problem(413, f"{len(req.actuals)} actuals in one request; the limit is {limits.max_items}")
             state["writer"].flush()  # predictions made a moment ago are in the log before we look them up
-            name = served().name or served().uri
+            s = served()
+            name = s.name or s.uri
             try:
                 k = store.add_actuals(name, [(a.prediction_id, a.model_dump(exclude={"prediction_id"}))
                                              for a in req.actuals])
