@@ -367,7 +367,9 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     typer.echo(f"serving {served.name or uri} v{served.version} ({uri}{follows}) on http://{host}:{port} "
                f"(docs: http://{host}:{port}/docs)")
     typer.echo(f"inference log: {st.monitoring_url}" if store else "inference log: off (serving.log_predictions)")
-    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=access_log)
+    srv.settle_gc()
+    uvicorn.run(api, host=host, port=port, log_level="warning", access_log=access_log,
+                timeout_keep_alive=s.keep_alive_seconds)
 
 
 def _free_port() -> int:

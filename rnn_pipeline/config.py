@@ -289,6 +289,8 @@ class ServingConfig(_Strict):
     max_steps: int = Field(10_000, ge=1, description="most steps in one history or sequence (422 beyond)")
     max_text_chars: int = Field(100_000, ge=1, description="longest text in characters (422 beyond)")
     threads: int = Field(1, ge=1, description="torch CPU threads in the service (1 is fastest for small RNNs)")
+    keep_alive_seconds: float = Field(65.0, gt=0, description="how long an idle keep-alive connection stays open "
+                                                              "(longer than a proxy's idle timeout, usually 60 s)")
     log_predictions: bool = Field(True, description="write every prediction and actual to the inference log "
                                                     "(the monitoring store)")
     log_flush_seconds: float = Field(0.2, gt=0, description="the inference log is written in the background, in "

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_config
+from flows.training import mlflow_stores
 from rnn_pipeline.inference_log import InferenceLog
 
 pytestmark = pytest.mark.slow
@@ -147,6 +148,7 @@ def _long_body(n):
     ({"series": [{"history": {"values": HISTORY}}]}, 422, "missing ['value']"),
     ({"series": [{"history": {"value": [0.1] * 300}}]}, 422, "serving.max_steps"),
     ({"series": [{"history": {"value": ["a"] * 20}}]}, 422, "valid number"),
+    ({"series": [{"history": {"value": [True] * 20}}]}, 422, "valid number"),
     ({"texts": ["a review"]}, 422, "send 'series'"),
     ({"series": [{"history": {"value": HISTORY}}], "texts": ["x"]}, 422, "exactly one"),
     ({}, 422, "exactly one"),
@@ -218,12 +220,8 @@ def test_a_new_champion_is_served_without_a_restart(service):
     client, proc, folder = service
     reg = _registry(folder)
     v1 = reg.get_model_version("srv", "1")
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(reg.tracking_uri)  # a logged model's source resolves through the tracking store
-    try:
+    with mlflow_stores(reg.tracking_uri):  # a logged model's source resolves through the tracking store
         v2 = reg.create_model_version("srv", v1.source, run_id=v1.run_id).version
-    finally:
-        mlflow.set_tracking_uri(before)
     reg.set_registered_model_alias("srv", "champion", v2)
     deadline = time.time() + 30
     while client.get("/health").json()["model"]["version"] != str(v2):
