@@ -39,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/classification.py
+	$(PY) benchmarks/serving.py
 
 # The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
 demo: setup

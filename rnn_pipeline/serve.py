@@ -22,8 +22,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Annotated
 from datetime import datetime, timezone
+from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import inference_log as ilog
 from .bundle import ClassifierBundle, ForecastBundle
@@ -427,8 +428,8 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), store: ilog.Infer
                 state["writer"].close()
 
     app = FastAPIOffline(title="rnn-pipeline model service", lifespan=lifespan,
-                  description="Predictions from a registered RNN (forecasts in original units, or labels with class "
-                              "probabilities); actuals for earlier predictions feed monitoring.")
+                         description="Predictions from a registered RNN (forecasts in original units, or labels with "
+                                     "class probabilities); actuals for earlier predictions feed monitoring.")
     app.add_middleware(Guard, max_body_bytes=limits.max_body_bytes, stats=stats)
     bad = {413: {"model": Problem, "description": "too large"}, 422: {"model": Problem, "description": "invalid"},
            503: {"model": Problem, "description": "no model loaded"}}
@@ -506,6 +507,8 @@ def create_app(holder: ModelHolder, limits: Limits = Limits(), store: ilog.Infer
                 raise _problem(404, str(e)) from None
             except ilog.DuplicateActuals as e:
                 raise _problem(409, str(e)) from None
+            except SQLAlchemyError as e:  # the database is away: nothing was recorded, the client may retry
+                raise _problem(503, f"the inference log is unavailable: {type(e).__name__}") from None
             return {"recorded": k}
 
     @app.get("/health")
