@@ -99,3 +99,9 @@ def test_monitoring_store_contract_on_postgresql(pg_databases):
     from test_monitor_lib import store_contract
 
     store_contract(pg_databases[2])
+
+
+def test_inference_log_contract_on_postgresql(pg_databases):
+    from test_inference_log import log_contract
+
+    log_contract(pg_databases[2])
