@@ -115,14 +115,19 @@ def judge(cfg: PipelineConfig, champ: Champion, history: pd.DataFrame, batch: pd
     x_cols = [cols.index(c) for c in b.input_columns]
     y_true, y_pred = monitor.batch_errors(b.predict_windows, combined[:, x_cols], len(b.target_columns), b.window,
                                           b.horizon, start=len(tail))
+    return _forecast_outcome(cfg, champ, drift, y_true, y_pred)
+
+
+def _forecast_outcome(cfg: PipelineConfig, champ: Champion, drift, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """The champion's MSE on the scored windows (with at least min_windows of them) against its test MSE, and the
+    verdict with the drift."""
+    mc, ref = cfg.monitoring, champ.meta["test_mse"]
     champion_mse = ratio = None
     if len(y_true) >= mc.min_windows:
         champion_mse = monitor.mse(y_true, y_pred)
-        ref = m["test_mse"]
         ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
     return {"drift": drift, "n_windows": len(y_true), "champion_mse": champion_mse, "error_ratio": ratio,
-            "reference_mse": m["test_mse"],
-            "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
+            "reference_mse": ref, "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
 
 
 @task(name="judge-items", cache_policy=NO_CACHE)
@@ -138,10 +143,16 @@ def judge_items(cfg: PipelineConfig, champ: Champion, batch) -> dict:
     if scores and scores["unseen_labels"]:
         get_run_logger().warning("batch labels %s were never seen by champion v%s: counted as errors (a retrain on "
                                  "this batch learns them)", scores["unseen_labels"], champ.version)
-    ref = champ.meta["test_accuracy"]
+    return _classification_outcome(cfg, champ, drift, scores, len(batch))
+
+
+def _classification_outcome(cfg: PipelineConfig, champ: Champion, drift, scores: dict | None, n_items: int) -> dict:
+    """With at least min_windows labelled items, accuracy below test accuracy minus accuracy_drop is 'degraded';
+    otherwise the drift decides."""
+    mc, ref = cfg.monitoring, champ.meta["test_accuracy"]
     degraded = bool(scores and scores["n_labelled"] >= mc.min_windows and scores["accuracy"] < ref - mc.accuracy_drop)
     v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)
-    return {"drift": drift, "n_windows": len(batch), "labels": scores, "reference_accuracy": ref, "verdict": v,
+    return {"drift": drift, "n_windows": n_items, "labels": scores, "reference_accuracy": ref, "verdict": v,
             "champion_mse": None, "error_ratio": None, "reference_mse": None,
             "prediction_drift": drift.scores.get(monitor_classify.PREDICTED, {}).get("drifted")}
 
@@ -159,14 +170,7 @@ def judge_log(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame, label
     drift = monitor.drift_report(champ.features[list(stats.columns)], stats, mc.drift_method, mc.drift_threshold,
                                  mc.drift_calibration)
     y_true, y_pred = monitor_log.forecast_errors(labelled, champ.bundle.target_columns)
-    champion_mse = ratio = None
-    if len(y_true) >= mc.min_windows:
-        champion_mse = monitor.mse(y_true, y_pred)
-        ref = m["test_mse"]
-        ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
-    return {"drift": drift, "n_windows": len(y_true), "champion_mse": champion_mse, "error_ratio": ratio,
-            "reference_mse": m["test_mse"], "n_inputs": len(x),
-            "verdict": monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio)}
+    return _forecast_outcome(cfg, champ, drift, y_true, y_pred)
 
 
 @task(name="judge-inference-log-items", cache_policy=NO_CACHE)
@@ -183,12 +187,7 @@ def judge_log_items(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame,
     truth = monitor_log.items(labelled, b.kind, b.input_columns, with_labels=True)
     scores = (monitor_classify.label_scores(truth, monitor_log.logged_proba(labelled, b.classes), b.classes)
               if len(truth) else None)
-    ref = champ.meta["test_accuracy"]
-    degraded = bool(scores and scores["n_labelled"] >= mc.min_windows and scores["accuracy"] < ref - mc.accuracy_drop)
-    v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)
-    return {"drift": drift, "n_windows": len(batch), "labels": scores, "reference_accuracy": ref, "verdict": v,
-            "champion_mse": None, "error_ratio": None, "reference_mse": None, "n_inputs": len(batch),
-            "prediction_drift": drift.scores.get(monitor_classify.PREDICTED, {}).get("drifted")}
+    return _classification_outcome(cfg, champ, drift, scores, len(batch))
 
 
 def _log_pass(config, cfg, st, store: MonitoringStore, exp, champ: Champion, history, deployment, logger) -> dict | None:
