@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,11 +223,32 @@ def test_a_new_champion_is_served_without_a_restart(service):
     v1 = reg.get_model_version("srv", "1")
     with mlflow_stores(reg.tracking_uri):  # a logged model's source resolves through the tracking store
         v2 = reg.create_model_version("srv", v1.source, run_id=v1.run_id).version
-    reg.set_registered_model_alias("srv", "champion", v2)
-    deadline = time.time() + 30
-    while client.get("/health").json()["model"]["version"] != str(v2):
-        assert time.time() < deadline, "the service did not pick up the new champion in 30 s"
-        time.sleep(0.2)
+    # requests keep flowing while the alias moves: every one is answered, by v1 or by v2, never by a half-loaded model
+    answers, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=str(client.base_url), timeout=10) as c:
+            while not stop.is_set():
+                r = c.post("/predict", json={"series": [{"history": {"value": HISTORY}}]})
+                answers.append((r.status_code, r.json()["model"]["version"] if r.status_code == 200 else r.text))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        reg.set_registered_model_alias("srv", "champion", v2)
+        deadline = time.time() + 30
+        while client.get("/health").json()["model"]["version"] != str(v2):
+            assert time.time() < deadline, "the service did not pick up the new champion in 30 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    versions = [v for _, v in answers]
+    assert versions[0] == "1" and versions[-1] == str(v2) and set(versions) == {"1", str(v2)}
+    assert versions == sorted(versions, key=lambda v: v != "1")  # once v2 answers, v1 never does again
     r = client.post("/predict", json={"series": [{"history": {"value": HISTORY}}]})
     assert r.status_code == 200 and r.json()["model"]["version"] == str(v2)
     assert proc.poll() is None  # the same process
@@ -242,3 +264,19 @@ def test_a_new_champion_is_served_without_a_restart(service):
     r = client.post("/predict", json={"series": [{"history": {"value": HISTORY}}]})
     assert r.status_code == 200 and r.json()["model"]["version"] == str(v2)
     reg.set_registered_model_alias("srv", "champion", v2)
+
+
+def test_a_stopped_service_has_logged_every_prediction(service):
+    """SIGTERM (a service manager, Ctrl-C) drains the background log writer before the process exits."""
+    client, proc, folder = service
+    ids = []
+    for _ in range(20):
+        r = client.post("/predict", json={"series": [{"history": {"value": HISTORY}}] * 10})
+        ids += [p["prediction_id"] for p in r.json()["predictions"]]
+    proc.terminate()
+    assert proc.wait(timeout=30) in (0, -15)  # uvicorn shuts down gracefully, then re-raises the signal
+    store = _log(folder)
+    try:
+        assert set(ids) <= set(store.predictions("srv")["prediction_id"])
+    finally:
+        store.dispose()
