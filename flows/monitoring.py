@@ -167,6 +167,9 @@ def judge_log(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame, label
         raise DataValidationError(f"only {len(x)} logged window(s) read the champion's columns {m['columns']} over "
                                   f"{m['window']} steps; monitoring needs at least {mc.min_windows}")
     stats = monitor_log.window_stats(x, m["columns"])
+    if len(stats) < len(x):
+        get_run_logger().warning("%d logged window(s) hold values too large to describe; left out of the drift "
+                                 "comparison", len(x) - len(stats))
     drift = monitor.drift_report(champ.features[list(stats.columns)], stats, mc.drift_method, mc.drift_threshold,
                                  mc.drift_calibration)
     y_true, y_pred = monitor_log.forecast_errors(labelled, champ.bundle.target_columns)

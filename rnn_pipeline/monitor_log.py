@@ -28,14 +28,17 @@ def forecast_windows(frame: pd.DataFrame, columns: list[str], window: int) -> np
 
 
 def window_stats(x: np.ndarray, columns: list[str]) -> pd.DataFrame:
-    """Level (mean), spread (std) and step (mean absolute first difference) of every column of every window."""
+    """Level (mean), spread (std) and step (mean absolute first difference) of every column of every window. A window
+    whose values are too large to describe (a statistic overflows) is left out."""
     feats = {}
-    for j, c in enumerate(columns):
-        feats[f"{c}_level"] = x[:, :, j].mean(1)
-        feats[f"{c}_spread"] = x[:, :, j].std(1)
-        if x.shape[1] > 1:
-            feats[f"{c}_step"] = np.abs(np.diff(x[:, :, j], axis=1)).mean(1)
-    return pd.DataFrame(feats)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j, c in enumerate(columns):
+            feats[f"{c}_level"] = x[:, :, j].mean(1)
+            feats[f"{c}_spread"] = x[:, :, j].std(1)
+            if x.shape[1] > 1:
+                feats[f"{c}_step"] = np.abs(np.diff(x[:, :, j], axis=1)).mean(1)
+    out = pd.DataFrame(feats)
+    return out[np.isfinite(out.to_numpy()).all(1)].reset_index(drop=True)
 
 
 def forecast_errors(labelled: pd.DataFrame, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:

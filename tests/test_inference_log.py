@@ -95,3 +95,18 @@ def test_actuals_from_a_file():
         ilog.actuals_from_frame(frame.drop(columns="prediction_id"), "f.csv")
     with pytest.raises(DataValidationError, match="needs a 'label' column"):
         ilog.actuals_from_frame(frame[["prediction_id"]], "f.csv")
+
+
+def test_window_statistics_match_the_reference_features_and_skip_overflowing_windows():
+    from rnn_pipeline.monitor import window_features
+    from rnn_pipeline.monitor_log import window_stats
+
+    rng = np.random.default_rng(1)
+    series = rng.normal(size=(80, 2))
+    ref = window_features(series, ["a", "b"], 1, 10)  # rows for targets 10..79: windows series[i-10:i]
+    x = np.stack([series[i - 10:i] for i in range(10, 80)])
+    got = window_stats(x, ["a", "b"])
+    np.testing.assert_allclose(got.to_numpy(), ref[got.columns].to_numpy(), rtol=1e-9, atol=1e-12)
+    huge = x.copy()
+    huge[3] = 1e300
+    assert len(window_stats(huge, ["a", "b"])) == len(x) - 1
