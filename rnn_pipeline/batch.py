@@ -22,6 +22,7 @@ from . import inference_log as ilog
 from .bundle import WINDOW_ID, ClassifierBundle, ForecastBundle
 from .datasets import read_table
 from .errors import DataValidationError
+from .monitor_store import safe_url
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".json")
 
@@ -39,7 +40,7 @@ def read_input(source: str, table: str | None = None) -> tuple[pd.DataFrame | li
             engine.dispose()
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataValidationError(f"table '{table}' cannot be read: {first}", source=_safe(source)) from None
+            raise DataValidationError(f"table '{table}' cannot be read: {first}", source=safe_url(source)) from None
         return frame, f"table:{table}"
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme == "file":
@@ -143,7 +144,3 @@ def write_output(frame: pd.DataFrame, path: str | Path) -> Path:
     else:
         frame.to_parquet(tmp, index=False)
     return tmp
-
-
-def _safe(url: str) -> str:
-    return ilog._safe(url)

@@ -198,18 +198,6 @@ class ClassifierBundle:
         raw = read_sequences(frame, source, self.sequence_column, step, self.encoder.channels, None)
         return raw.ids, raw.items
 
-    def read_json(self, path: str | Path) -> tuple[np.ndarray, list]:
-        """A JSON list of raw texts, or of raw sequences (each a list of steps, each a list of channel values)."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise DataValidationError(f"cannot be read as JSON: {e}", source=str(path)) from None
-        try:
-            return self.items_from_list(data)
-        except DataValidationError as e:
-            raise DataValidationError(e.problem, source=str(path), column=e.column, row=e.row,
-                                      value=e.value) from None
-
     def items_from_list(self, data) -> tuple[np.ndarray, list]:
         """Parsed JSON (a list of texts, or of sequences) -> (ids 0..n-1, raw items)."""
         if not isinstance(data, list) or not data:

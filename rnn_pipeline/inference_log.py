@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .errors import DataValidationError, PipelineError
+from .monitor_store import safe_url
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -197,7 +198,7 @@ class InferenceLog:
             metadata.create_all(self.engine)
         except (SQLAlchemyError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PipelineError(f"inference log '{_safe(url)}' cannot be opened: {first}") from None
+            raise PipelineError(f"inference log '{safe_url(url)}' cannot be opened: {first}") from None
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -271,13 +272,6 @@ class InferenceLog:
 def _chunks(xs: list, n: int):
     for i in range(0, len(xs), n):
         yield xs[i:i + n]
-
-
-def _safe(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 # ---- the background writer -----------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class MonitoringStore:
             self._add_missing_columns()
         except (SQLAlchemyError, ImportError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PipelineError(f"monitoring store '{_safe(url)}' cannot be opened: {first}") from None
+            raise PipelineError(f"monitoring store '{safe_url(url)}' cannot be opened: {first}") from None
 
     def _add_missing_columns(self) -> None:
         """A store written by an older version lacks the newer (nullable) columns: add them."""
@@ -166,7 +166,7 @@ class MonitoringStore:
                 c.execute(locks.delete().where(locks.c.name == name, locks.c.owner == owner))
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """A URL without its password, for messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
