@@ -64,9 +64,15 @@ def load_bundle(model) -> ForecastBundle | ClassifierBundle:
 
 def load(uri: str):
     try:
-        with warnings.catch_warnings():  # our pyfunc validates its own input; MLflow's type-hint advice is noise
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-            return mlflow.pyfunc.load_model(uri)
+        # our pyfunc validates its own input, so MLflow's advice to add type hints is noise; MLflow sets its own
+        # 'once' filter while loading, so the warnings are recorded and all others shown again
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = mlflow.pyfunc.load_model(uri)
+        for w in caught:
+            if "Add type hints to the `predict` method" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return model
     except MlflowException as e:
         raise RegistryError(f"cannot load model '{uri}': {e.message.splitlines()[0]}") from None
 
