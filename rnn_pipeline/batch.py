@@ -21,7 +21,7 @@ import pandas as pd
 from . import inference_log as ilog
 from .bundle import WINDOW_ID, ClassifierBundle, ForecastBundle
 from .datasets import read_table
-from .errors import DataValidationError
+from .errors import DataValidationError, first_line
 from .monitor_store import safe_url
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".json")
@@ -39,8 +39,7 @@ def read_input(source: str, table: str | None = None) -> tuple[pd.DataFrame | li
                 frame = pd.read_sql_table(table, c)
             engine.dispose()
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataValidationError(f"table '{table}' cannot be read: {first}", source=safe_url(source)) from None
+            raise DataValidationError(f"table '{table}' cannot be read: {first_line(e)}", source=safe_url(source)) from None
         return frame, f"table:{table}"
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme == "file":
@@ -74,8 +73,7 @@ def _parse_bytes(data: bytes, suffix: str, source: str) -> pd.DataFrame | list:
             return pd.read_parquet(io.BytesIO(data))
         return pd.read_csv(io.BytesIO(data), skipinitialspace=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataValidationError(f"cannot be parsed as {suffix[1:].upper()}: {first}", source=source) from None
+        raise DataValidationError(f"cannot be parsed as {suffix[1:].upper()}: {first_line(e)}", source=source) from None
 
 
 def model_inputs(bundle: ForecastBundle | ClassifierBundle, data: pd.DataFrame | list, source: str):

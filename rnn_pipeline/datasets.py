@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError
+from .errors import DataValidationError, first_line
 
 
 def seed_sine() -> pd.DataFrame:
@@ -116,7 +116,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataValidationError("file is empty", source=str(path)) from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DataValidationError(f"cannot be parsed as {suffix[1:].upper()}: {first}", source=str(path)) from None
     except Exception as e:  # pyarrow raises its own types for corrupt Parquet
         raise DataValidationError(f"cannot be read: {type(e).__name__}: {e}", source=str(path)) from None

@@ -33,3 +33,9 @@ class DataValidationError(PipelineError):
 
 class RegistryError(PipelineError):
     """The model registry is not in the state an operation needs (no champion, unknown model)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

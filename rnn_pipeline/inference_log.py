@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from .errors import DataValidationError, PipelineError
-from .monitor_store import safe_url
+from .errors import DataValidationError, PipelineError, first_line
+from .monitor_store import open_database
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -193,12 +193,7 @@ def _n(output: dict) -> int:
 class InferenceLog:
     def __init__(self, url: str):
         self.url = url
-        try:
-            self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
-            metadata.create_all(self.engine)
-        except (SQLAlchemyError, ImportError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PipelineError(f"inference log '{safe_url(url)}' cannot be opened: {first}") from None
+        self.engine = open_database(url, metadata, "inference log")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -245,19 +240,18 @@ class InferenceLog:
 
     def predictions(self, model_name: str, after_seq: int = 0) -> pd.DataFrame:
         """Predictions of a model after `after_seq`, oldest first, with their actual (None when none yet)."""
-        q = (sa.select(predictions, actuals.c.actual, actuals.c.seq.label("actual_seq"))
-             .select_from(predictions.outerjoin(actuals, actuals.c.prediction_id == predictions.c.prediction_id))
-             .where(predictions.c.model_name == model_name, predictions.c.seq > after_seq)
-             .order_by(predictions.c.seq))
-        with self.engine.connect() as c:
-            return pd.read_sql(q, c)
+        return self._read(predictions.outerjoin(actuals, actuals.c.prediction_id == predictions.c.prediction_id),
+                          [predictions.c.model_name == model_name, predictions.c.seq > after_seq], predictions.c.seq)
 
     def labelled(self, model_name: str, after_actual_seq: int = 0) -> pd.DataFrame:
         """Predictions joined with the actuals recorded after `after_actual_seq` (whenever the prediction was made)."""
-        q = (sa.select(predictions, actuals.c.actual, actuals.c.seq.label("actual_seq"))
-             .select_from(predictions.join(actuals, actuals.c.prediction_id == predictions.c.prediction_id))
-             .where(actuals.c.model_name == model_name, actuals.c.seq > after_actual_seq)
-             .order_by(actuals.c.seq))
+        return self._read(predictions.join(actuals, actuals.c.prediction_id == predictions.c.prediction_id),
+                          [actuals.c.model_name == model_name, actuals.c.seq > after_actual_seq], actuals.c.seq)
+
+    def _read(self, joined, where: list, order) -> pd.DataFrame:
+        """Prediction rows with their actual and its position, from `joined`, filtered and ordered."""
+        q = (sa.select(predictions, actuals.c.actual, actuals.c.seq.label("actual_seq")).select_from(joined)
+             .where(*where).order_by(order))
         with self.engine.connect() as c:
             return pd.read_sql(q, c)
 
@@ -334,7 +328,7 @@ class LogWriter:
                 self.written += len(rows)
                 return
             except Exception as e:  # the database is away: retry, then set the rows aside
-                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.last_error = f"{type(e).__name__}: {first_line(e)}"
                 log.warning("inference log write failed (attempt %d): %s", attempt + 1, self.last_error)
                 time.sleep(0.2 * (attempt + 1))
         self.failed += len(rows)

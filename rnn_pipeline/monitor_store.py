@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 
 metadata = sa.MetaData()
 
@@ -76,21 +76,16 @@ def _now() -> datetime:
 class MonitoringStore:
     def __init__(self, url: str):
         self.url = url
-        try:
-            self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
-        except (SQLAlchemyError, ImportError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PipelineError(f"monitoring store '{safe_url(url)}' cannot be opened: {first}") from None
+        self.engine = open_database(url, metadata, "monitoring store", self._add_missing_columns)
 
-    def _add_missing_columns(self) -> None:
+    @staticmethod
+    def _add_missing_columns(engine) -> None:
         """A store written by an older version lacks the newer (nullable) columns: add them."""
-        have = {c["name"] for c in sa.inspect(self.engine).get_columns(batches.name)}
-        with self.engine.begin() as c:
+        have = {c["name"] for c in sa.inspect(engine).get_columns(batches.name)}
+        with engine.begin() as c:
             for col in batches.columns:
                 if col.name not in have:
-                    kind = col.type.compile(dialect=self.engine.dialect)
+                    kind = col.type.compile(dialect=engine.dialect)
                     c.execute(sa.text(f'ALTER TABLE {batches.name} ADD COLUMN "{col.name}" {kind}'))
 
     def dispose(self) -> None:
@@ -164,6 +159,18 @@ class MonitoringStore:
         finally:
             with self.engine.begin() as c:
                 c.execute(locks.delete().where(locks.c.name == name, locks.c.owner == owner))
+
+
+def open_database(url: str, tables: sa.MetaData, what: str, migrate=None) -> sa.engine.Engine:
+    """An engine on `url` with `tables` created (and `migrate(engine)` run); one line naming the store if not."""
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        tables.create_all(engine)
+        if migrate is not None:
+            migrate(engine)
+        return engine
+    except (SQLAlchemyError, ImportError) as e:
+        raise PipelineError(f"{what} '{safe_url(url)}' cannot be opened: {first_line(e)}") from None
 
 
 def safe_url(url: str) -> str:

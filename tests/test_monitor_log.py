@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from flows.training import mlflow_stores
 from rnn_pipeline.datasets import sine_stream
 from rnn_pipeline.inference_log import InferenceLog
-from rnn_pipeline.monitor_store import MonitoringStore
 from rnn_pipeline.serve import ModelHolder, create_app
-from test_monitoring import NAME, monitoring_config
+from test_monitoring import NAME, history, monitoring_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +48,6 @@ def _serve_round(folder, start: int, n: int, offset: float, seed: int) -> list[s
     return ids
 
 
-def _rows(folder):
-    store = MonitoringStore(f"sqlite:///{folder / 'state' / 'monitoring.db'}")
-    try:
-        return store.history(NAME)
-    finally:
-        store.dispose()
-
-
 def test_monitoring_judges_the_inference_log_and_flags_diverging_actuals(setup):
     from flows.monitoring import monitoring_flow
 
@@ -73,7 +64,7 @@ def test_monitoring_judges_the_inference_log_and_flags_diverging_actuals(setup):
     assert bad["error_ratio"] > 10 and bad["champion_mse"] == pytest.approx(1.0, abs=0.3)
     # a forecaster learns from the series, which the log does not hold: no retrain without new batch files
     assert bad["action"] == "retrain skipped (no new series data)" and bad["new_champion_version"] == "1"
-    h = _rows(folder)
+    h = history(folder)
     assert h["verdict"].tolist() == ["ok", "degraded"]
     assert h["log_prediction_seq"].tolist() == [200, 400] and h["log_actual_seq"].tolist() == [200, 400]
     assert h["n_windows"].tolist() == [200, 200] and h["report_path"].notna().all()
