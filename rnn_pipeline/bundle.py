@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DataValidationError
 from .features import Scaling
-from .models import ClassifierSpec, ModelSpec, RNNClassifier, RNNForecaster
+from .models import ClassifierSpec, Forecaster, ModelSpec, RNNClassifier, build_forecaster
 from .sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
 
 WINDOW_ID = "window_id"
@@ -27,7 +27,7 @@ PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
 
 @dataclass
 class ForecastBundle:
-    model: RNNForecaster
+    model: Forecaster
     scaling: Scaling
     target_columns: list[str]
     feature_columns: list[str]
@@ -56,7 +56,7 @@ class ForecastBundle:
 
     @classmethod
     def from_meta(cls, meta: dict, weights_path: str | Path) -> "ForecastBundle":
-        model = _weights(RNNForecaster(ModelSpec(**meta["model"])), weights_path)
+        model = _weights(build_forecaster(ModelSpec(**meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
 

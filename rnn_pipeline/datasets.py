@@ -37,19 +37,53 @@ def sine_stream(start: int, n: int, *, amplitude: float = 1.0, frequency: float 
     return pd.DataFrame({"time": t, "value": y})
 
 
+WEATHER_COLUMNS = ["temp_air", "temp_dew", "relative_humidity", "ghi", "dni", "wind_speed", "pressure"]
+
+
+def _pvlib_file(name: str) -> str:
+    import pvlib
+
+    return str(Path(pvlib.__file__).parent / "data" / name)
+
+
+def _weather(data: pd.DataFrame) -> pd.DataFrame:
+    frame = data[WEATHER_COLUMNS].astype("float64").reset_index(names="time")
+    frame["time"] = frame["time"].dt.tz_localize(None)
+    return frame
+
+
 def greensboro_weather() -> pd.DataFrame:
     """A real multi-column hourly series: the TMY3 weather file for Greensboro, NC (USAF 723170) that
     pvlib ships in ``pvlib/data`` (8,760 hours; air temperature, dew point, humidity, irradiance, wind,
     pressure)."""
-    import pvlib
     from pvlib.iotools import read_tmy3
 
-    path = Path(pvlib.__file__).parent / "data" / "723170TYA.CSV"
-    data, _meta = read_tmy3(str(path), coerce_year=1990, map_variables=True)
-    cols = ["temp_air", "temp_dew", "relative_humidity", "ghi", "dni", "wind_speed", "pressure"]
-    frame = data[cols].astype("float64").reset_index(names="time")
-    frame["time"] = frame["time"].dt.tz_localize(None)
-    return frame
+    data, _meta = read_tmy3(_pvlib_file("723170TYA.CSV"), coerce_year=1990, map_variables=True)
+    return _weather(data)
+
+
+def sand_point_weather() -> pd.DataFrame:
+    """The second TMY3 file pvlib ships: Sand Point, Alaska (USAF 703165), 8,760 hours, the columns of
+    greensboro_weather but pressure, which this file holds constant (a maritime subarctic climate: weak daily cycle,
+    strong wind)."""
+    from pvlib.iotools import read_tmy3
+
+    data, _meta = read_tmy3(_pvlib_file("703165TY.csv"), coerce_year=1990, map_variables=True)
+    return _weather(data).drop(columns="pressure")
+
+
+def miami_weather() -> pd.DataFrame:
+    """The TMY2 file pvlib ships: Miami, Florida (WBAN 12839), 8,760 hours, the same columns (pressure in mbar)."""
+    from pvlib.iotools import read_tmy2
+
+    data, _meta = read_tmy2(_pvlib_file("12839.tm2"))
+    data = data.rename(columns={"DryBulb": "temp_air", "DewPoint": "temp_dew", "RHum": "relative_humidity",
+                                "GHI": "ghi", "DNI": "dni", "Wspd": "wind_speed", "Pressure": "pressure"})
+    # TMY2 stores tenths of a degree and of a metre per second
+    for col in ("temp_air", "temp_dew", "wind_speed"):
+        data[col] = data[col] / 10.0
+    data.index = data.index.map(lambda t: t.replace(year=1990))
+    return _weather(data)
 
 
 def japanese_vowels() -> pd.DataFrame:
@@ -90,8 +124,8 @@ def rotten_tomatoes() -> pd.DataFrame:
     return pd.DataFrame({"text": frame["text"].to_numpy(), "label": frame["category"].to_numpy()})
 
 
-BUILTINS = {"seed_sine": seed_sine, "greensboro_weather": greensboro_weather, "japanese_vowels": japanese_vowels,
-            "rotten_tomatoes": rotten_tomatoes}
+BUILTINS = {"seed_sine": seed_sine, "greensboro_weather": greensboro_weather, "sand_point_weather": sand_point_weather,
+            "miami_weather": miami_weather, "japanese_vowels": japanese_vowels, "rotten_tomatoes": rotten_tomatoes}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

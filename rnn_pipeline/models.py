@@ -1,49 +1,248 @@
-"""The network: a recurrent cell (RNN tanh/relu, LSTM, GRU), stacked, then a linear head to H x T outputs."""
+"""The networks. Forecasters share one base (as neuralforecast's models do): per-window instance normalisation and
+channel handling wrap a recurrent core, so each is a setting, not a branch in the core.
+
+- `architecture`: `direct` runs the cell over all L steps and maps the last state to H x T outputs (a linear head);
+  `segment` cuts the window into segments of W steps, projects each to the hidden width and runs the cell over L/W
+  segments; the final state, with learned position (and channel) embeddings, emits every output segment at once in
+  one more cell step (parallel multi-step decoding, as SegRNN does).
+- `norm`: `none`; `revin` (each window's mean and std per channel removed before the network and restored after it,
+  with an optional learnable affine); `last` (each channel's last input value subtracted and added back). Both read
+  only the window's inputs: no leakage.
+- `channels`: `mixed` (every column into one network: (B, L, F) -> (B, H, T)); `independent` (one shared network over
+  each target channel, folded into the batch, seeing its own history plus the feature columns, with an optional
+  learned channel embedding).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+ARCHITECTURES = ("direct", "segment")
+NORMS = ("none", "revin", "last")
+CHANNEL_MODES = ("mixed", "independent")
+
 
 @dataclass
 class ModelSpec:
+    """A forecaster's shape. The fields after `horizon` have the defaults of models registered before they existed
+    (a direct head on raw scaled inputs), so those still load."""
+
     cell: str
     hidden: int
     layers: int
     dropout: float
-    n_features: int
+    n_features: int  # input columns, targets first
     n_targets: int
     horizon: int
+    architecture: str = "direct"
+    norm: str = "none"
+    channels: str = "mixed"
+    segment: int = 24  # W, steps per segment (architecture 'segment')
+    affine: bool = False  # norm 'revin': a learnable per-channel scale and shift
+    channel_embedding: bool = True  # channels 'independent' with several targets: a learned vector per channel
+    highway: bool = False  # add a linear map of the (normalised) window to the output, as LSTNet does
+    window: int = 0  # L; needed by the highway only
+
+    def __post_init__(self):
+        for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES), ("norm", self.norm, NORMS),
+                                     ("channels", self.channels, CHANNEL_MODES)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} '{value}' (one of {', '.join(allowed)})")
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-class RNNForecaster(nn.Module):
+def _cell(name: str, **kw) -> nn.Module:
+    if name in ("rnn_tanh", "rnn_relu"):
+        return nn.RNN(nonlinearity=name[4:], **kw)
+    if name == "lstm":
+        return nn.LSTM(**kw)
+    if name == "gru":
+        return nn.GRU(**kw)
+    raise ValueError(f"unknown cell '{name}'")
+
+
+class InstanceNorm(nn.Module):
+    """Per-window, per-channel normalisation over the time axis of (B, L, F) inputs, undone on (B, ..., T) outputs
+    (the targets are the first T channels)."""
+
+    eps = 1e-5
+
+    def __init__(self, kind: str, n_channels: int, affine: bool = False):
+        super().__init__()
+        self.kind = kind
+        if kind == "revin" and affine:
+            self.weight = nn.Parameter(torch.ones(n_channels))
+            self.bias = nn.Parameter(torch.zeros(n_channels))
+        else:
+            self.weight = self.bias = None
+
+    def normalise(self, x: torch.Tensor):
+        if self.kind == "none":
+            return x, None
+        if self.kind == "last":
+            loc = x[:, -1:, :].detach()
+            return x - loc, (loc, None)
+        loc = x.mean(1, keepdim=True).detach()
+        scale = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + self.eps).detach()
+        z = (x - loc) / scale
+        if self.weight is not None:
+            z = z * self.weight + self.bias
+        return z, (loc, scale)
+
+    def restore(self, y: torch.Tensor, stats, n_targets: int) -> torch.Tensor:
+        """y: (B, ..., T) in the normalised space -> the input's space. stats: what normalise returned."""
+        if stats is None:
+            return y
+        loc, scale = stats
+        shape = (loc.shape[0],) + (1,) * (y.dim() - 2) + (n_targets,)
+        if self.weight is not None:
+            y = (y - self.bias[:n_targets]) / (self.weight[:n_targets] + self.eps ** 2)
+        if scale is not None:
+            y = y * scale[..., :n_targets].reshape(shape)
+        return y + loc[..., :n_targets].reshape(shape)
+
+
+class Forecaster(nn.Module):
+    """The shared base: normalise -> fold channels (independent mode) -> core -> unfold -> restore.
+
+    A core maps (B', L, C_in) -> (B', H, C_out), or with all_steps (B', L, H, C_out). In mixed mode B' = B,
+    C_in = F, C_out = T; in independent mode B' = B * T, C_in = 1 + (F - T) (the channel's own history, then the
+    features), C_out = 1, and `channel` (B',) says which target each row is."""
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        kw = dict(input_size=spec.n_features, hidden_size=spec.hidden, num_layers=spec.layers, batch_first=True,
-                  dropout=spec.dropout if spec.layers > 1 else 0.0)
-        if spec.cell in ("rnn_tanh", "rnn_relu"):
-            self.rnn = nn.RNN(nonlinearity=spec.cell[4:], **kw)
-        elif spec.cell == "lstm":
-            self.rnn = nn.LSTM(**kw)
-        elif spec.cell == "gru":
-            self.rnn = nn.GRU(**kw)
-        else:
-            raise ValueError(f"unknown cell '{spec.cell}'")
-        self.head = nn.Linear(spec.hidden, spec.horizon * spec.n_targets)
+        s = spec
+        self.independent = s.channels == "independent"
+        self.c_in = 1 + s.n_features - s.n_targets if self.independent else s.n_features
+        self.c_out = 1 if self.independent else s.n_targets
+        self.n_channel_ids = s.n_targets if (self.independent and s.channel_embedding and s.n_targets > 1) else 0
+        self.norm = InstanceNorm(s.norm, s.n_features, s.affine)
+        if s.highway and s.window < 1:
+            raise ValueError("a highway needs the window length")
+        # LSTNet's autoregressive 'highway': a linear map of the normalised window (all of its columns in mixed mode,
+        # the channel's own history in independent mode) added to the core's output, so the network models what a
+        # linear forecast leaves
+        self.highway = nn.Linear(s.window * self.c_in, s.horizon * self.c_out) if s.highway else None
+
+    @property
+    def supports_all_steps(self) -> bool:
+        """Whether every step's forecast can be trained (loss_steps='all'): only a direct core on unnormalised
+        inputs, since window statistics would leak the later steps into the earlier steps' forecasts."""
+        return False
+
+    def core(self, z: torch.Tensor, channel: torch.Tensor | None, all_steps: bool) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
-        """x: (B, L, F). Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every step."""
-        out, _ = self.rnn(x)
-        h = out if all_steps else out[:, -1]
-        y = self.head(h)
-        return y.unflatten(-1, (self.spec.horizon, self.spec.n_targets))
+        """x: (B, L, F), targets first. Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every
+        step (direct core on unnormalised inputs only)."""
+        if all_steps and not (self.supports_all_steps and self.highway is None):
+            raise ValueError("all_steps needs architecture 'direct' with norm 'none'")
+        s = self.spec
+        b, length, _ = x.shape
+        z, stats = self.norm.normalise(x)
+        channel = None
+        if self.independent:
+            t = s.n_targets
+            own = z[..., :t].transpose(1, 2).reshape(b * t, length, 1)  # row b * T + j is target j of window b
+            parts = [own]
+            if s.n_features > t:
+                parts.append(z[..., t:].repeat_interleave(t, dim=0))
+            z = torch.cat(parts, dim=-1)
+            if self.n_channel_ids:
+                channel = torch.arange(t, device=x.device).repeat(b)
+        y = self.core(z, channel, all_steps)
+        if self.highway is not None:
+            y = y + self.highway(z.reshape(z.shape[0], -1)).unflatten(-1, (s.horizon, self.c_out))
+        if self.independent:  # (B*T, [L,] H, 1) -> (B, [L,] H, T)
+            y = y.reshape(b, s.n_targets, *y.shape[1:-1]).movedim(1, -1)
+        return self.norm.restore(y, stats, s.n_targets)
+
+
+class DirectForecaster(Forecaster):
+    """The cell over every input step; a linear head from the last state to H x C_out values. In independent mode
+    with several targets, a learned per-channel vector is the cell's initial state."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        s = spec
+        self.rnn = _cell(s.cell, input_size=self.c_in, hidden_size=s.hidden, num_layers=s.layers, batch_first=True,
+                         dropout=s.dropout if s.layers > 1 else 0.0)
+        self.head = nn.Linear(s.hidden, s.horizon * self.c_out)
+        self.channel_state = nn.Parameter(0.1 * torch.randn(self.n_channel_ids, s.hidden)) \
+            if self.n_channel_ids else None
+
+    @property
+    def supports_all_steps(self) -> bool:
+        return self.spec.norm == "none"
+
+    def core(self, z, channel, all_steps):
+        h0 = None
+        if channel is not None:
+            h = self.channel_state[channel].unsqueeze(0).expand(self.spec.layers, -1, -1).contiguous()
+            h0 = (h, torch.zeros_like(h)) if isinstance(self.rnn, nn.LSTM) else h
+        out, _ = self.rnn(z, h0)
+        y = self.head(out if all_steps else out[:, -1])
+        return y.unflatten(-1, (self.spec.horizon, self.c_out))
+
+
+class SegmentForecaster(Forecaster):
+    """Segment-recurrent encoder with parallel multi-step decoding (SegRNN, Lin et al. 2023).
+
+    The window is left-padded (with its first value) to a multiple of W and cut into segments of W steps; each is
+    projected to the hidden width (linear + ReLU) and the cell runs over the segments. Decoding: the final state,
+    copied once per output segment, reads a learned position embedding (half position, half channel in independent
+    mode) in one cell step; a linear head turns each output into W steps. H is rounded up to whole segments and cut."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        s = spec
+        self.w = max(1, int(s.segment))
+        self.n_out = math.ceil(s.horizon / self.w)
+        d = s.hidden
+        self.embed = nn.Sequential(nn.Linear(self.w * self.c_in, d), nn.ReLU())
+        self.rnn = _cell(s.cell, input_size=d, hidden_size=d, num_layers=s.layers, batch_first=True,
+                         dropout=s.dropout if s.layers > 1 else 0.0)
+        d_channel = d // 2 if self.n_channel_ids else 0
+        self.position = nn.Parameter(torch.randn(self.n_out, d - d_channel))
+        self.channel = nn.Parameter(torch.randn(self.n_channel_ids, d_channel)) if self.n_channel_ids else None
+        self.head = nn.Sequential(nn.Dropout(s.dropout), nn.Linear(d, self.w * self.c_out))
+
+    def core(self, z, channel, all_steps):
+        b, length, c = z.shape
+        n_seg = math.ceil(length / self.w)
+        pad = n_seg * self.w - length
+        if pad:
+            z = torch.cat([z[:, :1].expand(-1, pad, -1), z], dim=1)
+        _, state = self.rnn(self.embed(z.reshape(b, n_seg, self.w * c)))  # (layers, B', d), for LSTM (h, c)
+        m = self.n_out
+        query = self.position.unsqueeze(0).expand(b, -1, -1)  # (B', M, d)
+        if channel is not None:
+            query = torch.cat([query, self.channel[channel].unsqueeze(1).expand(-1, m, -1)], dim=-1)
+        query = query.reshape(b * m, 1, -1)  # row b' * M + j: output segment j of row b'
+        state = tuple(t.repeat_interleave(m, dim=1) for t in state) if isinstance(state, tuple) \
+            else state.repeat_interleave(m, dim=1)
+        out, _ = self.rnn(query, state)
+        y = self.head(out[:, 0]).reshape(b, m * self.w, self.c_out)
+        return y[:, : self.spec.horizon]
+
+
+FORECASTERS = {"direct": DirectForecaster, "segment": SegmentForecaster}
+
+
+def build_forecaster(spec: ModelSpec) -> Forecaster:
+    return FORECASTERS[spec.architecture](spec)
+
+
+# The name registered models and older code know: a direct forecaster (state-dict keys rnn.*, head.*).
+RNNForecaster = DirectForecaster
 
 
 @dataclass
@@ -65,16 +264,6 @@ class ClassifierSpec:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def _cell(name: str, **kw) -> nn.Module:
-    if name in ("rnn_tanh", "rnn_relu"):
-        return nn.RNN(nonlinearity=name[4:], **kw)
-    if name == "lstm":
-        return nn.LSTM(**kw)
-    if name == "gru":
-        return nn.GRU(**kw)
-    raise ValueError(f"unknown cell '{name}'")
 
 
 class RNNClassifier(nn.Module):
@@ -129,4 +318,4 @@ class RNNClassifier(nn.Module):
 
 
 def build_model(spec) -> nn.Module:
-    return RNNClassifier(spec) if isinstance(spec, ClassifierSpec) else RNNForecaster(spec)
+    return RNNClassifier(spec) if isinstance(spec, ClassifierSpec) else build_forecaster(spec)

@@ -69,11 +69,12 @@ def fit(spec: ModelSpec | ClassifierSpec, train, val, *, lr: float, batch_size: 
         weight_decay: float = 0.0, max_epochs: int = 100, patience: int = 10, lr_patience: int = 5,
         lr_factor: float = 0.5, clip_grad_norm: float | None = 1.0, loss_steps: str = "last", burn_in: float = 0.5,
         seed: int = 0, device: torch.device | str = "cpu",
-        on_epoch: Callable[[int, float], None] | None = None, log_every: int = 0) -> FitResult:
+        on_epoch: Callable[[int, float], None] | None = None, log_every: int = 0,
+        max_seconds: float | None = None) -> FitResult:
     """Train one model. `train`/`val`: a features.WindowSet (forecasting) or a sequences.SequenceSet
     (classification): each gives a batch loss, a validation loss and the epoch's order. `on_epoch(epoch, val_loss)`
-    is called after every epoch (the tuner's pruning hook; it may raise to stop). Returns the model with the best
-    validation weights restored."""
+    is called after every epoch (the tuner's pruning hook; it may raise to stop). Training also stops after the
+    epoch that passes `max_seconds`. Returns the model with the best validation weights restored."""
     torch.manual_seed(seed)
     device = torch.device(device)
     model = build_model(spec).to(device)
@@ -117,6 +118,9 @@ def fit(spec: ModelSpec | ClassifierSpec, train, val, *, lr: float, batch_size: 
         if on_epoch is not None:
             on_epoch(epoch + 1, val_loss)
         if bad >= patience:
+            break
+        if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
+            log.info("stopping after epoch %d: the time limit of %.0fs is reached", epoch + 1, max_seconds)
             break
     model.load_state_dict(best_state)
     model.eval()

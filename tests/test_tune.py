@@ -1,5 +1,6 @@
 """The tuner: seeded and reproducible, trials fail alone, a killed study resumes with its finished trials."""
 
+import math
 import signal
 import subprocess
 import sys
@@ -132,3 +133,78 @@ def test_study_name_ignores_settings_that_do_not_shape_a_trial():
     b = small_cfg(n_trials=30, timeout_seconds=60)
     c = small_cfg(max_epochs=5)
     assert a.digest() == b.digest() != c.digest()
+
+
+# ---- the search itself: start-up trials scaled to the budget, a conditional space, a default space -------------
+def test_start_up_trials_scale_with_the_budget(tmp_path):
+    assert [tune.n_startup_trials(small_cfg(n_trials=n)) for n in (1, 8, 20, 100)] == [2, 2, 5, 10]
+    assert tune.n_startup_trials(small_cfg(n_trials=8, n_startup_trials=4)) == 4
+    study = tune.open_study(f"sqlite:///{tmp_path}/s.db", "s", small_cfg(n_trials=8))
+    sampler = study.sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 2 and sampler._multivariate and sampler._group
+
+
+def test_a_small_study_is_not_random_search_with_the_same_draws_everywhere(tmp_path, data):
+    """With 8 trials, TPE's default 10 start-up trials would draw the same 8 configurations whatever the results.
+    Now 2 random draws come first, and then the draws follow each study's own results: two studies whose results
+    rank the learning rate oppositely move to opposite ends of its range."""
+    cfg = small_cfg(n_trials=8, space={"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "hidden": [4, 8, 16]})
+    draws = {}
+    for sign in (1, -1):
+        study = optuna.create_study(sampler=tune.make_sampler(cfg, cfg.seed))
+        for _ in range(8):
+            trial = study.ask()
+            p = tune.suggest(trial, cfg)
+            study.tell(trial, sign * math.log(p["lr"]))
+        draws[sign] = [t.params["lr"] for t in study.trials]
+    assert draws[1][:2] == draws[-1][:2]  # the seeded random start-up draws
+    assert draws[1][2:] != draws[-1][2:]
+    median = {k: sorted(v[2:])[3] for k, v in draws.items()}
+    assert median[1] < median[-1] / 3  # low lr where low lr scored best, high where high did
+
+
+def test_a_new_study_tries_the_configured_model_first(tmp_path, data):
+    cfg = small_cfg(n_trials=3, space={"hidden": [4, 32], "lr": {"low": 1e-3, "high": 1e-2, "log": True}})
+    res = tune.tune(data, cfg, f"sqlite:///{tmp_path}/e.db", "s", "cpu")
+    assert res.study.trials[0].params == {"hidden": cfg.model.hidden, "lr": cfg.training.lr}
+
+
+def test_conditional_knobs_are_sampled_only_where_they_act(tmp_path):
+    cfg = PipelineConfig.model_validate({
+        "name": "c", "seed": 3, "data": {"builtin": "seed_sine"},
+        "tuning": {"n_trials": 12, "space": {"architecture": ["segment", "direct"], "norm": ["revin", "none"],
+                                             "layers": [1, 2], "dropout": {"low": 0.0, "high": 0.5},
+                                             "segment": [5, 10], "affine": [True, False]}}})
+    study = optuna.create_study(sampler=tune.make_sampler(cfg, 3))
+    for _ in range(12):
+        trial = study.ask()
+        p = tune.suggest(trial, cfg)
+        study.tell(trial, 1.0)
+        sampled = set(trial.params)
+        assert ("dropout" in sampled) == (p["layers"] > 1 or p["architecture"] == "segment")
+        assert ("segment" in sampled) == (p["architecture"] == "segment")
+        assert ("affine" in sampled) == (p["norm"] == "revin")
+
+
+def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_path, data):
+    cfg = PipelineConfig.model_validate({"name": "d", "data": {"builtin": "seed_sine"},
+                                         "features": {"window": 50}, "tuning": {"n_trials": 3, "max_epochs": 2}})
+    space = tune.search_space(cfg, data)
+    assert space.architecture == ["segment", "direct"] and space.norm == ["revin", "last", "none"]
+    assert space.window == [25, 50, 100]  # L/2, L, 2L
+    assert not tune.fits(data, 900)  # a window that leaves no training windows is never offered
+    long = cfg.model_copy(update={"features": cfg.features.model_copy(update={"window": 400})})
+    assert tune.search_space(long, data).window == [200, 400]
+    assert space.channels is None  # one target: nothing to mix or separate
+    assert space.hidden and space.lr and space.loss
+    res = tune.tune(data, cfg, f"sqlite:///{tmp_path}/d.db", "d", "cpu")
+    first, second = res.study.trials[0].params, res.study.trials[1].params
+    assert first["architecture"] == "segment" and first["norm"] == "revin" and first["window"] == 50
+    assert {k: second[k] for k in tune.RECIPE if k in second} == {**{k: v for k, v in tune.RECIPE.items()
+                                                                      if k in second}, "segment": 24}
+    assert second["hidden"] == 256 and second["dropout"] == 0.5 and second["window"] == 50  # the recipe
+    assert res.n_complete + res.n_pruned == 3
+    given = PipelineConfig.model_validate({"name": "g", "data": {"builtin": "seed_sine"},
+                                           "tuning": {"space": {"hidden": [8]}}})
+    assert tune.search_space(given, data).architecture is None  # a given space is taken as it is

@@ -1,0 +1,188 @@
+"""The forecaster family: every architecture x normalisation x channel mode, what the wrappers guarantee (scale
+restored, nothing read but the window, channels independent), and that each one trains and round-trips."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnn_pipeline.bundle import ForecastBundle, load_bundle
+from rnn_pipeline.features import Scaling, prepare_series
+from rnn_pipeline.models import (ARCHITECTURES, CHANNEL_MODES, NORMS, DirectForecaster, ModelSpec, SegmentForecaster,
+                                 build_forecaster)
+from rnn_pipeline.train import fit, setup_torch
+
+
+def make(arch="segment", norm="revin", channels="mixed", n_features=5, n_targets=3, horizon=7, window=10, **kw):
+    torch.manual_seed(0)
+    return build_forecaster(ModelSpec(cell=kw.pop("cell", "gru"), hidden=16, layers=kw.pop("layers", 1),
+                                      dropout=0.0, n_features=n_features, n_targets=n_targets, horizon=horizon,
+                                      architecture=arch, norm=norm, channels=channels, segment=kw.pop("segment", 4),
+                                      window=window, **kw)).eval()
+
+
+@pytest.mark.parametrize("arch,norm,channels,cell", [
+    *itertools.product(ARCHITECTURES, NORMS, CHANNEL_MODES, ["gru"]),
+    ("segment", "revin", "independent", "lstm"), ("direct", "last", "independent", "lstm"),
+    ("segment", "none", "mixed", "rnn_tanh")])
+def test_every_combination_gives_batch_by_horizon_by_targets(arch, norm, channels, cell):
+    m = make(arch, norm, channels, cell=cell, layers=2)
+    assert isinstance(m, {"direct": DirectForecaster, "segment": SegmentForecaster}[arch])
+    x = torch.randn(6, 10, 5)
+    assert m(x).shape == (6, 7, 3)
+    assert m(x[:1]).shape == (1, 7, 3)  # a single window too
+    if arch == "direct" and norm == "none":  # every step's forecast (loss_steps='all')
+        assert m(x, all_steps=True).shape == (6, 10, 7, 3)
+    else:
+        with pytest.raises(ValueError, match="all_steps"):
+            m(x, all_steps=True)
+
+
+@pytest.mark.parametrize("length,segment,horizon", [(10, 4, 7), (12, 4, 8), (5, 8, 3), (96, 24, 96)])
+def test_segment_model_takes_any_window_and_horizon(length, segment, horizon):
+    m = make("segment", "last", n_features=2, n_targets=1, horizon=horizon, segment=segment, window=length)
+    assert m(torch.randn(3, length, 2)).shape == (3, horizon, 1)
+    assert m.n_out == -(-horizon // segment)  # output segments: H rounded up to whole segments
+
+
+@pytest.mark.parametrize("norm", ["revin", "last"])
+@pytest.mark.parametrize("arch,channels", [("segment", "mixed"), ("segment", "independent"),
+                                           ("direct", "independent")])
+def test_normalisation_restores_each_channels_scale_and_level(norm, arch, channels):
+    """f(a x + b) = a f(x) + b per channel: the network sees the same normalised window, and the forecast comes back
+    on the window's own scale (revin) or level (last)."""
+    m = make(arch, norm, channels, n_features=3, n_targets=2)
+    x = torch.randn(4, 10, 3, dtype=torch.float64)
+    m = m.double()
+    a = torch.tensor([50.0, 4.0, 30.0], dtype=torch.float64) if norm == "revin" else torch.ones(3, dtype=torch.float64)
+    b = torch.tensor([1000.0, -7.0, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        y, y_shifted = m(x), m(a * x + b)
+    torch.testing.assert_close(y_shifted, a[:2] * y + b[:2], rtol=1e-4, atol=1e-4)  # up to revin's eps
+
+
+def test_revin_of_a_silent_network_forecasts_the_window_mean_and_last_the_last_value():
+    x = torch.randn(4, 10, 3) * 5 + 20
+    for norm, expected in (("revin", x.mean(1, keepdim=True)[..., :2]), ("last", x[:, -1:, :2])):
+        m = make("direct", norm, "mixed", n_features=3, n_targets=2)
+        with torch.no_grad():
+            m.head.weight.zero_()
+            m.head.bias.zero_()
+            y = m(x)
+        torch.testing.assert_close(y, expected.expand(-1, 7, -1), rtol=1e-5, atol=1e-4)
+
+
+def test_revin_affine_is_learnable_and_still_inverts():
+    m = make("segment", "revin", "mixed", affine=True)
+    names = dict(m.named_parameters())
+    assert "norm.weight" in names and "norm.bias" in names
+    z, stats = m.norm.normalise(torch.randn(2, 10, 5))
+    with torch.no_grad():
+        m.norm.weight.mul_(3.0)
+        m.norm.bias.add_(0.5)
+    x = torch.randn(2, 10, 5)
+    z, stats = m.norm.normalise(x)
+    torch.testing.assert_close(m.norm.restore(z[:, :4, :3], stats, 3), x[:, :4, :3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_forecast_reads_only_its_own_window(arch, norm):
+    """No statistic crosses windows: changing one window of a batch changes no other window's forecast."""
+    m = make(arch, norm, "independent")
+    x = torch.randn(5, 10, 5)
+    x2 = x.clone()
+    x2[2] = x2[2] * 10 + 3
+    with torch.no_grad():
+        y, y2 = m(x), m(x2)
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(y[keep], y2[keep])
+    assert not torch.allclose(y[2], y2[2])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_independent_channels_share_one_network_on_a_three_channel_series(arch):
+    """Channel-independent mode: a target's forecast depends on its own history (and the features), not on the
+    other targets', and without channel embeddings the same network serves every channel."""
+    m = make(arch, "revin", "independent", n_features=3, n_targets=3, channel_embedding=False)
+    x = torch.randn(4, 10, 3)
+    with torch.no_grad():
+        y = m(x)
+        other = x.clone()
+        other[..., 1:] = torch.randn(4, 10, 2) * 4
+        torch.testing.assert_close(m(other)[..., 0], y[..., 0])  # channel 0 ignores channels 1 and 2
+        perm = [2, 0, 1]
+        torch.testing.assert_close(m(x[..., perm]), y[..., perm])  # one shared network: permuting permutes
+        solo = make(arch, "revin", "independent", n_features=1, n_targets=1, channel_embedding=False)
+        solo.load_state_dict(m.state_dict())
+        torch.testing.assert_close(solo(x[..., 1:2])[..., 0], y[..., 1])
+    with_ids = make(arch, "revin", "independent", n_features=3, n_targets=3)
+    assert with_ids.n_channel_ids == 3
+    with torch.no_grad():  # with channel embeddings, the channels may differ
+        assert not torch.allclose(with_ids(x[..., perm]), with_ids(x)[..., perm])
+
+
+def test_independent_mode_uses_the_features():
+    m = make("segment", "revin", "independent", n_features=4, n_targets=2)
+    assert m.c_in == 3  # own history + 2 features
+    x = torch.randn(3, 10, 4)
+    x2 = x.clone()
+    x2[..., 3] += torch.randn(3, 10)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), m(x2))
+
+
+def test_highway_adds_a_linear_forecast():
+    m = make("segment", "last", "mixed", highway=True)
+    assert m.highway.in_features == 10 * 5 and m.highway.out_features == 7 * 3
+    with pytest.raises(ValueError, match="window"):
+        make("segment", "last", "mixed", highway=True, window=0)
+
+
+def _three_channel_series(n=1200, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    base = np.sin(2 * np.pi * t / 24)
+    cols = {f"c{j}": (j + 1) * 10 * base + 100 * j + 0.1 * rng.standard_normal(n) for j in range(3)}
+    return pd.Series(t), pd.DataFrame(cols)
+
+
+@pytest.mark.parametrize("arch,norm,channels", [("segment", "revin", "independent"), ("segment", "last", "mixed"),
+                                                ("direct", "revin", "independent")])
+def test_each_model_learns_a_three_channel_series_and_round_trips(tmp_path, arch, norm, channels):
+    time, values = _three_channel_series()
+    data = prepare_series(time, values, "s", ["c0", "c1", "c2"], [], window=48, max_window=48, horizon=12,
+                          scaler="standard", val=0.15, test=0.15)
+    setup_torch(1, 0)
+    spec = ModelSpec(cell="gru", hidden=16, layers=1, dropout=0.0, n_features=3, n_targets=3, horizon=12,
+                     architecture=arch, norm=norm, channels=channels, segment=12)
+    res = fit(spec, data.windows("train", 48, "mae"), data.windows("val", 48), lr=5e-3, batch_size=32, max_epochs=6,
+              patience=6, seed=0)
+    assert res.best_val < 0.1  # standardised scale: the clean daily cycle is learned (persistence scores ~1)
+    bundle = ForecastBundle(res.model, data.scaling, ["c0", "c1", "c2"], [], 48, 12)
+    files = bundle.save(tmp_path)
+    again = load_bundle(files["preprocess"], files["weights"])
+    assert again.model.spec == spec
+    x = np.stack([values.to_numpy()[i:i + 48] for i in (100, 700)])
+    np.testing.assert_allclose(again.predict_windows(x), bundle.predict_windows(x), rtol=1e-6)
+
+
+def test_a_model_registered_before_these_options_still_loads(tmp_path):
+    """preprocess.json of older versions has no architecture/norm/channels: it is a direct, unnormalised, mixed
+    model with the state-dict keys rnn.* and head.*."""
+    old = {"cell": "gru", "hidden": 4, "layers": 1, "dropout": 0.0, "n_features": 1, "n_targets": 1, "horizon": 2}
+    m = build_forecaster(ModelSpec(**old))
+    assert isinstance(m, DirectForecaster) and m.spec.norm == "none" and m.spec.channels == "mixed"
+    assert sorted(m.state_dict()) == ["head.bias", "head.weight", "rnn.bias_hh_l0", "rnn.bias_ih_l0",
+                                      "rnn.weight_hh_l0", "rnn.weight_ih_l0"]
+    bundle = ForecastBundle(m, Scaling(np.zeros(1), np.ones(1)), ["v"], [], 5, 2)
+    files = bundle.save(tmp_path)
+    assert load_bundle(files["preprocess"], files["weights"]).predict_windows(np.ones((1, 5, 1))).shape == (1, 2, 1)
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="architecture 'transformer'"):
+        ModelSpec(cell="gru", hidden=4, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1,
+                  architecture="transformer")
