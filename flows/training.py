@@ -21,7 +21,7 @@ from rnn_pipeline import (datasets, evaluate, monitor, monitor_classify, registr
                           tune, validation)
 from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
-from rnn_pipeline.features import PreparedSeries, lag_matrix, prepare_series
+from rnn_pipeline.features import PreparedSeries, before_test_end, lag_matrix, prepare_series
 from rnn_pipeline.sequences import PreparedSequences
 from rnn_pipeline.train import pick_device, setup_torch
 
@@ -39,6 +39,7 @@ def validate(frame, source: str, cfg: PipelineConfig):
     d = cfg.data
     if cfg.task == "classification":
         return sequences.read_items(frame, source, d, labels=True, split=True)
+    frame = before_test_end(frame, source, d.time_column, cfg.split.test_end)  # rows from split.test_end on: unused
     return validation.validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
 
 
@@ -52,8 +53,8 @@ def preprocess(checked, source: str, cfg: PipelineConfig) -> PreparedSeries | Pr
     data = prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
                           window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                           scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
-                          test_start=s.test_start)
-    evaluate.check_season(data, cfg.evaluation.season)
+                          test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
+                          outlier_threshold=cfg.data.outlier_threshold)
     return data
 
 
@@ -69,21 +70,20 @@ def fit_best(params, data, cfg, device):
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(data, bundle: ForecastBundle | ClassifierBundle, cfg):
+def evaluate_task(data, bundle: ForecastBundle | ClassifierBundle, cfg, season: int | None):
     if cfg.task == "classification":
         return evaluate.evaluate_classifier(data, bundle.predict_proba, cfg.seed)
-    return evaluate.evaluate(data, bundle.predict_windows, bundle.window, cfg.evaluation.season,
-                             cfg.evaluation.ridge_alphas)
+    return evaluate.evaluate(data, bundle.predict_windows, bundle.window, season, cfg.evaluation.ridge_alphas)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(model_uri, cfg, data):
-    return registry.gate(model_uri, cfg.model_name, data, cfg.gate_metric, cfg.registry.margin)
+def gate_task(model_uri, cfg, data, key: str, floor: dict[str, float]):
+    return registry.gate(model_uri, cfg.model_name, data, key, cfg.registry.margin, floor)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(model_uri, cfg, decision, run_id, tags):
-    return registry.register(model_uri, cfg.model_name, decision, cfg.gate_metric, run_id, tags)
+def register_task(model_uri, cfg, decision, key: str, run_id, tags):
+    return registry.register(model_uri, cfg.model_name, decision, key, run_id, tags)
 
 
 def data_digest(data: PreparedSeries | PreparedSequences) -> str:
@@ -215,13 +215,17 @@ def experiment_for(name: str, artifact_location: str | None) -> str:
 def summary_table(s: dict) -> str:
     if s.get("task") == "classification":
         return _classification_table(s)
-    lines = _head(s) + [
-             f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
+    # the headline scale: original units for one target, standardised (training z-scores) for several
+    p = "std_" if s.get("headline", "mse").startswith("std_") else ""
+    scale = ("standardised (each target's errors over its training std: original units would mix)" if p
+             else "original units")
+    lines = _head(s) + [f"test windows, {scale}; skill = 1 - mse / baseline mse",
+                        f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
     rows = [("rnn", s["metrics"], None)] + [(k, v, s["skill"][k]) for k, v in s["baselines"].items()]
     for name, m, sk in rows:
         skill = "" if sk is None else f"{sk:+.3f}"
-        lines.append(f"{name:<16}{m['mse']:>12.6f}{m['rmse']:>10.4f}{m['mae']:>10.4f}{m['r2']:>8.4f}"
-                     f"{m['mase']:>8.3f}{skill:>8}")
+        lines.append(f"{name:<16}{m[p + 'mse']:>12.6f}{m[p + 'rmse']:>10.4f}{m[p + 'mae']:>10.4f}{m[p + 'r2']:>8.4f}"
+                     f"{m[p + 'mase']:>8.3f}{skill:>8}")
     lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
                  f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
     return "\n".join(lines)
@@ -232,7 +236,8 @@ def _head(s: dict) -> list[str]:
             f"{'PROMOTED to champion' if s['promoted'] else 'kept as challenger'} ({s['reason']})",
             f"champion is now v{s['champion_version']}",
             f"best params: {s['best_params']}",
-            f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)"]
+            f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)",
+            *(f"DATA WARNING: {w}" for w in s.get("data_warnings", []))]
 
 
 def _classification_table(s: dict) -> str:
@@ -260,6 +265,13 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
     frame, source = ingest(cfg)
     data = preprocess(validate(frame, source, cfg), source, cfg)
     digest = data_digest(data)
+    # settled before training, so that a bad season or floor fails early: the season (evaluation.season 'auto'
+    # reads the time column), the headline key the gate scores (std_mse for several targets), the floor baselines
+    forecast = isinstance(data, PreparedSeries)
+    season = evaluate.resolve_season(cfg.evaluation.season, data) if forecast else None
+    gate_key = evaluate.headline(cfg.gate_metric, data.n_targets if forecast else 1)
+    floor = registry.floor_names(cfg.registry.floor, cfg.task, season)
+    data_warnings = list(data.warnings) if forecast else []
     if isinstance(data, PreparedSequences):
         logger.info("data %s: %d %s items, %d classes; split %s; max length %d (%d truncated)", source,
                     len(data.raw), data.kind, len(data.classes), {k: len(v) for k, v in data.split.items()},
@@ -276,9 +288,15 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
         run_id = run.info.run_id
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],
-                           "study": study_name, "device": str(device)})
+                           "study": study_name, "device": str(device),
+                           **({"overrides": json.dumps(overrides, sort_keys=True, default=str)[:6000]}
+                              if overrides else {})})
         mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest, "trigger": reason,
                          **{f"version.{k}": v for k, v in _versions().items()}})
+        mlflow.log_params({"season": season, "gate.metric": gate_key, "gate.floor": ",".join(floor) or "none",
+                           "data_warnings": len(data_warnings)})
+        if data_warnings:  # the values themselves, in a tag (a param holds 6000 characters at most)
+            mlflow.set_tag("data.warnings", "\n".join(data_warnings)[:7500])
 
         t0 = time.perf_counter()
         tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
@@ -296,36 +314,40 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
         bundle = make_bundle(fitted.model, data, tuned.best_params, cfg)
 
         t0 = time.perf_counter()
-        ev = evaluate_task(data, bundle, cfg)
+        ev = evaluate_task(data, bundle, cfg, season)
         log_evaluation(ev, data)
         with tempfile.TemporaryDirectory() as tmp:
             model_uri, save_load_diff = log_artifacts(Path(tmp), ev, data, bundle, fitted, tuned, cfg, digest)
         timings["evaluate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        decision = gate_task(model_uri, cfg, data)
-        scores = ("accuracy", "f1_macro") if cfg.task == "classification" else ("mse",)
-        version = register_task(model_uri, cfg, decision, run_id,
+        # the floor's scores come from the evaluation: the same test windows the gate scores the challenger on
+        decision = gate_task(model_uri, cfg, data, gate_key, {b: ev["baselines"][b][gate_key] for b in floor})
+        scores = ("accuracy", "f1_macro") if cfg.task == "classification" else dict.fromkeys(("mse", gate_key))
+        version = register_task(model_uri, cfg, decision, gate_key, run_id,
                                 {"data_digest": digest[:16], "config": cfg.name, "trigger": reason, "task": cfg.task,
                                  **{f"test_{k}": f"{ev['metrics'][k]:.8g}" for k in scores},
                                  "reference": f"runs:/{run_id}/{monitor.REFERENCE_DIR}"})
         timings["register"] = time.perf_counter() - t0
         champion = registry.current_champion(client, cfg.model_name)
-        mlflow.set_tags({"registered_version": version, "gate.decision": "promoted" if decision.promoted else "kept",
+        mlflow.set_tags({"registered_version": version, "gate.decision": decision.label,
                          "gate.reason": decision.reason})
 
         timings["training_compute"] = tuned.trial_seconds + fitted.seconds
         summary = {
             "task": cfg.task, "model_name": cfg.model_name, "model_version": version, "promoted": decision.promoted,
             "champion_version": str(champion.version) if champion else None, "reason": decision.reason,
-            "gate": {"metric": cfg.gate_metric, "challenger": decision.challenger_score,
-                     "champion": decision.champion_score, "previous_champion_version": decision.champion_version},
+            "decision": decision.label, "data_warnings": data_warnings,
+            "gate": {"metric": gate_key, "challenger": decision.challenger_score, "champion": decision.champion_score,
+                     "previous_champion_version": decision.champion_version, "floor": decision.floor},
+            "headline": gate_key, "season": season,
             "metrics": ev["metrics"], "baselines": ev["baselines"], "skill": ev["skill"],
             **task_summary(ev, data), "best_params": tuned.best_params,
             "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
             "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,
             "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val},
             "mlflow_run_id": run_id, "experiment_id": experiment_id, "data_digest": digest, "config": config,
+            "overrides": json.loads(json.dumps(overrides or {}, default=str)),  # --set / monitoring, JSON-safe
             "timings": timings, "save_load_max_abs_diff": save_load_diff,
         }
         summary["wall_seconds"] = time.perf_counter() - t_start

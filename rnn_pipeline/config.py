@@ -20,9 +20,17 @@ from .errors import ConfigError
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
 Pooling = Literal["last", "mean"]
+Architecture = Literal["direct", "segment"]
+Norm = Literal["none", "revin", "last"]
+Channels = Literal["mixed", "independent"]
+Loss = Literal["mse", "mae", "huber"]
 GateMetric = Literal["mse", "mae", "rmse", "accuracy", "f1_macro", "f1_weighted", "log_loss"]
 FORECAST_METRICS = ("mse", "mae", "rmse")
 HIGHER_IS_BETTER = ("accuracy", "f1_macro", "f1_weighted")
+# the baselines every evaluation logs, which `registry.floor` may name
+FORECAST_BASELINES = ("persistence", "seasonal_naive", "ridge", "ridge_last")
+TEXT_BASELINES = ("majority", "tfidf_logreg")
+SEQUENCE_BASELINES = ("majority", "summary_logreg")
 # The word tokenizer: runs of letters/digits (with an inner apostrophe: don't, it's), or one punctuation mark.
 WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]"
 
@@ -54,6 +62,12 @@ class DataConfig(_Strict):
                                                                          "(default: every other column)")
     split_column: str | None = Field(None, description="classification: a column of train/val/test fixing the split "
                                                        "(rows marked train may also give the validation share)")
+    outliers: Literal["warn", "error", "ignore"] = Field(
+        "warn", description="forecasting: a value more than `outlier_threshold` robust deviations from its column's "
+                            "training median is logged as a warning, refused, or ignored")
+    outlier_threshold: float = Field(25.0, gt=0, description="robust deviations: |x - median| / max(1.4826 MAD, "
+                                                             "IQR / 1.349) over the training split (the std when "
+                                                             "both are 0)")
 
     @field_validator("target_columns", "feature_columns", "channel_columns", mode="before")
     @classmethod
@@ -99,12 +113,17 @@ class FeatureConfig(_Strict):
 class SplitConfig(_Strict):
     """Chronological split. Fractions count windows of the configured window length (the seed's convention:
     the test set is the last `test` share of the windows); or give `val_start`/`test_start` as timestamps
-    (or time values), which then win."""
+    (or time values), which then win. `test_end` (exclusive) ends the evaluation period: rows at or after it are
+    not used at all (with fractions, the fractions apply to the rows before it). A monitoring retrain extends the
+    series with new data, so it drops all three times and splits the new window by the fractions."""
 
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     val_start: str | float | date | datetime | None = None
     test_start: str | float | date | datetime | None = None
+    test_end: str | float | date | datetime | None = Field(
+        None, description="forecasting: rows at or after this time are dropped before the split (the test windows' "
+                          "targets all lie in [test_start, test_end))")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -118,6 +137,19 @@ class ModelConfig(_Strict):
     hidden: int = Field(32, ge=1)
     layers: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    architecture: Architecture = Field(
+        "segment", description="forecasting: 'direct' (the cell over every step, a linear head) or 'segment' (the "
+                               "cell over segments of `segment` steps, every output segment decoded at once)")
+    norm: Norm = Field("revin", description="forecasting: per-window normalisation removed before the network and "
+                                            "restored after it: 'revin' (window mean/std), 'last' (last value), 'none'")
+    affine: bool = Field(False, description="forecasting, norm 'revin': a learnable per-channel scale and shift")
+    channels: Channels = Field(
+        "independent", description="forecasting, several targets: 'mixed' (all columns into one network) or "
+                                   "'independent' (one shared network per target channel, plus the features)")
+    channel_embedding: bool = Field(True, description="forecasting, channels 'independent': a learned vector per "
+                                                      "target channel")
+    segment: int = Field(24, ge=1, description="forecasting, architecture 'segment': W, steps per segment (at most "
+                                               "the window)")
     bidirectional: bool = Field(False, description="classification: read sequences both ways")
     pooling: Pooling = Field("last", description="classification: last valid state, or mean over valid steps")
     embedding_dim: int = Field(64, ge=1, description="text with encoding 'embedding'")
@@ -133,8 +165,10 @@ class TrainingConfig(_Strict):
     lr_patience: int = Field(5, ge=1, description="ReduceLROnPlateau patience")
     lr_factor: float = Field(0.5, gt=0, lt=1)
     clip_grad_norm: float | None = Field(1.0, gt=0)
+    loss: Loss = Field("mse", description="forecasting: the training loss (validation and early stopping use the MSE)")
     loss_steps: Literal["last", "all"] = Field(
-        "last", description="'all' also trains every step's forecast after the burn-in (denser signal, no leak)")
+        "last", description="'all' also trains every step's forecast after the burn-in (denser signal, no leak; "
+                            "a direct model with norm 'none' only, others train on the last step)")
     burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
     threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -186,20 +220,45 @@ class SearchSpace(_Strict):
     bidirectional: list[bool] | None = None
     pooling: list[Pooling] | None = None
     embedding_dim: IntRange | list[int] | None = None
+    architecture: list[Architecture] | None = None
+    norm: list[Norm] | None = None
+    affine: list[bool] | None = None
+    channels: list[Channels] | None = None
+    segment: IntRange | list[int] | None = None
+    loss: list[Loss] | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in self.__dict__.values())
 
 
 class TuningConfig(_Strict):
     n_trials: int = Field(20, ge=0, description="finished (complete or pruned) trials the study should hold")
+    n_startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space "
+                                                                 "(default: a quarter of n_trials, 2 to 10)")
+    trial_seconds: float | None = Field(None, gt=0, description="stop a trial's training after this long (its best "
+                                                                "epoch so far counts)")
+    progress_seconds: float = Field(15.0, gt=0, description="log a running trial's progress this often")
     timeout_seconds: float | None = Field(None, gt=0, description="stop starting new trials after this long")
     pruner: Literal["median", "hyperband", "none"] = "median"
     max_epochs: int = Field(60, ge=1, description="epochs per trial (the final fit uses training.max_epochs)")
     patience: int = Field(10, ge=1)
-    space: SearchSpace = Field(default_factory=SearchSpace)
+    space: SearchSpace = Field(default_factory=SearchSpace, description="forecasting: left out entirely, a default "
+                                                                         "space is searched (see tune.default_space)")
 
 
 class EvaluationConfig(_Strict):
-    season: int | None = Field(None, ge=1, description="season length in steps for the seasonal-naive baseline")
+    season: int | Literal["auto"] | None = Field(
+        "auto", description="season length in steps for the seasonal-naive baseline (and the MASE scale); 'auto': "
+                            "read from a datetime time column (hourly -> 24, 30 min -> 48, 15 min -> 96, "
+                            "10 min -> 144, daily -> 7) when two seasons of training rows exist; null: none")
     ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+
+    @field_validator("season", mode="before")
+    @classmethod
+    def _season(cls, v):
+        if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("steps per season (an int >= 1), 'auto' or null")
 
 
 class RegistryConfig(_Strict):
@@ -208,6 +267,10 @@ class RegistryConfig(_Strict):
                                                         "classification)")
     margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by this share (of the "
                                                        "champion's error, or for accuracy/F1 of its shortfall from 1)")
+    floor: list[str] | None = Field(
+        None, description="baselines a version must beat (strictly, on the gate metric, on the test windows) to "
+                          "become champion; None: persistence and the seasonal naive (when there is a season) for "
+                          "forecasting, majority for classification; [] switches the floor off")
 
 
 class StoresConfig(_Strict):
@@ -323,11 +386,31 @@ class PipelineConfig(_Strict):
             if m in FORECAST_METRICS:
                 raise ValueError(f"registry.metric '{m}' is a forecasting metric; classification gates on accuracy, "
                                  "f1_macro, f1_weighted or log_loss")
-            if self.tuning.space.window is not None:
-                raise ValueError("tuning.space.window: classification reads whole sequences, there is no window")
+            forecast_only = [k for k in ("window", "architecture", "norm", "affine", "channels", "segment", "loss")
+                             if getattr(self.tuning.space, k) is not None]
+            if forecast_only:
+                raise ValueError(f"tuning.space.{forecast_only[0]}: a forecasting setting; classification reads "
+                                 "whole sequences")
         elif m is not None and m not in FORECAST_METRICS:
             raise ValueError(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
         return self
+
+    @model_validator(mode="after")
+    def _floor(self):
+        unknown = [b for b in self.registry.floor or [] if b not in self.baselines]
+        if unknown:
+            raise ValueError(f"registry.floor: unknown baseline '{unknown[0]}' for this {self.task} config "
+                             f"(one of {', '.join(self.baselines)})")
+        if "seasonal_naive" in (self.registry.floor or []) and self.evaluation.season is None:
+            raise ValueError("registry.floor lists seasonal_naive but evaluation.season is null (no season)")
+        return self
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The baselines the evaluation logs for this config (the seasonal naive only when there is a season)."""
+        if self.task == "forecasting":
+            return FORECAST_BASELINES
+        return TEXT_BASELINES if self.data.text_column else SEQUENCE_BASELINES
 
     @property
     def model_name(self) -> str:
@@ -364,6 +447,8 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         return f"{source}: unknown key '{loc}'"
     if e["type"] == "missing":
         return f"{source}: missing required key '{loc}'"
+    if e["type"] == "value_error" and not e["loc"]:  # a check across sections: its message names the keys
+        return f"{source}: {e['msg'].removeprefix('Value error, ')}"
     return f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})"
 
 
@@ -375,9 +460,23 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def load_config(ref: str | Path, overrides: dict | None = None) -> PipelineConfig:
+def _from_overrides(loc: tuple, overrides: dict) -> bool:
+    """Whether the setting at `loc` (a validation error's location) was given, or replaced whole, by `overrides`."""
+    node = overrides
+    for key in loc:
+        if not isinstance(node, dict):
+            return True  # the override replaced this whole value
+        if key not in node:
+            return False
+        node = node[key]
+    return bool(loc)
+
+
+def load_config(ref: str | Path, overrides: dict | None = None, overrides_source: str | None = None) -> PipelineConfig:
     """Load a config by path, or by built-in name (``seed_sine``), with optional `overrides` deep-merged into the
-    YAML before validation (the monitoring flow retrains this way on new data). Raises ConfigError with one line."""
+    YAML before validation (the monitoring flow retrains this way on new data; the CLI's --set too). Raises
+    ConfigError with one line; it names `overrides_source` (e.g. '--set') instead of the file when the setting at
+    fault came from the overrides."""
     ref = str(ref)
     path = Path(ref)
     if path.is_file():
@@ -401,6 +500,8 @@ def load_config(ref: str | Path, overrides: dict | None = None) -> PipelineConfi
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
+        if overrides and overrides_source and _from_overrides(e.errors()[0]["loc"], overrides):
+            source = overrides_source
         raise ConfigError(_format_validation_error(source, e)) from None
     cfg.base_dir = str(base)
     return cfg

@@ -1,4 +1,5 @@
-"""Test metrics in original units, the baselines on the same windows, skill scores and plots."""
+"""Test metrics in original units and on the standardised scale, the baselines on the same windows, skill scores
+and plots."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import pandas as pd
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import (mean_absolute_error, mean_absolute_percentage_error, mean_squared_error,
                              r2_score)
+from sklearn.preprocessing import StandardScaler
 
+from .config import HIGHER_IS_BETTER
 from .features import PreparedSeries, lag_matrix, target_matrix
+
+# "auto" season: the median step of a datetime column -> steps per season (a day; a week of daily data)
+AUTO_SEASONS = {pd.Timedelta(hours=1): 24, pd.Timedelta(minutes=30): 48, pd.Timedelta(minutes=15): 96,
+                pd.Timedelta(minutes=10): 144, pd.Timedelta(days=1): 7}
+# metrics that have a standardised twin ("std_mse", ...): percentage errors are unit-free already, and on z-scores
+# (values near zero) they mean nothing
+STD_KEYS = ("mse", "rmse", "mae", "r2", "mase")
+
+
+def headline(metric: str, n_targets: int) -> str:
+    """The key of the figure a run is judged by (summary, gate): a multi-target forecast's error metric is read on
+    the standardised scale ("std_mse"), since in original units it would add up different units; otherwise the
+    metric itself ("mse", "f1_macro")."""
+    return f"std_{metric}" if n_targets > 1 and metric in STD_KEYS else metric
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[str, float]:
@@ -25,6 +42,29 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[s
             "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
 
 
+def target_scaler(data: PreparedSeries) -> StandardScaler:
+    """Each target's mean and population std over the training rows (sklearn's StandardScaler): the standardised
+    scale, the same whichever `features.scaler` the model uses."""
+    return StandardScaler().fit(data.values[: data.points.val_start, : data.n_targets])
+
+
+def all_metrics(y_true: np.ndarray, y_pred: np.ndarray, mean, std, mase_scale: float,
+                std_mase_scale: float) -> dict[str, float]:
+    """The original-unit metrics plus their standardised twins (`std_mse`, ...: on (y - mean) / std, the training
+    z-scores). y: (N, H, T) with per-target `mean`/`std`, or one target's (N, H) with its own two numbers."""
+    std_m = metrics((y_true - mean) / std, (y_pred - mean) / std, std_mase_scale)
+    return {**metrics(y_true, y_pred, mase_scale), **{f"std_{k}": std_m[k] for k in STD_KEYS}}
+
+
+def forecast_score(y_true: np.ndarray, y_pred: np.ndarray, data: PreparedSeries, key: str) -> float:
+    """One gate score (mse, rmse, mae, or their std_ twins) of (N, H, T) forecasts on `data`'s test windows."""
+    if key.startswith("std_"):
+        s = target_scaler(data)
+        y_true, y_pred, key = (y_true - s.mean_) / s.scale_, (y_pred - s.mean_) / s.scale_, key[4:]
+    mse = float(np.mean((y_pred - y_true) ** 2))
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(y_pred - y_true)))}[key]
+
+
 def check_season(data: PreparedSeries, season: int | None) -> None:
     """The seasonal-naive baseline and the MASE scale need a full season of training rows before every forecast."""
     if season and season >= data.points.val_start:
@@ -34,10 +74,29 @@ def check_season(data: PreparedSeries, season: int | None) -> None:
                           f"come before validation: use a shorter season or more data")
 
 
-def mase_scale(data: PreparedSeries, season: int | None, per_target: bool = False):
-    """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows (one per target)."""
+def resolve_season(season: int | str | None, data: PreparedSeries) -> int | None:
+    """The season length in steps from `evaluation.season`: an int is checked and kept, None means no season, and
+    "auto" reads the time column: a datetime series whose median step is 1 hour -> 24, 30 min -> 48, 15 min -> 96,
+    10 min -> 144, 1 day -> 7, when at least two seasons of training rows come before validation; else None."""
+    if season is None or isinstance(season, int):
+        check_season(data, season)
+        return season
+    if season != "auto":
+        raise ValueError(f"evaluation.season must be an int, 'auto' or None, got {season!r}")
+    time = data.time
+    if len(time) < 2 or not pd.api.types.is_datetime64_any_dtype(time):
+        return None
+    found = AUTO_SEASONS.get(time.diff().median())
+    return found if found is not None and 2 * found <= data.points.val_start else None
+
+
+def mase_scale(data: PreparedSeries, season: int | None, per_target: bool = False, standardised: bool = False):
+    """Mean absolute error of the in-sample (seasonal) naive forecast on the training rows (one per target), in
+    original units or on the standardised scale."""
     m = season or 1
     train = data.values[: data.points.val_start, : data.n_targets]
+    if standardised:
+        train = target_scaler(data).transform(train)
     err = np.abs(train[m:] - train[:-m])
     return [float(v) for v in err.mean(axis=0)] if per_target else float(err.mean())
 
@@ -55,43 +114,71 @@ def seasonal_naive(data: PreparedSeries, first_targets: np.ndarray, season: int)
     return data.values[idx, : data.n_targets]
 
 
-def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float]) -> np.ndarray:
-    """A linear model on the L scaled lags of every input column, fitted on train + validation windows."""
-    z = data.z.numpy().astype("float64")
-    fit_idx = np.concatenate([data.points.first_targets(s, window, data.horizon) for s in ("train", "val")])
-    test_idx = data.points.first_targets("test", window, data.horizon)
-    x_fit = lag_matrix(z, fit_idx, window).reshape(len(fit_idx), -1)
-    y_fit = target_matrix(z, fit_idx, data.horizon, data.n_targets).reshape(len(fit_idx), -1)
-    model = RidgeCV(alphas=alphas).fit(x_fit, y_fit)
-    pred = model.predict(lag_matrix(z, test_idx, window).reshape(len(test_idx), -1))
-    pred = pred.reshape(len(test_idx), data.horizon, data.n_targets)
-    return data.scaling.inverse(pred, list(range(data.n_targets)))
+def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float], last_value: bool = False) -> np.ndarray:
+    """A linear model on the L lags of every input column, fitted on the training windows only (as the RNN is; alpha
+    by RidgeCV's efficient leave-one-out on them), forecasting the test windows in original units. Columns are
+    z-scored with their training statistics first. With `last_value` (NLinear's normalisation), each window's last
+    value is subtracted per column from its inputs and per target from its targets, and added back to the forecast.
+    """
+    T, H = data.n_targets, data.horizon
+    scaler = StandardScaler().fit(data.values[: data.points.val_start])
+    z = scaler.transform(data.values)
+
+    def windows(split: str):  # flat inputs, flat targets and the last values taken off, per window
+        idx = data.points.first_targets(split, window, H)
+        x, y = lag_matrix(z, idx, window), target_matrix(z, idx, H, T)  # (N, L, F), (N, H, T)
+        last = x[:, -1:, :] if last_value else np.zeros((len(idx), 1, z.shape[1]))
+        return (x - last).reshape(len(idx), -1), (y - last[..., :T]).reshape(len(idx), -1), last[..., :T]
+
+    x_fit, y_fit, _ = windows("train")
+    x_test, _, last_test = windows("test")
+    pred = RidgeCV(alphas=alphas).fit(x_fit, y_fit).predict(x_test).reshape(len(x_test), H, T) + last_test
+    return pred * scaler.scale_[:T] + scaler.mean_[:T]
 
 
-def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | None,
+def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | str | None,
              ridge_alphas: list[float]) -> dict:
     """Score the model (`predict_windows`: (N, L, F) original units -> (N, H, T)) and the baselines on the same
-    test windows. Returns metrics, baselines, skills and the arrays the plots need."""
+    test windows, in original units and on the standardised scale (`std_mse`, ...: each target's errors divided by
+    its training std). Per target too. Skills are `1 - model/baseline` on the headline scale (`headline`)."""
+    season = resolve_season(season, data)
     idx = data.points.first_targets("test", window, data.horizon)
     y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
     y_pred = predict_windows(lag_matrix(data.values, idx, window))
-    scale = mase_scale(data, season)
+    scaler = target_scaler(data)
+    mean, std = scaler.mean_, scaler.scale_
+    scale, std_scale = mase_scale(data, season), mase_scale(data, season, standardised=True)
     scale_per_target = mase_scale(data, season, per_target=True)
-    result = {"metrics": metrics(y_true, y_pred, scale), "baselines": {}, "n_test_windows": int(len(idx)),
+    std_per_target = mase_scale(data, season, per_target=True, standardised=True)
+    result = {"metrics": all_metrics(y_true, y_pred, mean, std, scale, std_scale), "baselines": {},
+              "n_test_windows": int(len(idx)), "season": season, "headline": headline("mse", data.n_targets),
               "y_true": y_true, "y_pred": y_pred, "first_targets": idx}
-    preds = {"persistence": persistence(data, idx), "ridge": ridge_on_lags(data, window, ridge_alphas)}
+    preds = {"persistence": persistence(data, idx)}
     if season:
         preds["seasonal_naive"] = seasonal_naive(data, idx, season)
+    preds["ridge"] = ridge_on_lags(data, window, ridge_alphas)
+    preds["ridge_last"] = ridge_on_lags(data, window, ridge_alphas, last_value=True)
     for name, p in preds.items():
-        result["baselines"][name] = metrics(y_true, p, scale)
-    # aggregate metrics mix units when there are several targets: report each target, and each horizon step
-    result["per_target"] = {col: metrics(y_true[..., j], y_pred[..., j], scale_per_target[j])
-                            for j, col in enumerate(data.target_columns)}
+        result["baselines"][name] = all_metrics(y_true, p, mean, std, scale, std_scale)
+    # aggregate metrics in original units mix units when there are several targets: report each target (a target's
+    # std_ metrics are its original ones over its training variance), and each horizon step
+    result["per_target"] = {col: all_metrics(y_true[..., j], y_pred[..., j], mean[j], std[j], scale_per_target[j],
+                                             std_per_target[j]) for j, col in enumerate(data.target_columns)}
     result["mse_by_horizon"] = [float(np.mean((y_true[:, h] - y_pred[:, h]) ** 2)) for h in range(data.horizon)]
-    m = result["metrics"]["mse"]
-    result["skill"] = {name: 1 - m / b["mse"] if b["mse"] > 0 else float("nan")
-                       for name, b in result["baselines"].items()}
+    key = result["headline"]
+    m = result["metrics"][key]
+    result["skill"] = {name: skill(m, b[key], key) for name, b in result["baselines"].items()}
     return result
+
+
+def skill(model: float, baseline: float, metric: str) -> float:
+    """How much better the model is than a baseline: for an error (mse, log_loss...) `1 - model/baseline` (0: as
+    good, 1: perfect, negative: worse); for a higher-is-better score (accuracy, F1) the difference."""
+    if metric in HIGHER_IS_BETTER:
+        return model - baseline
+    if baseline > 0:
+        return 1 - model / baseline
+    return 0.0 if model == baseline else float("-inf")
 
 
 def predictions_frame(ev: dict, time_values, output_columns: list[str]) -> pd.DataFrame:

@@ -8,7 +8,7 @@ tuner is scored on the same test targets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -87,14 +87,39 @@ def _position(time: pd.Series, value, name: str) -> int:
     return int(np.searchsorted(time.to_numpy(), np.asarray(v, dtype=time.to_numpy().dtype), side="left"))
 
 
+def end_position(time: pd.Series, test_end) -> int:
+    """The number of rows before `test_end` (split.test_end): where the series ends for training and evaluation."""
+    end = _position(time, test_end, "test_end")
+    if end == 0:
+        raise DataValidationError(f"split.test_end is at or before the first row ({time.iloc[0]}): it leaves no data",
+                                  value=test_end)
+    return end
+
+
+def before_test_end(frame: pd.DataFrame, source: str, time_column: str, test_end) -> pd.DataFrame:
+    """The rows of a raw frame before `test_end` (all of them when it is None), so that nothing at or after it is
+    even validated or used to fill a gap (interpolation reads the next value)."""
+    if test_end is None:
+        return frame
+    from .validation import check_columns, parse_time
+
+    check_columns(frame, source, time_column, [])
+    return frame.iloc[: end_position(parse_time(frame, source, time_column), test_end)]
+
+
 def split_points(time: pd.Series, val: float, test: float, window: int, horizon: int,
-                 val_start=None, test_start=None) -> SplitPoints:
+                 val_start=None, test_start=None, test_end=None) -> SplitPoints:
     """Chronological split. By fractions of the windows of length `window` (the seed's convention: test =
-    the last `test` share of windows), or by explicit times."""
-    n = len(time)
+    the last `test` share of windows), or by explicit times. `test_end` (exclusive) ends the series: rows at or
+    after it belong to no split, so the test windows are those whose H targets all lie in [test_start, test_end);
+    with fractions, the fractions apply to the rows before it."""
+    n = len(time) if test_end is None else end_position(time, test_end)
     n_windows = n - window - horizon + 1
     if test_start is not None:
         t_pos = _position(time, test_start, "test_start")
+        if test_end is not None and t_pos >= n:
+            raise DataValidationError(f"split.test_end must come after split.test_start ({test_start!r}): no row lies "
+                                      "between them", value=test_end)
     else:
         t_pos = window + int(n_windows * (1 - test))
     if val_start is not None:
@@ -118,12 +143,20 @@ def check_split_sizes(points: SplitPoints, source: str, max_window: int, horizon
             f"({desc}; need at least {min_windows} each)", source=source)
 
 
+# Training losses. Validation, pruning and early stopping always use the MSE (eval_loss).
+LOSSES = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_loss,
+          "huber": lambda out, y: torch.nn.functional.huber_loss(out, y, delta=1.0)}
+
+
 class WindowSet:
     """Windows over a scaled (n, F) tensor, as a view: ``unfold`` gives (n-L-H+1, F, L+H) without copying.
     A batch gathers only its own windows. Columns 0..T-1 are the targets."""
 
-    def __init__(self, z: torch.Tensor, n_targets: int, window: int, horizon: int, first_targets: np.ndarray):
-        self.z, self.T, self.L, self.H = z, n_targets, window, horizon
+    def __init__(self, z: torch.Tensor, n_targets: int, window: int, horizon: int, first_targets: np.ndarray,
+                 criterion: str = "mse"):
+        if criterion not in LOSSES:
+            raise ValueError(f"unknown loss '{criterion}' (one of {', '.join(LOSSES)})")
+        self.z, self.T, self.L, self.H, self.criterion = z, n_targets, window, horizon, criterion
         self.starts = torch.as_tensor(first_targets - window, dtype=torch.long)
         self._view = z.unfold(0, window + horizon, 1)  # (n-L-H+1, F, L+H), a view
 
@@ -144,20 +177,22 @@ class WindowSet:
     def to(self, device) -> "WindowSet":
         if torch.device(device).type == "cpu":
             return self
-        return WindowSet(self.z.to(device), self.T, self.L, self.H, self.starts.numpy() + self.L)
+        return WindowSet(self.z.to(device), self.T, self.L, self.H, self.starts.numpy() + self.L, self.criterion)
 
     def order(self, generator: torch.Generator) -> torch.Tensor:
         return torch.randperm(len(self), generator=generator)
 
     def loss(self, model, idx: torch.Tensor, loss_steps: str = "last", burn_in: float = 0.5) -> torch.Tensor:
-        """MSE of a batch; with loss_steps='all', of every step's forecast after the burn-in share of the window."""
-        all_steps = loss_steps == "all"
+        """The training loss (`criterion`: mse, mae or huber) of a batch; with loss_steps='all', of every step's
+        forecast after the burn-in share of the window, where the model supports it (a direct head on unnormalised
+        inputs; other models train on the last step's forecast)."""
+        all_steps = loss_steps == "all" and getattr(model, "supports_all_steps", False)
         x, y = self.batch(idx, all_steps=all_steps)
         out = model(x, all_steps=all_steps)
         if all_steps:
             first = int(self.L * burn_in)
             out, y = out[:, first:], y[:, first:]
-        return torch.nn.functional.mse_loss(out, y)
+        return LOSSES[self.criterion](out, y)
 
     @torch.no_grad()
     def eval_loss(self, model, chunk: int = 8192) -> float:
@@ -196,28 +231,45 @@ class PreparedSeries:
     target_columns: list[str]
     feature_columns: list[str]
     horizon: int
+    warnings: list[str] = field(default_factory=list)  # data warnings (extreme values) the run should report
 
     @property
     def n_targets(self) -> int:
         return len(self.target_columns)
 
-    def windows(self, split: str, window: int) -> WindowSet:
+    def windows(self, split: str, window: int, criterion: str = "mse") -> WindowSet:
         return WindowSet(self.z, self.n_targets, window, self.horizon,
-                         self.points.first_targets(split, window, self.horizon))
+                         self.points.first_targets(split, window, self.horizon), criterion)
 
 
 def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_columns: list[str],
                    feature_columns: list[str], *, window: int, max_window: int, horizon: int, scaler: str,
-                   val: float, test: float, val_start=None, test_start=None) -> PreparedSeries:
-    """Split chronologically, fit the scaler on the training rows only, scale everything with it."""
-    from .validation import check_length
+                   val: float, test: float, val_start=None, test_start=None, test_end=None, outliers: str = "warn",
+                   outlier_threshold: float = 25.0) -> PreparedSeries:
+    """Split chronologically, fit the scaler on the training rows only, scale everything with it. Rows at or after
+    `test_end` are dropped first: they take no part in anything. Values far from their column's training median
+    are reported or refused as `outliers` says (validation.check_outliers), once the training split is known."""
+    from .validation import check_length, check_outliers
 
+    cut = ""
+    if test_end is not None:
+        end = end_position(time, test_end)
+        cut = f"; split.test_end={test_end!r} keeps the first {end} of {len(values)} rows"
+        time, values = time.iloc[:end], values.iloc[:end]
     n = len(values)
     check_length(n, source, max_window + horizon + 6, f"window L={max_window} + horizon H={horizon} "
-                 "+ at least two windows in each of train, validation and test")
-    points = split_points(time, val, test, window, horizon, val_start, test_start)
+                 f"+ at least two windows in each of train, validation and test{cut}")
+    points = split_points(time, val, test, window, horizon, val_start, test_start, test_end)
+    if test_end is not None:
+        k = len(points.first_targets("test", max_window, horizon))
+        if k < 2:
+            raise DataValidationError(f"split.test_end leaves {k} test window(s): {n - points.test_start} row(s) from "
+                                      f"the test start (row {points.test_start + 1}) to it, need at least "
+                                      f"H + 1 = {horizon + 1}", source=source, value=test_end)
     check_split_sizes(points, source, max_window, horizon)
     arr = values[[*target_columns, *feature_columns]].to_numpy(dtype="float64")
+    warnings = check_outliers(arr, [*target_columns, *feature_columns], points.val_start, source, outlier_threshold,
+                              outliers)
     scaling = fit_scaler(scaler, arr[: points.val_start])
     train_std = arr[: points.val_start, : len(target_columns)].std(axis=0)
     for col, s in zip(target_columns, train_std):
@@ -225,4 +277,5 @@ def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_co
             raise DataValidationError("target is constant over the training split: nothing to learn",
                                       source=source, column=col)
     z = torch.from_numpy(scaling.transform(arr).astype("float32"))
-    return PreparedSeries(source, time, arr, z, scaling, points, list(target_columns), list(feature_columns), horizon)
+    return PreparedSeries(source, time, arr, z, scaling, points, list(target_columns), list(feature_columns), horizon,
+                          warnings)

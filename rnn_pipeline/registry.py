@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from mlflow.types.schema import ColSpec, Schema
 
 from .bundle import LABEL, WINDOW_ID, ClassifierBundle, ForecastBundle
 from .config import HIGHER_IS_BETTER
-from .errors import PipelineError, RegistryError
+from .errors import ConfigError, PipelineError, RegistryError
+from .evaluate import forecast_score, skill
 from .features import PreparedSeries, lag_matrix, target_matrix
 from .sequences import PreparedSequences
 
@@ -104,7 +105,9 @@ def score_classifier(model, data: PreparedSequences, metric: str) -> float:
 
 
 def score(model, data: PreparedSeries | PreparedSequences, metric: str) -> float:
-    """Score a loaded pyfunc on the test windows (or items) of `data` (original units), through its own predict."""
+    """Score a loaded pyfunc on the test windows (or items) of `data` through its own predict: `metric` is a
+    classification metric, or mse/rmse/mae in original units, or std_mse/std_rmse/std_mae on the standardised scale
+    (see evaluate.headline)."""
     if isinstance(data, PreparedSequences):
         return score_classifier(model, data, metric)
     b = load_bundle(model)
@@ -123,9 +126,7 @@ def score(model, data: PreparedSeries | PreparedSequences, metric: str) -> float
     out = model.predict(b.windows_frame(x))
     y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))
     y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
-    err = y_pred - y_true
-    return {"mse": float(np.mean(err ** 2)), "rmse": float(np.sqrt(np.mean(err ** 2))),
-            "mae": float(np.mean(np.abs(err)))}[metric]
+    return forecast_score(y_true, y_pred, data, metric)
 
 
 def check_reproduces(model_uri: str, bundle, data, index: np.ndarray, expected: np.ndarray) -> float:
@@ -153,6 +154,33 @@ class GateDecision:
     challenger_score: float
     champion_score: float | None
     champion_version: str | None  # before the decision
+    floor: dict[str, dict[str, float]] = field(default_factory=dict)  # baseline -> {"score", "skill"}
+    below_floor: bool = False
+
+    @property
+    def label(self) -> str:
+        """promoted, below_floor (loses to a floor baseline) or kept_champion."""
+        return "promoted" if self.promoted else "below_floor" if self.below_floor else "kept_champion"
+
+
+def floor_names(floor: list[str] | None, task: str, season: int | None) -> list[str]:
+    """The baselines a version must beat to become champion: `registry.floor`, or by default persistence plus the
+    seasonal naive when there is a (resolved) season for forecasting, the majority class for classification."""
+    if floor is None:
+        return ["majority"] if task == "classification" else ["persistence", *(["seasonal_naive"] if season else [])]
+    if "seasonal_naive" in floor and not season:
+        raise ConfigError("registry.floor lists seasonal_naive, but this series has no season (evaluation.season "
+                          "'auto' found none): give evaluation.season or drop it from the floor")
+    return list(floor)
+
+
+def _beats(challenger: float, baseline: float, metric: str) -> bool:
+    """Strictly better (NaN never is)."""
+    return challenger > baseline if metric in HIGHER_IS_BETTER else challenger < baseline
+
+
+def _floor_text(items: list[tuple[str, dict]]) -> str:
+    return ", ".join(f"{name} (skill {f['skill']:.3g})" for name, f in items)
 
 
 def current_champion(client: mlflow.MlflowClient, name: str):
@@ -163,13 +191,25 @@ def current_champion(client: mlflow.MlflowClient, name: str):
 
 
 def decide(challenger_score: float, champion_score: float | None, margin: float, metric: str,
-           champion_version: str | None, champion_error: str | None = None) -> GateDecision:
+           champion_version: str | None, champion_error: str | None = None,
+           floor: dict[str, float] | None = None) -> GateDecision:
+    """Promote only a challenger that strictly beats every floor baseline (`floor`: name -> its score on the same
+    windows and metric) and then the champion by `margin`. The first model must pass the floor too."""
+    floor_info = {name: {"score": float(b), "skill": float(skill(challenger_score, b, metric))}
+                  for name, b in (floor or {}).items()}
+    lost = [(name, floor_info[name]) for name, b in (floor or {}).items() if not _beats(challenger_score, b, metric)]
+    if lost:
+        reason = f"not promoted: loses to {_floor_text(lost[:1])}"
+        if len(lost) > 1:
+            reason += f"; also to {_floor_text(lost[1:])}"
+        return GateDecision(False, reason, challenger_score, champion_score, champion_version, floor_info, True)
+    passed = f"; beats {_floor_text(list(floor_info.items()))}" if floor_info else ""
     if champion_version is None:
-        return GateDecision(True, "first model: no champion yet", challenger_score, None, None)
+        return GateDecision(True, f"first model: no champion yet{passed}", challenger_score, None, None, floor_info)
     if champion_score is None:
         return GateDecision(False, f"champion v{champion_version} could not be scored on this data "
                                    f"({champion_error}); kept, promote by hand if intended",
-                            challenger_score, None, champion_version)
+                            challenger_score, None, champion_version, floor_info)
     if metric in HIGHER_IS_BETTER:  # the margin is a share of the champion's shortfall from a perfect 1
         bar = champion_score + margin * (1 - champion_score)
         wins, rule = challenger_score > bar, f"> {champion_score:.6g} + margin {margin:g} x (1 - {champion_score:.6g})"
@@ -178,25 +218,28 @@ def decide(challenger_score: float, champion_score: float | None, margin: float,
         wins, rule = challenger_score < bar, f"< {champion_score:.6g} x (1 - margin {margin:g})"
     if wins:
         return GateDecision(True, f"challenger {metric} {challenger_score:.6g} beats champion v{champion_version} "
-                                  f"{champion_score:.6g} ({rule})", challenger_score, champion_score, champion_version)
+                                  f"{champion_score:.6g} ({rule}){passed}", challenger_score, champion_score,
+                            champion_version, floor_info)
     return GateDecision(False, f"challenger {metric} {challenger_score:.6g} does not beat champion v{champion_version} "
                                f"{champion_score:.6g} (needs {rule})", challenger_score, champion_score,
-                        champion_version)
+                        champion_version, floor_info)
 
 
 def gate(model_uri: str, name: str, data: PreparedSeries | PreparedSequences, metric: str,
-         margin: float) -> GateDecision:
-    """Score challenger and champion on the same test windows and decide; changes nothing in the registry."""
+         margin: float, floor: dict[str, float] | None = None) -> GateDecision:
+    """Score challenger and champion on the same test windows and decide; changes nothing in the registry.
+    `metric` is the headline key (evaluate.headline: std_mse for a multi-target forecast); `floor` maps each floor
+    baseline to its score on the same windows and key (from the evaluation)."""
     client = mlflow.MlflowClient()
     challenger_score = score(load(model_uri), data, metric)
     champ = current_champion(client, name)
     if champ is None:
-        return decide(challenger_score, None, margin, metric, None)
+        return decide(challenger_score, None, margin, metric, None, floor=floor)
     try:
         champion_score = score(load(f"models:/{name}/{champ.version}"), data, metric)
-        return decide(challenger_score, champion_score, margin, metric, str(champ.version))
     except Exception as e:  # a champion that cannot be loaded or scored must not block registration
-        return decide(challenger_score, None, margin, metric, str(champ.version), f"{type(e).__name__}: {e}")
+        return decide(challenger_score, None, margin, metric, str(champ.version), f"{type(e).__name__}: {e}", floor)
+    return decide(challenger_score, champion_score, margin, metric, str(champ.version), floor=floor)
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
@@ -233,12 +276,16 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     previous_challenger = _alias_version(client, name, CHALLENGER)
     version = None
     try:
-        version = str(client.create_model_version(name, model_uri, run_id=run_id).version)
+        version = str(client.create_model_version(name, model_uri, run_id=run_id,
+                                                  description=f"{decision.label}: {decision.reason}").version)
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
                     "gate.champion_version": decision.champion_version or "",
-                    "gate.decision": "promoted" if decision.promoted else "kept_champion",
-                    "gate.reason": decision.reason, **(tags or {})}
+                    "gate.decision": decision.label, "gate.reason": decision.reason,
+                    "gate.floor": ",".join(decision.floor) or "none",
+                    **{f"gate.floor.{b}": f"{f['score']:.8g} (skill {f['skill']:.4g})"
+                       for b, f in decision.floor.items()},
+                    **(tags or {})}
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
         client.set_registered_model_alias(name, CHALLENGER, version)

@@ -5,10 +5,15 @@ Rows are counted 1-based over data rows (the header is not a row), as a spreadsh
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from .errors import DataValidationError
+
+log = logging.getLogger(__name__)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38: a model computes in float32
 
 
 def _row(pos: int) -> int:
@@ -77,6 +82,11 @@ def numeric_columns(frame: pd.DataFrame, source: str, columns: list[str], missin
         if inf.any():
             pos = int(np.flatnonzero(inf)[0])
             raise DataValidationError("infinite value", source=source, column=col, row=_row(pos), value=float(arr[pos]))
+        huge = np.abs(arr) > FLOAT32_MAX  # NaN compares False
+        if huge.any():
+            pos = int(np.flatnonzero(huge)[0])
+            raise DataValidationError(f"value beyond float32's range (|x| > {FLOAT32_MAX:.8g}): it would be infinite "
+                                      "in the model", source=source, column=col, row=_row(pos), value=float(arr[pos]))
         nan = np.isnan(arr)
         if nan.any():
             if missing == "error":
@@ -103,6 +113,43 @@ def check_variance(values: pd.DataFrame, source: str, columns: list[str]) -> Non
         if np.nanstd(values[col].to_numpy()) == 0:
             raise DataValidationError(f"target is constant (every value is {values[col].iloc[0]!r}): nothing to learn",
                                       source=source, column=col)
+
+
+def check_outliers(values: np.ndarray, columns: list[str], train_rows: int, source: str, threshold: float,
+                   policy: str) -> list[str]:
+    """Values more than `threshold` robust deviations from their column's training median, anywhere in the series.
+    A robust deviation is |x - median| / spread, over the first `train_rows` rows (the training split), where spread
+    is the larger of 1.4826 MAD and IQR / 1.349 (both estimate the std of normal data and ignore a few wild values;
+    the IQR keeps a column that is zero half the time, such as night-time irradiance, from flagging every sunny
+    hour); the std stands in when both are 0, and a column constant over training is skipped. `policy`: 'warn'
+    logs one warning per column (its first such row and value, and how many) and returns the messages; 'error'
+    raises DataValidationError on the first; 'ignore' checks nothing. values: (n, len(columns))."""
+    if policy == "ignore":
+        return []
+    found = []
+    for j, col in enumerate(columns):
+        x = values[:, j]
+        train = x[:train_rows]
+        median = float(np.median(train))
+        q1, q3 = np.percentile(train, [25, 75])
+        spread = max(1.4826 * float(np.median(np.abs(train - median))), float(q3 - q1) / 1.349) or float(np.std(train))
+        if spread == 0:
+            continue
+        dev = np.abs(x - median) / spread
+        far = np.flatnonzero(dev > threshold)
+        if not far.size:
+            continue
+        pos = int(far[0])
+        count = "1 such value" if far.size == 1 else f"{far.size} such values, the first shown"
+        problem = (f"extreme value, {dev[pos]:.3g} robust deviations from the training median {median:.6g} (more "
+                   f"than data.outlier_threshold {threshold:g}; {count} in this column)")
+        if policy == "error":
+            raise DataValidationError(f"{problem}; set data.outliers to 'warn' to train anyway", source=source,
+                                      column=col, row=_row(pos), value=float(x[pos]))
+        message = str(DataValidationError(problem, source=source, column=col, row=_row(pos), value=float(x[pos])))
+        log.warning(message)
+        found.append(message)
+    return found
 
 
 def check_length(n: int, source: str, needed: int, why: str) -> None:

@@ -26,9 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = "builtin: seed_sine",
-                 n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3) -> Path:
-    """A small, fast config whose state lives under `folder/state`."""
-    text = textwrap.dedent(f"""\
+                 n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3, floor: str | None = "[]") -> Path:
+    """A small, fast config whose state lives under `folder/state`.
+
+    Its models train 2-3 epochs: too few to be sure of beating persistence, so the gate's floor is off
+    (`registry.floor: []`) for the tests about something else; `floor=None` keeps the default floor. A test whose
+    `extra` has a `registry:` section of its own gives the floor there."""
+    registry = f"registry: {{floor: {floor}}}\n" if floor is not None and "registry:" not in extra else ""
+    text = registry + textwrap.dedent(f"""\
         name: {name}
         seed: 7
         data:

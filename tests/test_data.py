@@ -218,3 +218,173 @@ def test_a_season_longer_than_the_training_rows_is_refused_before_training():
 def test_interpolation_does_not_invent_leading_values():
     with pytest.raises(DataValidationError, match="row 1: leading missing value"):
         validate(frame([np.nan, 1.0, 2.0]), missing="interpolate")
+
+
+# --- split.test_end: the evaluation period's end; rows from it on take no part ------------------------------
+
+def hourly_frame(start="2015-07-01", end="2017-07-01", seed=0):
+    time = pd.date_range(start, end, freq="h", inclusive="left")
+    rng = np.random.default_rng(seed)
+    hours = np.arange(len(time))
+    return pd.DataFrame({"time": time, "value": np.sin(2 * np.pi * hours / 24) + 0.1 * rng.normal(size=len(time)),
+                         "temp": np.cos(2 * np.pi * hours / 24) + 0.1 * rng.normal(size=len(time))})
+
+
+PROTOCOL = dict(val_start="2016-07-01", test_start="2016-11-01", test_end="2017-03-01")  # 12/4/4 months, hourly
+
+
+def prepare_protocol(frame, L, H, missing="error", **split):
+    split = {**PROTOCOL, **split}
+    from rnn_pipeline.features import before_test_end
+
+    raw = before_test_end(frame, "d.csv", "time", split["test_end"])
+    time, values = validate_series(raw, "d.csv", "time", ["value"], ["temp"], missing)
+    return prepare_series(time, values, "d.csv", ["value"], ["temp"], window=L, max_window=L, horizon=H,
+                          scaler="standard", val=0.15, test=0.2, **split)
+
+
+@pytest.mark.parametrize("L, H", [(96, 24), (96, 96), (336, 96)])
+def test_test_end_gives_exactly_the_windows_whose_targets_lie_in_the_test_period(L, H):
+    frame = hourly_frame()
+    data = prepare_protocol(frame, L, H)
+    in_test = (frame["time"] >= "2016-11-01") & (frame["time"] < "2017-03-01")
+    assert in_test.sum() == 2880  # Nov-Feb: 120 days
+    first = data.points.first_targets("test", L, H)
+    assert len(first) == in_test.sum() - H + 1 == 2880 - H + 1
+    assert data.time[first[0]] == pd.Timestamp("2016-11-01")
+    assert data.time[first[-1] + H - 1] == pd.Timestamp("2017-02-28 23:00")  # the last target: the last hour before
+    # nothing at or after test_end is kept; the validation and training periods are the protocol's
+    assert len(data.values) == data.points.n == len(data.time) and data.time.iloc[-1] < pd.Timestamp("2017-03-01")
+    val = data.points.first_targets("val", L, H)
+    assert data.time[val[0]] == pd.Timestamp("2016-07-01") and len(val) == 2952 - H + 1  # Jul-Oct: 123 days
+    assert data.time[data.points.first_targets("train", L, H)[-1] + H - 1] == pd.Timestamp("2016-06-30 23:00")
+
+
+def test_nothing_at_or_after_test_end_changes_anything():
+    frame = hourly_frame().astype({"temp": object})
+    after = frame["time"] >= "2017-03-01"
+    end = int(after.idxmax())  # the first row at test_end
+    frame.loc[end - 1, "value"] = np.nan  # a gap just before test_end, filled by interpolation
+    later = frame.copy()
+    later.loc[after, "value"] = later.loc[after, "value"] * 100 + 7
+    later.loc[end, "value"] = 1e6  # interpolation must not read past test_end
+    later.loc[end + 5, "temp"] = "junk"  # nor validation complain about a row that is not used
+    later.loc[end + 9, "value"] = np.nan
+    a = prepare_protocol(frame, 96, 24, missing="interpolate")
+    b = prepare_protocol(later, 96, 24, missing="interpolate")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert torch.equal(a.z, b.z) and a.points == b.points
+    np.testing.assert_array_equal(a.scaling.offset, b.scaling.offset)
+    np.testing.assert_array_equal(a.scaling.scale, b.scaling.scale)
+    pd.testing.assert_series_equal(a.time, b.time)
+    # the same as if the file had ended just before test_end
+    c = prepare_protocol(frame[~after], 96, 24, missing="interpolate")
+    np.testing.assert_array_equal(a.values, c.values)
+
+
+def test_test_end_with_fraction_splits_applies_the_fractions_to_the_rows_before_it():
+    frame = hourly_frame(end="2015-09-01")  # 1488 rows
+    time, values = validate_series(frame, "d.csv", "time", ["value"], [], "error")
+    kw = dict(window=48, max_window=48, horizon=6, scaler="standard", val=0.15, test=0.2)
+    cut = prepare_series(time, values, "d", ["value"], [], test_end="2015-08-20", **kw)
+    keep = time < pd.Timestamp("2015-08-20")
+    short = prepare_series(time[keep], values[keep.to_numpy()], "d", ["value"], [], **kw)
+    assert cut.points == short.points and cut.points.n == keep.sum() < len(time)
+    np.testing.assert_array_equal(cut.values, short.values)
+    # numeric time columns work the same way
+    p = split_points(pd.Series(np.arange(300.0)), 0.2, 0.2, 20, 5, test_end=250)
+    assert p.n == 250 and p.first_targets("test", 20, 5)[-1] + 5 - 1 == 249
+
+
+@pytest.mark.parametrize("split, message", [
+    (dict(test_end="2016-10-01"), "split.test_end must come after split.test_start ('2016-11-01')"),
+    (dict(test_end="2016-11-01"), "split.test_end must come after split.test_start"),
+    (dict(test_end="2016-11-01 12:00"), "split.test_end leaves 0 test window(s): 12 row(s) from the test start"),
+    (dict(test_end="2016-11-02 00:00"), "split.test_end leaves 1 test window(s): 24 row(s)"),
+    (dict(test_end="2014-01-01"), "split.test_end is at or before the first row"),
+    (dict(test_end="soon"), "split.test_end: not a timestamp"),
+])
+def test_a_bad_test_end_is_one_clear_error_naming_it(split, message):
+    with pytest.raises(DataValidationError) as e:
+        prepare_protocol(hourly_frame(), 96, 24, **split)
+    assert message in str(e.value) and repr(split["test_end"]) in str(e.value)
+
+
+def test_test_end_is_a_split_setting(tmp_path):
+    from rnn_pipeline.config import load_config
+
+    c = tmp_path / "c.yaml"
+    c.write_text("name: x\ndata: {path: d.csv}\n"
+                 "split: {val_start: 2016-07-01, test_start: 2016-11-01, test_end: 2017-03-01}\n")
+    cfg = load_config(c)
+    assert str(cfg.split.test_end) == "2017-03-01" and load_config("seed_sine").split.test_end is None
+
+
+# ---- extreme values and the season --------------------------------------------------------------------------------
+def spiked(value=1e30, row=700):
+    """The seed series (time 0..999) with one value replaced at 1-based data row `row`."""
+    f = datasets.seed_sine()
+    f.loc[row - 1, "value"] = value
+    return f
+
+
+def test_a_value_beyond_float32_is_an_error_naming_row_and_value():
+    with pytest.raises(DataValidationError, match=r"data.csv, column 'value', row 700: value beyond float32's range "
+                                                  r".*\(value: -5e\+38\)"):
+        validate(spiked(-5e38))
+    validate(spiked(1e38))  # within float32's range: the outlier check's business, not this one
+
+
+def _prepare(frame, **kw):
+    time, values = validate(frame)
+    return prepare_series(time, values, "data.csv", ["value"], [], window=50, max_window=50, horizon=1,
+                          scaler="standard", val=0.15, test=0.2, **kw)
+
+
+def test_a_spike_warns_by_default_and_is_an_error_when_strict(caplog):
+    with caplog.at_level("WARNING", logger="rnn_pipeline.validation"):
+        data = _prepare(spiked())
+    assert len(data.warnings) == 1 and "column 'value', row 700: extreme value" in data.warnings[0]
+    assert "(value: 1e+30)" in data.warnings[0] and "1 such value in this column" in data.warnings[0]
+    assert data.warnings[0] in caplog.text  # logged as well as returned (the flow puts it in the summary)
+    with pytest.raises(DataValidationError, match=r"data.csv, column 'value', row 700: extreme value, .* robust "
+                                                  r"deviations .*\(value: 1e\+30\)"):
+        _prepare(spiked(), outliers="error")
+    assert _prepare(spiked(), outliers="ignore").warnings == []
+    assert _prepare(datasets.seed_sine(), outliers="error").warnings == []  # ordinary data passes the strict check
+
+
+def test_outliers_are_measured_against_the_training_split_only():
+    from rnn_pipeline.validation import check_outliers
+
+    x = np.r_[np.tile([0.0, 1.0], 50), [40.0, 10.0]][:, None]  # train: 0/1, median 0.5, MAD 0.5 -> spread 0.74
+    found = check_outliers(x, ["v"], 100, "f", threshold=25.0, policy="warn")
+    assert len(found) == 1 and "row 101" in found[0] and "(value: 40.0)" in found[0]  # 10 is 13 deviations out
+    assert check_outliers(np.zeros((10, 1)), ["v"], 8, "f", 25.0, "error") == []  # constant: skipped
+
+
+def test_the_built_in_weather_columns_raise_no_outlier_warning():
+    """Irradiance is zero half the time: its MAD alone would flag every sunny hour; the IQR keeps it quiet."""
+    frame = datasets.greensboro_weather()
+    cols = [c for c in frame.columns if c != "time"]
+    time, values = validate_series(frame, "w", "time", ["temp_air"], cols[1:], "error")
+    data = prepare_series(time, values, "w", ["temp_air"], cols[1:], window=48, max_window=48, horizon=6,
+                          scaler="standard", val=0.15, test=0.2, outliers="error")
+    assert data.warnings == []
+
+
+def test_season_auto_reads_the_time_step():
+    from rnn_pipeline.evaluate import resolve_season
+
+    values = np.sin(np.arange(600) / 5)
+    for freq, season in (("h", 24), ("30min", 48), ("15min", 96), ("10min", 144), ("D", 7), ("2h", None)):
+        frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=600, freq=freq), "value": values})
+        assert resolve_season("auto", _prepare(frame)) == season, freq
+    assert resolve_season("auto", _prepare(datasets.seed_sine())) is None  # a numeric time column: no season
+    assert resolve_season(None, _prepare(datasets.seed_sine())) is None
+    assert resolve_season(63, _prepare(datasets.seed_sine())) == 63
+    # too few training rows for two seasons: no season, and no error (an explicit season would be refused)
+    short = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=600, freq="10min"), "value": values})
+    data = prepare_series(*validate(short), "s", ["value"], [], window=50, max_window=50, horizon=1,
+                          scaler="standard", val=0.15, test=0.2, val_start="2024-01-02 23:00")
+    assert data.points.val_start < 2 * 144 and resolve_season("auto", data) is None

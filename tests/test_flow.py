@@ -89,7 +89,7 @@ def test_a_better_challenger_is_promoted(state):
     from flows.training import training_flow
 
     better = write_config(state["folder"], name="tiny_better", n_trials=2, trial_epochs=3, epochs=25,
-                          extra="registry: {model_name: tiny}\n")
+                          extra="registry: {model_name: tiny, floor: []}\n")  # about the champion, not the floor
     before = snapshot(state["folder"])
     s = training_flow(str(better))
     assert s["promoted"], s["reason"]
@@ -97,6 +97,57 @@ def test_a_better_challenger_is_promoted(state):
     versions, aliases = snapshot(state["folder"])
     assert versions == before[0] + [int(s["model_version"])]
     assert aliases["champion"] == s["model_version"] == aliases["challenger"]
+
+
+def test_a_model_below_the_floor_is_registered_as_challenger_only(state):
+    """The floor applies to the first model too: raised to Ridge, which 2 epochs of training cannot beat, the version
+    is registered and tagged with the reason, but no alias champion exists. (The series has one extreme value: by
+    default a warning, which the summary and the run carry.)"""
+    from flows.training import summary_table, training_flow
+    from rnn_pipeline.datasets import seed_sine
+
+    folder = state["folder"]
+    frame = seed_sine()
+    frame.loc[99, "value"] = 50.0  # about 60 robust deviations from the training median
+    frame.to_csv(folder / "spiky.csv", index=False)
+    cfg = write_config(folder, name="floored", n_trials=1, trial_epochs=2, epochs=2, floor="[ridge]",
+                       data="path: spiky.csv")
+    s = training_flow(str(cfg))
+    assert len(s["data_warnings"]) == 1 and "spiky.csv, column 'value', row 100: extreme value" in s["data_warnings"][0]
+    assert f"DATA WARNING: {s['data_warnings'][0]}" in summary_table(s)
+    assert not s["promoted"] and s["champion_version"] is None and s["decision"] == "below_floor"
+    assert s["reason"].startswith("not promoted: loses to ridge (skill -")
+    # the gate scored the logged pyfunc on the evaluation's windows: the same figure as the test MSE
+    assert s["gate"]["metric"] == "mse" and s["gate"]["challenger"] == pytest.approx(s["metrics"]["mse"], rel=1e-5)
+    assert s["gate"]["floor"]["ridge"]["score"] == s["baselines"]["ridge"]["mse"]
+    assert summary_table(s).splitlines()[0].startswith(f"model floored v1: kept as challenger ({s['reason']}")
+    saved = json.loads((folder / "state" / "last_run.json").read_text())
+    assert saved["reason"] == s["reason"] and saved["decision"] == "below_floor"
+    assert saved["data_warnings"] == s["data_warnings"]
+    c = client_for(folder)
+    v = c.get_model_version("floored", "1")
+    assert v.tags["gate.decision"] == "below_floor" and v.tags["gate.reason"] == s["reason"]
+    assert v.tags["gate.floor"] == "ridge" and "skill -" in v.tags["gate.floor.ridge"]
+    assert {k: str(v) for k, v in c.get_registered_model("floored").aliases.items()} == {"challenger": "1"}
+    run = c.get_run(s["mlflow_run_id"])
+    assert run.data.tags["gate.decision"] == "below_floor" and run.data.tags["data.warnings"] == s["data_warnings"][0]
+    assert run.data.params["data_warnings"] == "1" and run.data.params["gate.floor"] == "ridge"
+
+
+def test_the_summary_table_shows_the_headline_scale_and_says_which():
+    from flows.training import summary_table
+
+    m = {"mse": 9.0, "rmse": 3.0, "mae": 2.0, "r2": 0.5, "mase": 0.9,
+         "std_mse": 0.25, "std_rmse": 0.5, "std_mae": 0.4, "std_r2": 0.6, "std_mase": 0.8}
+    s = {"task": "forecasting", "model_name": "m", "model_version": "1", "promoted": False, "champion_version": None,
+         "reason": "not promoted: loses to persistence (skill -1.42)", "best_params": {}, "n_trials": 1, "n_pruned": 0,
+         "n_failed": 0, "resumed_trials": 0, "metrics": m, "baselines": {"persistence": m}, "skill": {"persistence": 0.0},
+         "wall_seconds": 1.0, "timings": {"tune": 0, "final_fit": 0, "training_compute": 0}, "headline": "std_mse"}
+    lines = summary_table(s).splitlines()
+    assert lines[0] == "model m v1: kept as challenger (not promoted: loses to persistence (skill -1.42))"
+    assert lines[4].startswith("test windows, standardised") and lines[6].split()[:2] == ["rnn", "0.250000"]
+    lines = summary_table({**s, "headline": "mse"}).splitlines()
+    assert lines[4].startswith("test windows, original units") and lines[6].split()[:2] == ["rnn", "9.000000"]
 
 
 BAD = {
@@ -108,6 +159,9 @@ BAD = {
     "non_numeric": ("path: d.csv", "series:abc@5", "column 'value', row 5: non-numeric value (value: 'abc')"),
     "nan": ("path: d.csv", "series:@7", "column 'value', row 7: missing value"),
     "inf": ("path: d.csv", "series:inf@9", "column 'value', row 9: infinite value"),
+    "beyond_float32": ("path: d.csv", "series:-5e38@9", "column 'value', row 9: value beyond float32's range"),
+    "extreme_strict": ("{path: d.csv, outliers: error}", "series:1e30@300",
+                       "column 'value', row 300: extreme value"),
     "duplicate_time": ("path: d.csv", "dup", "column 'time', row 4: duplicate timestamp"),
     "unsorted_time": ("path: d.csv", "unsorted", "column 'time', row 4: timestamps are not sorted"),
     "too_short": ("path: d.csv", "short", "series too short: 40 rows"),
