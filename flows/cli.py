@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,11 +50,45 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines say more
 
 
-def _load(config: str):
+def parse_overrides(items: list[str] | None, seed: int | None = None) -> dict:
+    """`--set key=value` items (and `--seed N`) as one nested dict of overrides for the config. The key is a dotted
+    path into the config (`tuning.space.window`); the value is read as YAML, so numbers, booleans, null and lists
+    (`[96, 192]`) come out typed and a bare word stays a string. Later items win; mappings merge. Whether each key
+    exists and each value fits is checked with the config (ConfigError naming --set)."""
+    import yaml
+
+    from rnn_pipeline.config import merge
+    from rnn_pipeline.errors import ConfigError
+
+    out: dict = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set tuning.n_trials=5)")
+        parts = [k.strip() for k in key.split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: {'empty key' if not key.strip() else 'empty part in the dotted key'} "
+                              "(expected key=value, e.g. --set model.hidden=64)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
+                              ) from None
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", text):
+            value = float(value)  # YAML 1.1 reads an unquoted 3e-4 (no dot) as a string
+        for k in reversed(parts):
+            value = {k: value}
+        out = merge(out, value)
+    if seed is not None:
+        out["seed"] = seed
+    return out
+
+
+def _load(config: str, overrides: dict | None = None):
     from rnn_pipeline.config import load_config
     from rnn_pipeline import stores
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides, overrides_source="--set")
     st = stores.resolve(cfg.stores, os.environ)
     stores.ensure(st)
     _environment(st.root)
@@ -86,15 +121,21 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 @app.command()
 def train(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name "
                                                 "(seed_sine, greensboro_weather, japanese_vowels, "
-                                                "rotten_tomatoes).")] = "seed_sine"):
+                                                "rotten_tomatoes).")] = "seed_sine",
+          set_: Annotated[Optional[list[str]], typer.Option(
+              "--set", help="Override one setting: a dotted key and a YAML value, e.g. --set tuning.n_trials=5 "
+                            "--set 'tuning.space.window=[96,192]' (repeatable; later ones win).")] = None,
+          seed: Annotated[Optional[int], typer.Option("--seed", help="The run's seed (the config's `seed`).")]
+          = None):
     """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
-    cfg, st = _load(config)
+    overrides = parse_overrides(set_, seed)
+    cfg, st = _load(config, overrides)
     from flows.training import summary_table, training_flow
 
     _one_line_pipeline_errors()
     _quiet_libraries()
     try:
-        summary = training_flow(config)
+        summary = training_flow(config, overrides or None)
         typer.echo(summary_table(summary))
         typer.echo(f"summary written to {st.last_run_file}")
     except KeyboardInterrupt:

@@ -243,7 +243,10 @@ def _log_pass(config, cfg, st, store: MonitoringStore, exp, champ: Champion, his
 
 def retrain_overrides(cfg: PipelineConfig, champ: Champion, data_path: Path) -> dict:
     r = cfg.monitoring.retrain
-    out: dict = {"data": {"builtin": None, "path": str(data_path)}, "split": {"val_start": None, "test_start": None}}
+    # the retrain window extends past the configured split times (split.test_end would cut every new row): it is
+    # split by the fractions
+    split = {"val_start": None, "test_start": None, "test_end": None}
+    out: dict = {"data": {"builtin": None, "path": str(data_path)}, "split": split}
     if champ.task == "classification":  # the champion's items and the labelled batches, split afresh
         out["data"]["split_column"] = None
         out["split"] = {}
