@@ -37,6 +37,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/forecasting.py
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/classification.py
 	$(PY) benchmarks/serving.py
