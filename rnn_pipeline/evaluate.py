@@ -187,9 +187,8 @@ def predictions_frame(ev: dict, time_values, output_columns: list[str]) -> pd.Da
     frame = pd.DataFrame(ev["y_pred"].reshape(n, -1), columns=output_columns)
     frame.insert(0, "window_id", np.arange(n))
     frame.insert(1, "target_time", np.asarray(time_values)[ev["first_targets"]])
-    actual = ev["y_true"].reshape(n, -1)
-    for j, c in enumerate(output_columns):
-        frame[f"actual_{c}"] = actual[:, j]
+    actual = pd.DataFrame(ev["y_true"].reshape(n, -1), columns=[f"actual_{c}" for c in output_columns])
+    frame = pd.concat([frame, actual], axis=1)  # at once: column by column fragments a wide (H x T) frame
     return frame
 
 

@@ -141,7 +141,9 @@ def check_reproduces(model_uri: str, bundle, data, index: np.ndarray, expected: 
         got = model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
     want = expected.reshape(len(index), -1)
     diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
-    if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+    # float32 networks: batch sizes change the kernels' summation order, so allow float32 rounding at the data's scale
+    scale = max(1.0, float(np.max(np.abs(want)))) if len(want) else 1.0
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * scale):
         raise PipelineError(f"the logged model does not reproduce the in-memory forecasts (max difference "
                             f"{diff:.3g}); nothing was registered")
     return diff
