@@ -13,7 +13,7 @@ Speed: one epoch over 8,500 windows at L = 336, H = 96 on one thread, for the se
 direct GRU-32 for reference (medians of several epochs).
 
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
-       [--trials 20] [--window 96] [--trial-epochs 60] [--skip-speed] [--skip-accuracy]
+       [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--skip-speed] [--skip-accuracy]
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
@@ -35,7 +35,7 @@ TARGET = "temp_air"
 
 
 def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, trials: int, trial_epochs: int,
-                root: Path) -> str:
+                root: Path, trial_seconds: float | None = None) -> str:
     """What a user writes: the data, the split, L, H and n_trials; the rest is the pipeline's defaults."""
     from rnn_pipeline import datasets
 
@@ -45,16 +45,17 @@ def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, t
             f"data: {{builtin: {dataset}, time_column: time, target_columns: {json.dumps(targets)}}}\n"
             f"features: {{window: {window}, horizon: {horizon}}}\n"
             f"split: {{val: 0.15, test: 0.15}}\n"
-            f"tuning: {{n_trials: {trials}, max_epochs: {trial_epochs}}}\n"
+            f"tuning: {{n_trials: {trials}, max_epochs: {trial_epochs}"
+            + (f", trial_seconds: {trial_seconds}" if trial_seconds else "") + "}\n"
             f"stores: {{root: '{root}'}}\n")
 
 
-def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path) -> dict:
+def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path, trial_seconds=None) -> dict:
     from flows.training import training_flow
 
     root = work / f"{dataset}-{mode}-h{horizon}-s{seed}"
     cfg = work / f"{root.name}.yaml"
-    cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root))
+    cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root, trial_seconds))
     t0 = time.perf_counter()
     s = training_flow(str(cfg))
     row = {"dataset": dataset, "mode": mode, "horizon": horizon, "seed": seed, "wall_seconds": time.perf_counter() - t0,
@@ -146,6 +147,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--trial-epochs", type=int, default=60)
+    ap.add_argument("--trial-seconds", type=float, default=None, help="tuning.trial_seconds (default: the config's)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
@@ -167,7 +169,7 @@ def main() -> None:
                         for seed in map(int, args.seeds.split(",")):
                             print(f"[bench] {dataset} {mode} H={horizon} seed {seed} ...", flush=True)
                             row = run_one(dataset, mode, horizon, args.window, seed, args.trials,
-                                          args.trial_epochs, Path(tmp))
+                                          args.trial_epochs, Path(tmp), args.trial_seconds)
                             rows.append(row)
                             print(f"  rnn {row['rnn']['mse']:.4f}  " + "  ".join(
                                 f"{b} {row[b]['mse']:.4f}" for b in BASELINES if b in row)

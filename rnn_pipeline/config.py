@@ -235,8 +235,9 @@ class TuningConfig(_Strict):
     n_trials: int = Field(20, ge=0, description="finished (complete or pruned) trials the study should hold")
     n_startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space "
                                                                  "(default: a quarter of n_trials, 2 to 10)")
-    trial_seconds: float | None = Field(None, gt=0, description="stop a trial's training after this long (its best "
-                                                                "epoch so far counts)")
+    trial_seconds: float | None = Field(600.0, gt=0, description="stop a trial's training after this long (its best "
+                                                                 "epoch so far counts; logged when it happens); null: "
+                                                                 "no limit")
     progress_seconds: float = Field(15.0, gt=0, description="log a running trial's progress this often")
     timeout_seconds: float | None = Field(None, gt=0, description="stop starting new trials after this long")
     pruner: Literal["median", "hyperband", "none"] = "median"
@@ -431,7 +432,7 @@ class PipelineConfig(_Strict):
         changing the time budget, the final fit, evaluation or registry settings resumes the same study."""
         d = self.model_dump(mode="json", exclude={"stores": True, "registry": True, "evaluation": True, "name": True,
                                                   "monitoring": True, "serving": True,
-                                                  "tuning": {"n_trials", "timeout_seconds"},
+                                                  "tuning": {"n_trials", "timeout_seconds", "progress_seconds"},
                                                   "training": {"max_epochs", "patience", "threads", "device"}})
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
