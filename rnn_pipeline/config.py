@@ -47,7 +47,8 @@ class DataConfig(_Strict):
     table (one row per step: `sequence_column`, optional `step_column`, the `channel_columns`, `label_column`)."""
 
     builtin: str | None = Field(None, description="name of a built-in dataset (seed_sine, greensboro_weather, "
-                                                  "japanese_vowels, rotten_tomatoes)")
+                                                  "sand_point_weather, miami_weather, japanese_vowels, "
+                                                  "rotten_tomatoes)")
     path: str | None = Field(None, description="CSV or Parquet file; relative paths resolve against the config's folder")
     time_column: str = "time"
     target_columns: list[str] = Field(default_factory=lambda: ["value"])

@@ -388,3 +388,14 @@ def test_season_auto_reads_the_time_step():
     data = prepare_series(*validate(short), "s", ["value"], [], window=50, max_window=50, horizon=1,
                           scaler="standard", val=0.15, test=0.2, val_start="2024-01-02 23:00")
     assert data.points.val_start < 2 * 144 and resolve_season("auto", data) is None
+
+
+@pytest.mark.parametrize("name,columns", [
+    ("sand_point_weather", ["temp_air", "temp_dew", "relative_humidity", "ghi", "dni", "wind_speed"]),
+    ("miami_weather", ["temp_air", "temp_dew", "relative_humidity", "ghi", "dni", "wind_speed", "pressure"])])
+def test_the_other_pvlib_weather_files_are_real_hourly_series(name, columns):
+    frame, source = datasets.load(builtin=name)
+    assert source == f"builtin:{name}" and list(frame.columns) == ["time", *columns]
+    assert len(frame) == 8760 and frame["time"].diff().dropna().eq(pd.Timedelta(hours=1)).all()
+    assert frame[columns].notna().all().all() and (frame[columns].std() > 0).all()
+    assert 15 < frame["temp_air"].mean() < 30 if name == "miami_weather" else -5 < frame["temp_air"].mean() < 10
