@@ -33,7 +33,7 @@ def default_space(cfg: PipelineConfig, data: PreparedSeries | None = None) -> Se
     targets), L around the configured window, width, learning rate, loss and dropout. Windows that leave too few
     windows in a split of `data` are left out."""
     window = cfg.features.window
-    windows = sorted({max(1, window // 2), window, min(2 * window, MAX_WINDOW)} | {min(window, MAX_WINDOW)})
+    windows = sorted({max(1, window // 2), window, min(2 * window, max(MAX_WINDOW, window))})
     if data is not None:
         windows = [w for w in windows if fits(data, w)] or [window]
     space = SearchSpace(architecture=["segment", "direct"], norm=["revin", "last", "none"],
