@@ -61,8 +61,11 @@ def forecast_score(y_true: np.ndarray, y_pred: np.ndarray, data: PreparedSeries,
     if key.startswith("std_"):
         s = target_scaler(data)
         y_true, y_pred, key = (y_true - s.mean_) / s.scale_, (y_pred - s.mean_) / s.scale_, key[4:]
-    mse = float(np.mean((y_pred - y_true) ** 2))
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(y_pred - y_true)))}[key]
+    t, p = y_true.reshape(-1), y_pred.reshape(-1)
+    if key == "mae":
+        return float(mean_absolute_error(t, p))
+    mse = float(mean_squared_error(t, p))
+    return {"mse": mse, "rmse": float(np.sqrt(mse))}[key]
 
 
 def check_season(data: PreparedSeries, season: int | None) -> None:
