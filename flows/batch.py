@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from rnn_pipeline import batch, inference_log, registry, stores as stores_mod
 from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import load_config
+from rnn_pipeline.tracking import mlflow_stores
 
-from .training import mlflow_stores
 
 
 @task(name="load-model", cache_policy=NO_CACHE)

@@ -26,7 +26,9 @@ from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryErro
 from rnn_pipeline.inference_log import InferenceLog
 from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
 
-from .training import experiment_for, mlflow_stores, training_flow
+from rnn_pipeline.tracking import experiment_for, mlflow_stores
+
+from .training import training_flow
 
 PARAM_TYPES = {"cell": str, "hidden": int, "layers": int, "dropout": float, "lr": float, "batch_size": int,
                "window": int, "optimizer": str, "bidirectional": lambda v: str(v) == "True", "pooling": str,

@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -23,10 +20,8 @@ from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.features import PreparedSeries, before_test_end, lag_matrix, prepare_series
 from rnn_pipeline.sequences import PreparedSequences
+from rnn_pipeline.tracking import experiment_for, git_commit, mlflow_stores, versions
 from rnn_pipeline.train import pick_device, setup_torch
-
-STACK = ("torch", "prefect", "mlflow", "optuna", "pandas", "numpy", "scikit-learn", "evidently")
-
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(cfg: PipelineConfig):
@@ -100,24 +95,6 @@ def data_digest(data: PreparedSeries | PreparedSequences) -> str:
     return h.hexdigest()
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for p in STACK:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = "not installed"
-    return out
-
-
 def make_bundle(model, data: PreparedSeries | PreparedSequences, params: dict, cfg: PipelineConfig):
     if isinstance(data, PreparedSequences):
         d = cfg.data
@@ -183,33 +160,6 @@ def log_artifacts(tmp: Path, ev: dict, data, bundle, fitted, tuned, cfg: Pipelin
     # the reference for monitoring: the data this model learned from, recorded with it
     mlflow.log_artifacts(str(reference), monitor.REFERENCE_DIR)
     return model_uri, diff
-
-
-@contextmanager
-def mlflow_stores(uri: str):
-    """Point MLflow's fluent API at `uri` for the duration of one flow, then restore what was there.
-    (mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, which would otherwise make the
-    next flow in the same process mistake it for the user's own setting.)"""
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    saved_tracking, saved_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_tracking)
-        mlflow.set_registry_uri(saved_registry)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
-def experiment_for(name: str, artifact_location: str | None) -> str:
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location and f"{artifact_location}/{name}")
 
 
 def summary_table(s: dict) -> str:
@@ -292,7 +242,7 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
                            **({"overrides": json.dumps(overrides, sort_keys=True, default=str)[:6000]}
                               if overrides else {})})
         mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest, "trigger": reason,
-                         **{f"version.{k}": v for k, v in _versions().items()}})
+                         **{f"version.{k}": v for k, v in versions().items()}})
         mlflow.log_params({"season": season, "gate.metric": gate_key, "gate.floor": ",".join(floor) or "none",
                            "data_warnings": len(data_warnings)})
         if data_warnings:  # the values themselves, in a tag (a param holds 6000 characters at most)

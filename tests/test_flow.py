@@ -238,7 +238,7 @@ def test_a_failure_after_training_registers_nothing(state, monkeypatch):
 
 
 def test_a_registration_failing_part_way_is_rolled_back(state, monkeypatch):
-    from flows.training import mlflow_stores
+    from rnn_pipeline.tracking import mlflow_stores
     from rnn_pipeline import registry
 
     folder = state["folder"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flows.training import mlflow_stores
+from rnn_pipeline.tracking import mlflow_stores
 from rnn_pipeline.datasets import sine_stream
 from rnn_pipeline.inference_log import InferenceLog
 from rnn_pipeline.serve import ModelHolder, create_app

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_config
-from flows.training import mlflow_stores
+from rnn_pipeline.tracking import mlflow_stores
 from rnn_pipeline.inference_log import InferenceLog
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flows.training import mlflow_stores
+from rnn_pipeline.tracking import mlflow_stores
 from rnn_pipeline.inference_log import InferenceLog
 from rnn_pipeline.monitor_store import MonitoringStore
 from rnn_pipeline.serve import Limits, ModelHolder, create_app

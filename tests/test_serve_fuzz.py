@@ -60,7 +60,7 @@ def base_url(state):
     """The app around that champion, with its inference log, served by uvicorn in a thread of this process."""
     import uvicorn
 
-    from flows.training import mlflow_stores
+    from rnn_pipeline.tracking import mlflow_stores
     from rnn_pipeline import serve as srv
     from rnn_pipeline.inference_log import InferenceLog
 
