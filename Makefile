@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CONFIG ?= seed_sine
 
-.PHONY: setup run test bench ui clean demo deploy monitor serve
+.PHONY: setup run test test-fast lint bench ui clean demo deploy monitor serve
 
 setup: $(STAMP)
 
@@ -32,8 +32,16 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/rnn-pipeline train --config $(CONFIG)
 
+# The full suite (what CI runs).
 test: setup
 	$(PY) -m pytest -q tests
+
+# The inner loop: everything but the end-to-end flow and CLI runs (marked slow).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(VENV)/bin/ruff check rnn_pipeline flows tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -37,7 +37,7 @@ TARGET = "temp_air"
 def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, trials: int, trial_epochs: int,
                 root: Path, trial_seconds: float | None = None) -> str:
     """What a user writes: the data, the split, L, H and n_trials; the rest is the pipeline's defaults."""
-    from rnn_pipeline import datasets
+    from rnn_pipeline.data import datasets
 
     columns = [c for c in datasets.BUILTINS[dataset]().columns if c != "time"]
     targets = [TARGET] if mode == "target" else columns
@@ -89,7 +89,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def table(summary: list[dict]) -> str:
-    head = (f"| series | targets | H | RNN MSE (mean ± std) | RNN MAE | "
+    head = ("| series | targets | H | RNN MSE (mean ± std) | RNN MAE | "
             + " | ".join(f"{b} MSE" for b in BASELINES) + " | RNN best? | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for e in summary:
@@ -104,9 +104,8 @@ def epoch_seconds(n_windows: int = 8500, window: int = 336, horizon: int = 96, e
     """Median seconds of one training epoch (batch 32, one thread) over `n_windows` windows."""
     import numpy as np
     import pandas as pd
-    import torch
 
-    from rnn_pipeline.features import prepare_series
+    from rnn_pipeline.forecasting.windows import prepare_series
     from rnn_pipeline.models import ModelSpec
     from rnn_pipeline.train import fit, setup_torch
 

@@ -36,7 +36,7 @@ def champion_mse(mlflow_uri: str, name: str, values, first_targets) -> tuple[flo
     import numpy as np
 
     from rnn_pipeline import registry
-    from rnn_pipeline.features import lag_matrix, target_matrix
+    from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 
     client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     version = client.get_model_version_by_alias(name, "champion").version
@@ -50,7 +50,7 @@ def champion_mse(mlflow_uri: str, name: str, values, first_targets) -> tuple[flo
 def main() -> None:
     import numpy as np
 
-    from rnn_pipeline.datasets import sine_stream
+    from rnn_pipeline.data.datasets import sine_stream
 
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -57,11 +57,11 @@ def epoch_time(epochs: int = 40) -> dict:
     import numpy as np
     import torch
 
-    from rnn_pipeline import datasets
-    from rnn_pipeline.features import prepare_series
+    from rnn_pipeline.data import datasets
+    from rnn_pipeline.data.validation import validate_series
+    from rnn_pipeline.forecasting.windows import prepare_series
     from rnn_pipeline.models import ModelSpec
     from rnn_pipeline.train import fit, setup_torch
-    from rnn_pipeline.validation import validate_series
 
     setup_torch(1, 0)
     t, v = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
@@ -118,8 +118,8 @@ def epoch_time(epochs: int = 40) -> dict:
 MEMORY_SCRIPT = r"""
 import json, resource, sys, time
 import numpy as np, pandas as pd
-from rnn_pipeline.features import prepare_series
-from rnn_pipeline.validation import validate_series
+from rnn_pipeline.forecasting.windows import prepare_series
+from rnn_pipeline.data.validation import validate_series
 import torch
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

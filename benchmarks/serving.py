@@ -11,7 +11,8 @@
    100 requests/s whatever the responses do (requests are sent at their scheduled times, on as many keep-alive
    connections as are needed). Latency counts from the SCHEDULED send time (never earlier than the actual send) to
    the last byte of the response, so time spent queueing (in the client, the kernel or the server) counts.
-   --requests (default 6000) requests, after a warm-up of --warmup requests that are not counted. Targets: p50 <= 10 ms, p99 <= 50 ms, 0 errors
+   --requests (default 6000) requests, after a warm-up of --warmup requests that are not counted.
+   Targets: p50 <= 10 ms, p99 <= 50 ms, 0 errors
    (an error is a non-200 answer, a connection error or no answer within 10 s).
 5. Max sustained throughput: the same open loop stepped up (100, 200, 300, 400, 600, 800, 1000, ... req/s,
    --step-seconds each) until two steps in a row miss (or one reaches under 80% of its rate); the figure is the
@@ -203,7 +204,7 @@ class Service:
         self.log_path = root / "serve.log"
         self.start_seconds: float | None = None
 
-    def start(self, timeout: float = 180.0) -> "Service":
+    def start(self, timeout: float = 180.0) -> Service:
         self._log = open(self.log_path, "w")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([*cli(), "serve", "--config", self.config, "--host", "127.0.0.1",
@@ -642,7 +643,7 @@ def responses(event: dict, statuses: dict, errors_5xx: list) -> None:
 
 # ---- the run ------------------------------------------------------------------------------------------------------
 def seed_window() -> dict:
-    from rnn_pipeline.datasets import seed_sine
+    from rnn_pipeline.data.datasets import seed_sine
 
     values = seed_sine()["value"].to_numpy()[-50:]
     return {"series": [{"history": {"value": [float(v) for v in values]}}]}
@@ -841,4 +842,4 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:
-        raise SystemExit("interrupted (the service was stopped)")
+        raise SystemExit("interrupted (the service was stopped)") from None

@@ -12,16 +12,17 @@ import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import batch, inference_log, registry, stores as stores_mod
+from rnn_pipeline import registry
+from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import load_config
+from rnn_pipeline.serving import batch, inference_log
 from rnn_pipeline.tracking import mlflow_stores
-
 
 
 @task(name="load-model", cache_policy=NO_CACHE)
 def load_model(uri: str):
-    from rnn_pipeline.serve import parse_uri
+    from rnn_pipeline.serving.app import parse_uri
 
     name, alias, version = parse_uri(uri)
     if alias is not None:  # pin the version the alias points at now, so the log names it

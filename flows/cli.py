@@ -85,8 +85,8 @@ def parse_overrides(items: list[str] | None, seed: int | None = None) -> dict:
 
 
 def _load(config: str, overrides: dict | None = None):
-    from rnn_pipeline.config import load_config
     from rnn_pipeline import stores
+    from rnn_pipeline.config import load_config
 
     cfg = load_config(config, overrides, overrides_source="--set")
     st = stores.resolve(cfg.stores, os.environ)
@@ -141,7 +141,7 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished trials are kept in {st.optuna_url}; run the same command to resume",
                    err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -166,9 +166,10 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     import mlflow
     import pandas as pd
 
-    from rnn_pipeline import batch, registry
+    from rnn_pipeline import registry
     from rnn_pipeline.bundle import ClassifierBundle
     from rnn_pipeline.errors import DataValidationError
+    from rnn_pipeline.serving import batch
 
     _quiet_libraries()
     if (input is None) == (not text):
@@ -233,7 +234,7 @@ def actuals(input: Annotated[Path, typer.Option("--input", "-i", help="CSV or Pa
     """Record actual values or labels for earlier predictions (from the service or predict-batch) in the inference
     log, all or none; monitoring then scores the predictions against them."""
     cfg, st = _load(config)
-    from rnn_pipeline import batch, inference_log
+    from rnn_pipeline.serving import batch, inference_log
 
     frame, name = batch.read_input(str(input))
     items = inference_log.actuals_from_frame(frame, str(input))
@@ -268,7 +269,7 @@ def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config f
         summary = monitoring_flow(config, training_deployment, source)
     except KeyboardInterrupt:
         typer.echo("interrupted: judged batches are recorded; run the same command to go on", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if summary["skipped"]:
         typer.echo(f"skipped: {summary['skipped']}")
         return
@@ -295,7 +296,7 @@ def history(config: Annotated[str, typer.Option("--config", "-c", help="Config f
     """Show the monitoring store's history for the config's model: one row per judged batch."""
     cfg, st = _load(config)
     from flows.monitoring import history_table
-    from rnn_pipeline.monitor_store import MonitoringStore
+    from rnn_pipeline.monitoring.store import MonitoringStore
 
     store = MonitoringStore(st.monitoring_url)
     frame = store.history(cfg.model_name)
@@ -388,7 +389,8 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     import torch
     import uvicorn
 
-    from rnn_pipeline import inference_log, serve as srv
+    from rnn_pipeline.serving import app as srv
+    from rnn_pipeline.serving import inference_log
 
     _quiet_libraries()
     mlflow.set_tracking_uri(st.mlflow_uri)

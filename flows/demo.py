@@ -14,8 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-from rnn_pipeline import datasets, stores as stores_mod
+from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.config import load_config
+from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import ConfigError
 
 from .monitoring import incoming_folder, monitoring_flow

@@ -20,12 +20,17 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import datasets, monitor, monitor_classify, monitor_log, registry, sequences, stores as stores_mod
+from rnn_pipeline import registry
+from rnn_pipeline import stores as stores_mod
+from rnn_pipeline.classification import monitoring as monitor_classify
+from rnn_pipeline.classification import sequences
 from rnn_pipeline.config import PipelineConfig, load_config
+from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError, PipelineError, RegistryError
-from rnn_pipeline.inference_log import InferenceLog
-from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
-
+from rnn_pipeline.monitoring import drift as monitor
+from rnn_pipeline.monitoring import log as monitor_log
+from rnn_pipeline.monitoring.store import LockHeld, MonitoringStore
+from rnn_pipeline.serving.inference_log import InferenceLog
 from rnn_pipeline.tracking import experiment_for, mlflow_stores
 
 from .training import training_flow

@@ -14,14 +14,21 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import (datasets, evaluate, monitor, monitor_classify, registry, sequences, stores as stores_mod,
-                          tune, validation)
+from rnn_pipeline import registry, tune
+from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification import evaluation as cls_evaluation
+from rnn_pipeline.classification import monitoring as monitor_classify
+from rnn_pipeline.classification import sequences
+from rnn_pipeline.classification.sequences import PreparedSequences
 from rnn_pipeline.config import PipelineConfig, load_config
-from rnn_pipeline.features import PreparedSeries, before_test_end, lag_matrix, prepare_series
-from rnn_pipeline.sequences import PreparedSequences
+from rnn_pipeline.data import datasets, validation
+from rnn_pipeline.forecasting import evaluation as evaluate
+from rnn_pipeline.forecasting.windows import PreparedSeries, before_test_end, lag_matrix, prepare_series
+from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.tracking import experiment_for, git_commit, mlflow_stores, versions
 from rnn_pipeline.train import pick_device, setup_torch
+
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(cfg: PipelineConfig):
@@ -67,7 +74,7 @@ def fit_best(params, data, cfg, device):
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(data, bundle: ForecastBundle | ClassifierBundle, cfg, season: int | None):
     if cfg.task == "classification":
-        return evaluate.evaluate_classifier(data, bundle.predict_proba, cfg.seed)
+        return cls_evaluation.evaluate_classifier(data, bundle.predict_proba, cfg.seed)
     return evaluate.evaluate(data, bundle.predict_windows, bundle.window, season, cfg.evaluation.ridge_alphas)
 
 
@@ -134,11 +141,11 @@ def log_artifacts(tmp: Path, ev: dict, data, bundle, fitted, tuned, cfg: Pipelin
     model URI and the save/load difference."""
     study = tuned.study if tuned.n_complete > 1 else None
     if isinstance(data, PreparedSequences):
-        files = evaluate.save_classification_plots(tmp, ev, data.classes, fitted.history, study)
+        files = cls_evaluation.save_classification_plots(tmp, ev, data.classes, fitted.history, study)
         mlflow.log_dict(ev["report"], "report/classification_report.json")
         index, expected = ev["test_index"], ev["proba"]
         example = bundle.items_frame([data.raw.items[i] for i in index[:2]])
-        predictions = evaluate.classification_frame(ev, data)
+        predictions = cls_evaluation.classification_frame(ev, data)
         reference = monitor_classify.write_reference(tmp / "reference", data, bundle, ev["metrics"], cfg.data,
                                                      digest)
     else:

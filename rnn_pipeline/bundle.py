@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import DataValidationError
-from .features import Scaling
-from .models import ClassifierSpec, Forecaster, ModelSpec, RNNClassifier, build_forecaster
-from .sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
+from rnn_pipeline.classification.sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
+from rnn_pipeline.data.scaling import Scaling
+from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.models import ClassifierSpec, Forecaster, ModelSpec, RNNClassifier, build_forecaster
 
 WINDOW_ID = "window_id"
 PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
@@ -51,11 +51,11 @@ class ForecastBundle:
         return _save(folder, self.preprocess_json(), self.model)
 
     @classmethod
-    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ForecastBundle":
+    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> ForecastBundle:
         return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
 
     @classmethod
-    def from_meta(cls, meta: dict, weights_path: str | Path) -> "ForecastBundle":
+    def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
         model = _weights(build_forecaster(ModelSpec(**meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
@@ -161,11 +161,11 @@ class ClassifierBundle:
         return _save(folder, self.preprocess_json(), self.model)
 
     @classmethod
-    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> "ClassifierBundle":
+    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> ClassifierBundle:
         return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
 
     @classmethod
-    def from_meta(cls, meta: dict, weights_path: str | Path) -> "ClassifierBundle":
+    def from_meta(cls, meta: dict, weights_path: str | Path) -> ClassifierBundle:
         model = _weights(RNNClassifier(ClassifierSpec(**meta["model"])), weights_path)
         return cls(model, Encoder.from_json(meta["encoder"]), meta["classes"], meta["text_column"],
                    meta["sequence_column"], meta["step_column"])

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from rnn_pipeline.errors import ConfigError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]

@@ -19,12 +19,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from .bundle import LABEL, WINDOW_ID, ClassifierBundle, ForecastBundle
-from .config import HIGHER_IS_BETTER
-from .errors import ConfigError, PipelineError, RegistryError
-from .evaluate import forecast_score, skill
-from .features import PreparedSeries, lag_matrix, target_matrix
-from .sequences import PreparedSequences
+from rnn_pipeline.bundle import LABEL, WINDOW_ID, ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.sequences import PreparedSequences
+from rnn_pipeline.config import HIGHER_IS_BETTER
+from rnn_pipeline.errors import ConfigError, PipelineError, RegistryError
+from rnn_pipeline.forecasting.evaluation import forecast_score, skill
+from rnn_pipeline.forecasting.windows import PreparedSeries, lag_matrix, target_matrix
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -86,7 +86,7 @@ def predict_items(model, items: list) -> np.ndarray:
 
 
 def score_classifier(model, data: PreparedSequences, metric: str) -> float:
-    from .evaluate import classification_metrics
+    from rnn_pipeline.classification.evaluation import classification_metrics
 
     b = load_bundle(model)
     if not isinstance(b, ClassifierBundle) or b.kind != data.kind:

@@ -3,11 +3,11 @@ Each store takes a URL instead (PostgreSQL for teams). The edge (CLI, flow) reso
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
-from .config import StoresConfig
+from rnn_pipeline.config import StoresConfig
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .errors import PipelineError
-from .models import ClassifierSpec, ModelSpec, build_model
+from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.models import ClassifierSpec, ModelSpec, build_model
 
 log = logging.getLogger(__name__)
 

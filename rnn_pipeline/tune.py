@@ -15,11 +15,11 @@ import optuna
 from mlflow.entities import Metric
 from optuna.trial import TrialState
 
-from .config import FloatRange, IntRange, PipelineConfig, SearchSpace
-from .features import PreparedSeries
-from .models import ClassifierSpec, ModelSpec
-from .sequences import PreparedSequences
-from .train import fit
+from rnn_pipeline.classification.sequences import PreparedSequences
+from rnn_pipeline.config import FloatRange, IntRange, PipelineConfig, SearchSpace
+from rnn_pipeline.forecasting.windows import PreparedSeries
+from rnn_pipeline.models import ClassifierSpec, ModelSpec
+from rnn_pipeline.train import fit
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-
 from conftest import REPO, write_config
-from rnn_pipeline.datasets import seed_sine
-from rnn_pipeline.inference_log import InferenceLog
+
+from rnn_pipeline.data.datasets import seed_sine
+from rnn_pipeline.serving.inference_log import InferenceLog
 
 pytestmark = pytest.mark.slow
 

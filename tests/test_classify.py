@@ -6,12 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_pipeline import evaluate
+from rnn_pipeline.classification import evaluation as cls_evaluation
+from rnn_pipeline.classification.sequences import (
+    TextEncoder,
+    pad,
+    prepare_sequences,
+    read_sequences,
+    read_texts,
+    sequences_from_arrays,
+)
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.models import ClassifierSpec, RNNClassifier
-from rnn_pipeline.sequences import (TextEncoder, pad, prepare_sequences, read_sequences, read_texts,
-                                    sequences_from_arrays)
 
 
 def _model(padding, kind="numeric", cell="gru", bidirectional=True, pooling="last", encoding="embedding", layers=2):
@@ -222,17 +228,17 @@ def test_truncation_keeps_the_configured_end_and_is_counted():
 def test_classification_metrics_and_baselines_on_known_cases():
     y = np.array([0, 0, 1, 1, 2, 2])
     proba = np.eye(3)[[0, 0, 1, 2, 2, 2]] * 0.8 + 0.2 / 3
-    m = evaluate.classification_metrics(y, proba, 3)
+    m = cls_evaluation.classification_metrics(y, proba, 3)
     assert m["accuracy"] == pytest.approx(5 / 6)
     assert m["f1_macro"] == pytest.approx(np.mean([1.0, 2 / 3, 0.8]))
     assert 0.5 < m["roc_auc"] <= 1 and m["log_loss"] > 0
     data = prepare_sequences(_texts(90), "t.csv", _features(), val=0.2, test=0.3, seed=0, imbalance="none")
-    base = evaluate.classification_baselines(data, seed=0)
+    base = cls_evaluation.classification_baselines(data, seed=0)
     y_test = data.y[data.split["test"]]
-    majority = evaluate.classification_metrics(y_test, base["majority"], 2)["accuracy"]
+    majority = cls_evaluation.classification_metrics(y_test, base["majority"], 2)["accuracy"]
     assert majority == pytest.approx(np.mean(y_test == data.classes.index("pos")))
     # the words alone decide the class here: the order-free TF-IDF model is perfect
-    assert evaluate.classification_metrics(y_test, base["tfidf_logreg"], 2)["accuracy"] == 1.0
+    assert cls_evaluation.classification_metrics(y_test, base["tfidf_logreg"], 2)["accuracy"] == 1.0
 
 
 def test_jitter_applies_to_numeric_training_batches_only():
@@ -253,7 +259,7 @@ def test_jitter_applies_to_numeric_training_batches_only():
 
 @pytest.mark.parametrize("step_column", ["step", None])
 def test_items_written_for_a_retrain_read_back_the_same(step_column):
-    from rnn_pipeline.sequences import items_frame, read_items
+    from rnn_pipeline.classification.sequences import items_frame, read_items
 
     d = PipelineConfig.model_validate({"name": "x", "task": "classification", "data": {
         "builtin": "x", "step_column": step_column, "split_column": "split"}}).data

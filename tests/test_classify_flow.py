@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from flows.training import training_flow
-from rnn_pipeline import datasets
+from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError
 
 pytestmark = pytest.mark.slow

@@ -6,12 +6,12 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from test_classify_flow import _registry, _text_file
 
 from flows.monitoring import monitoring_flow
 from flows.training import training_flow
-from rnn_pipeline import datasets
-from rnn_pipeline.monitor_store import MonitoringStore
-from test_classify_flow import _registry, _text_file
+from rnn_pipeline.data import datasets
+from rnn_pipeline.monitoring.store import MonitoringStore
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-
 from conftest import write_config
-from rnn_pipeline import datasets
-from rnn_pipeline.features import lag_matrix
+
+from rnn_pipeline.data import datasets
+from rnn_pipeline.forecasting.windows import lag_matrix
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "flows.cli"]

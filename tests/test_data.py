@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_pipeline import datasets
+from rnn_pipeline.data import datasets
+from rnn_pipeline.data.scaling import fit_scaler
+from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.features import (WindowSet, fit_scaler, lag_matrix, prepare_series, split_points,
-                                   target_matrix)
-from rnn_pipeline.validation import validate_series
+from rnn_pipeline.forecasting.windows import WindowSet, lag_matrix, prepare_series, split_points, target_matrix
 
 
 def validate(frame, source="data.csv", missing="error", features=()):
@@ -205,7 +205,7 @@ def test_unquoted_yaml_dates_are_accepted(tmp_path):
 
 def test_a_season_longer_than_the_training_rows_is_refused_before_training():
     from rnn_pipeline.errors import ConfigError
-    from rnn_pipeline.evaluate import check_season
+    from rnn_pipeline.forecasting.evaluation import check_season
 
     time, values = validate(datasets.seed_sine())
     data = prepare_series(time, values, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard",
@@ -235,7 +235,7 @@ PROTOCOL = dict(val_start="2016-07-01", test_start="2016-11-01", test_end="2017-
 
 def prepare_protocol(frame, L, H, missing="error", **split):
     split = {**PROTOCOL, **split}
-    from rnn_pipeline.features import before_test_end
+    from rnn_pipeline.forecasting.windows import before_test_end
 
     raw = before_test_end(frame, "d.csv", "time", split["test_end"])
     time, values = validate_series(raw, "d.csv", "time", ["value"], ["temp"], missing)
@@ -342,7 +342,7 @@ def _prepare(frame, **kw):
 
 
 def test_a_spike_warns_by_default_and_is_an_error_when_strict(caplog):
-    with caplog.at_level("WARNING", logger="rnn_pipeline.validation"):
+    with caplog.at_level("WARNING", logger="rnn_pipeline.data.validation"):
         data = _prepare(spiked())
     assert len(data.warnings) == 1 and "column 'value', row 700: extreme value" in data.warnings[0]
     assert "(value: 1e+30)" in data.warnings[0] and "1 such value in this column" in data.warnings[0]
@@ -355,7 +355,7 @@ def test_a_spike_warns_by_default_and_is_an_error_when_strict(caplog):
 
 
 def test_outliers_are_measured_against_the_training_split_only():
-    from rnn_pipeline.validation import check_outliers
+    from rnn_pipeline.data.validation import check_outliers
 
     x = np.r_[np.tile([0.0, 1.0], 50), [40.0, 10.0]][:, None]  # train: 0/1, median 0.5, MAD 0.5 -> spread 0.74
     found = check_outliers(x, ["v"], 100, "f", threshold=25.0, policy="warn")
@@ -374,7 +374,7 @@ def test_the_built_in_weather_columns_raise_no_outlier_warning():
 
 
 def test_season_auto_reads_the_time_step():
-    from rnn_pipeline.evaluate import resolve_season
+    from rnn_pipeline.forecasting.evaluation import resolve_season
 
     values = np.sin(np.arange(600) / 5)
     for freq, season in (("h", 24), ("30min", 48), ("15min", 96), ("10min", 144), ("D", 7), ("2h", None)):

@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO
 from test_monitoring import NAME, add_batch, history, monitoring_config, registry_state
 

@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import write_config
+
 from rnn_pipeline.errors import ConfigError, DataValidationError, PipelineError
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_a_model_below_the_floor_is_registered_as_challenger_only(state):
     is registered and tagged with the reason, but no alias champion exists. (The series has one extreme value: by
     default a warning, which the summary and the run carry.)"""
     from flows.training import summary_table, training_flow
-    from rnn_pipeline.datasets import seed_sine
+    from rnn_pipeline.data.datasets import seed_sine
 
     folder = state["folder"]
     frame = seed_sine()
@@ -238,8 +238,8 @@ def test_a_failure_after_training_registers_nothing(state, monkeypatch):
 
 
 def test_a_registration_failing_part_way_is_rolled_back(state, monkeypatch):
-    from rnn_pipeline.tracking import mlflow_stores
     from rnn_pipeline import registry
+    from rnn_pipeline.tracking import mlflow_stores
 
     folder = state["folder"]
     before = snapshot(folder)

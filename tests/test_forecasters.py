@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from rnn_pipeline.bundle import ForecastBundle, load_bundle
-from rnn_pipeline.features import Scaling, prepare_series
-from rnn_pipeline.models import (ARCHITECTURES, CHANNEL_MODES, NORMS, DirectForecaster, ModelSpec, SegmentForecaster,
-                                 build_forecaster)
+from rnn_pipeline.data.scaling import Scaling
+from rnn_pipeline.forecasting.windows import prepare_series
+from rnn_pipeline.models import (
+    ARCHITECTURES,
+    CHANNEL_MODES,
+    NORMS,
+    DirectForecaster,
+    ModelSpec,
+    SegmentForecaster,
+    build_forecaster,
+)
 from rnn_pipeline.train import fit, setup_torch
 
 

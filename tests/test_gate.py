@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import RidgeCV
 
-from rnn_pipeline import datasets
+from rnn_pipeline.data import datasets
+from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError
-from rnn_pipeline.evaluate import evaluate, forecast_score, headline, ridge_on_lags
-from rnn_pipeline.features import prepare_series
+from rnn_pipeline.forecasting.evaluation import evaluate, forecast_score, headline, ridge_on_lags
+from rnn_pipeline.forecasting.windows import prepare_series
 from rnn_pipeline.registry import decide, floor_names
-from rnn_pipeline.validation import validate_series
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnn_pipeline import inference_log as ilog
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.serving import inference_log as ilog
 
 BUNDLE = SimpleNamespace(input_columns=["value", "temp"], target_columns=["value"])
 
@@ -98,8 +98,8 @@ def test_actuals_from_a_file():
 
 
 def test_window_statistics_match_the_reference_features_and_skip_overflowing_windows():
-    from rnn_pipeline.monitor import window_features
-    from rnn_pipeline.monitor_log import window_stats
+    from rnn_pipeline.monitoring.drift import window_features
+    from rnn_pipeline.monitoring.log import window_stats
 
     rng = np.random.default_rng(1)
     series = rng.normal(size=(80, 2))

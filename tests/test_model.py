@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_pipeline import datasets
 from rnn_pipeline.bundle import ForecastBundle
+from rnn_pipeline.data import datasets
+from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.features import lag_matrix, prepare_series
+from rnn_pipeline.forecasting.windows import lag_matrix, prepare_series
 from rnn_pipeline.models import ModelSpec, RNNForecaster
 from rnn_pipeline.train import TrainingDiverged, fit, setup_torch
-from rnn_pipeline.validation import validate_series
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_bundle_rejects_bad_history(tmp_path, seed_data):
 
 
 def test_evaluation_per_target_and_horizon_matches_a_direct_computation():
-    from rnn_pipeline.evaluate import evaluate
+    from rnn_pipeline.forecasting.evaluation import evaluate
 
     frame = datasets.greensboro_weather().iloc[:1500]
     time, values = validate_series(frame, "w", "time", ["temp_air", "pressure"], ["ghi"], "error")

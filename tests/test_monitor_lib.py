@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnn_pipeline import datasets, monitor
+from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError, PipelineError
-from rnn_pipeline.monitor_store import LockHeld, MonitoringStore
+from rnn_pipeline.monitoring import drift as monitor
+from rnn_pipeline.monitoring.store import LockHeld, MonitoringStore
 
 
 def test_window_features_match_a_direct_computation():
@@ -155,7 +156,7 @@ def test_store_on_sqlite(tmp_path):
 def test_a_stale_lock_is_taken_over(tmp_path):
     import time
 
-    from rnn_pipeline.monitor_store import locks
+    from rnn_pipeline.monitoring.store import locks
 
     store = MonitoringStore(f"sqlite:///{tmp_path / 'm.db'}")
     with store.engine.begin() as c:

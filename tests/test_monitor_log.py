@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from rnn_pipeline.tracking import mlflow_stores
-from rnn_pipeline.datasets import sine_stream
-from rnn_pipeline.inference_log import InferenceLog
-from rnn_pipeline.serve import ModelHolder, create_app
 from test_monitoring import NAME, history, monitoring_config
+
+from rnn_pipeline.data.datasets import sine_stream
+from rnn_pipeline.serving.app import ModelHolder, create_app
+from rnn_pipeline.serving.inference_log import InferenceLog
+from rnn_pipeline.tracking import mlflow_stores
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_actuals_for_older_predictions_are_judged_in_a_later_pass(setup):
 
         with mlflow_stores(f"sqlite:///{folder / 'state' / 'mlflow.db'}"):
             bundle = registry.load_bundle(registry.load(f"models:/{NAME}/1"))
-        from rnn_pipeline.inference_log import forecast_rows, new_id
+        from rnn_pipeline.serving.inference_log import forecast_rows, new_id
 
         x = np.stack([y[i:i + 50] for i in range(30)])[:, :, None]
         ids = [new_id() for _ in range(30)]

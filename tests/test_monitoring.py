@@ -11,10 +11,10 @@ import textwrap
 
 import mlflow
 import pytest
-
 from conftest import REPO
-from rnn_pipeline.datasets import sine_stream
-from rnn_pipeline.monitor_store import MonitoringStore
+
+from rnn_pipeline.data.datasets import sine_stream
+from rnn_pipeline.monitoring.store import MonitoringStore
 
 pytestmark = pytest.mark.slow
 NAME = "mon"

@@ -6,13 +6,12 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from conftest import write_config
 from typer.testing import CliRunner
 
-from conftest import write_config
 from flows import cli
 from rnn_pipeline.config import load_config
 from rnn_pipeline.errors import ConfigError
-
 
 # --- the parser ------------------------------------------------------------------------------------------------
 

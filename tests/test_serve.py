@@ -15,10 +15,10 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
-
 from conftest import REPO, write_config
+
+from rnn_pipeline.serving.inference_log import InferenceLog
 from rnn_pipeline.tracking import mlflow_stores
-from rnn_pipeline.inference_log import InferenceLog
 
 pytestmark = pytest.mark.slow
 HISTORY = [math.sin(0.1 * t) + 0.5 * math.cos(0.05 * t) for t in range(60)]

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from rnn_pipeline.tracking import mlflow_stores
-from rnn_pipeline.inference_log import InferenceLog
-from rnn_pipeline.monitor_store import MonitoringStore
-from rnn_pipeline.serve import Limits, ModelHolder, create_app
 from test_classify_flow import _text_config
+
+from rnn_pipeline.monitoring.store import MonitoringStore
+from rnn_pipeline.serving.app import Limits, ModelHolder, create_app
+from rnn_pipeline.serving.inference_log import InferenceLog
+from rnn_pipeline.tracking import mlflow_stores
 
 pytestmark = pytest.mark.slow
 TEXTS = ["The film was good.", "Not good at all, the plot.", "A boring story.", "Acting good, the story good."]

@@ -2,7 +2,7 @@
 POST /actuals, GET /health, /metadata and /stats (valid and invalid bodies, wrong types, unsupported methods), the
 answer is never a server error (5xx).
 
-The app (`rnn_pipeline.serve.create_app` around a freshly trained tiny forecaster, with its inference log) runs in
+The app (`rnn_pipeline.serving.app.create_app` around a freshly trained tiny forecaster, with its inference log) runs in
 uvicorn on a free port in a thread, so its lifespan (log writer, alias polling) runs as in `rnn-pipeline serve`.
 Three passes: the schema as published (every operation); POST /predict with the schema narrowed to the served
 model's shape (its input columns, at least its window of steps), so that generated histories reach the model instead
@@ -23,10 +23,9 @@ import mlflow
 import pytest
 import schemathesis
 import torch
+from conftest import write_config
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
-
-from conftest import write_config
 
 pytestmark = pytest.mark.slow
 NAME = "fuzz"
@@ -60,9 +59,9 @@ def base_url(state):
     """The app around that champion, with its inference log, served by uvicorn in a thread of this process."""
     import uvicorn
 
+    from rnn_pipeline.serving import app as srv
+    from rnn_pipeline.serving.inference_log import InferenceLog
     from rnn_pipeline.tracking import mlflow_stores
-    from rnn_pipeline import serve as srv
-    from rnn_pipeline.inference_log import InferenceLog
 
     uri = f"sqlite:///{state / 'mlflow.db'}"
     with mlflow_stores(uri):
@@ -95,7 +94,7 @@ def base_url(state):
 def app_schema() -> dict:
     """The service's OpenAPI document, built at import (schemathesis parametrizes tests at collection): it does not
     depend on the model, only on whether the inference log is on (POST /actuals). The live one is compared with it."""
-    from rnn_pipeline import serve as srv
+    from rnn_pipeline.serving import app as srv
 
     class NoModel:  # create_app touches the holder only in its lifespan and its endpoints
         alias = None

@@ -4,8 +4,8 @@ import os
 import uuid
 
 import pytest
-
 from conftest import write_config
+
 from rnn_pipeline.config import StoresConfig
 from rnn_pipeline.stores import resolve
 
@@ -80,8 +80,8 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
 
     # the monitoring flow on the same stores: its row lands in the PostgreSQL monitoring store
     from flows.monitoring import monitoring_flow
-    from rnn_pipeline.datasets import sine_stream
-    from rnn_pipeline.monitor_store import MonitoringStore
+    from rnn_pipeline.data.datasets import sine_stream
+    from rnn_pipeline.monitoring.store import MonitoringStore
 
     incoming = tmp_path / "state" / "incoming" / "pg"
     incoming.mkdir(parents=True)

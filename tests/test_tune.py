@@ -10,10 +10,11 @@ import time
 import optuna
 import pytest
 
-from rnn_pipeline import datasets, tune
+from rnn_pipeline import tune
 from rnn_pipeline.config import PipelineConfig
-from rnn_pipeline.features import prepare_series
-from rnn_pipeline.validation import validate_series
+from rnn_pipeline.data import datasets
+from rnn_pipeline.data.validation import validate_series
+from rnn_pipeline.forecasting.windows import prepare_series
 
 
 def small_cfg(**tuning):
@@ -66,12 +67,14 @@ def test_pruner_prunes_bad_trials(tmp_path, data):
 
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
-    from rnn_pipeline import datasets, tune
+    from rnn_pipeline import tune
+    from rnn_pipeline.data import datasets
     from rnn_pipeline.config import PipelineConfig
-    from rnn_pipeline.features import prepare_series
-    from rnn_pipeline.validation import validate_series
+    from rnn_pipeline.forecasting.windows import prepare_series
+    from rnn_pipeline.data.validation import validate_series
     cfg = PipelineConfig.model_validate({"name": "r", "seed": 5, "data": {"builtin": "seed_sine"},
-        "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none", "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}})
+        "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none",
+                   "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}})
     real = tune.train_with
     def slow(*a, **kw):
         time.sleep(float(sys.argv[2]))

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .errors import DataValidationError
-from .features import Scaling, fit_scaler
-from .validation import numeric_columns
+from rnn_pipeline.data.scaling import Scaling, fit_scaler
+from rnn_pipeline.data.validation import numeric_columns
+from rnn_pipeline.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 PAD, UNK = "<pad>", "<unk>"
@@ -46,7 +46,7 @@ class RawSequences:
     def __len__(self) -> int:
         return len(self.items)
 
-    def subset(self, idx: np.ndarray) -> "RawSequences":
+    def subset(self, idx: np.ndarray) -> RawSequences:
         return RawSequences(self.kind, [self.items[i] for i in idx], self.ids[idx],
                             None if self.labels is None else self.labels[idx],
                             None if self.split is None else self.split[idx], self.channels)
@@ -263,12 +263,12 @@ class TextEncoder:
                 "vocab": self.vocab if self._bpe is None else None, "bpe": self.bpe_json}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TextEncoder":
+    def from_json(cls, d: dict) -> TextEncoder:
         return cls(d["kind"], d["lowercase"], d["pattern"], d.get("vocab"), d.get("bpe"))
 
     @classmethod
     def fit(cls, texts: list[str], kind: str, lowercase: bool, pattern: str, min_freq: int,
-            max_vocab: int) -> "TextEncoder":
+            max_vocab: int) -> TextEncoder:
         if kind == "bpe":
             from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -332,7 +332,7 @@ class Encoder:
                 "too_long": self.too_long, "truncate_side": self.truncate_side}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Encoder":
+    def from_json(cls, d: dict) -> Encoder:
         return cls(d["kind"], d["channels"], d["text"] and TextEncoder.from_json(d["text"]),
                    d["scaling"] and Scaling.from_json(d["scaling"]), d["max_length"], d["too_long"],
                    d["truncate_side"])
@@ -363,7 +363,7 @@ class PreparedSequences:
     def kind(self) -> str:
         return self.encoder.kind
 
-    def batches(self, split: str, params: dict | None = None, loss_weights: bool = True) -> "SequenceSet":
+    def batches(self, split: str, params: dict | None = None, loss_weights: bool = True) -> SequenceSet:
         idx = self.split[split]
         counts = np.bincount(self.y[self.split["train"]], minlength=len(self.classes)).astype("float64")
         inv = np.where(counts > 0, counts.sum() / (len(self.classes) * np.maximum(counts, 1)), 0.0)
@@ -472,7 +472,7 @@ class SequenceSet:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def to(self, device) -> "SequenceSet":
+    def to(self, device) -> SequenceSet:
         if torch.device(device).type == "cpu":
             return self
         cw = None if self.class_weights is None else self.class_weights.to(device)

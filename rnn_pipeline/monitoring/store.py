@@ -12,13 +12,13 @@ import socket
 import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import PipelineError, first_line
+from rnn_pipeline.errors import PipelineError, first_line
 
 metadata = sa.MetaData()
 
@@ -70,7 +70,7 @@ class LockHeld(PipelineError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class MonitoringStore:

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError
+from rnn_pipeline.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38: a model computes in float32

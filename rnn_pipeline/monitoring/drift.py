@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError, PipelineError
-from .features import lag_matrix, target_matrix
-from .validation import check_columns, numeric_columns, parse_time
+from rnn_pipeline.data.validation import check_columns, numeric_columns, parse_time
+from rnn_pipeline.errors import DataValidationError, PipelineError
+from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 
 log = logging.getLogger(__name__)
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")

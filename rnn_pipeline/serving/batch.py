@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import inference_log as ilog
-from .bundle import WINDOW_ID, ClassifierBundle, ForecastBundle
-from .datasets import read_table
-from .errors import DataValidationError, first_line
-from .monitor_store import safe_url
+from rnn_pipeline.bundle import WINDOW_ID, ClassifierBundle, ForecastBundle
+from rnn_pipeline.data.datasets import read_table
+from rnn_pipeline.errors import DataValidationError, first_line
+from rnn_pipeline.monitoring.store import safe_url
+from rnn_pipeline.serving import inference_log as ilog
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".json")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError
-from .sequences import RawSequences, items_frame, read_items
+from rnn_pipeline.classification.sequences import RawSequences, items_frame, read_items
+from rnn_pipeline.errors import DataValidationError
 
 REFERENCE_DATA, REFERENCE_META = "data.parquet", "reference.json"
 PREDICTED = "predicted_label"

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
@@ -33,10 +33,10 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import inference_log as ilog
-from .bundle import ClassifierBundle, ForecastBundle
-from .errors import DataValidationError, RegistryError
-from .sequences import sequences_from_arrays
+from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.sequences import sequences_from_arrays
+from rnn_pipeline.errors import DataValidationError, RegistryError
+from rnn_pipeline.serving import inference_log as ilog
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class ModelHolder:
                                 f"{e.message.splitlines()[0]}") from None
 
     def _load(self, version: str | None) -> Served:
-        from . import registry
+        from rnn_pipeline import registry
 
         uri = f"models:/{self.name}/{version}" if self.name and version else self.uri
         model = registry.load(uri)
@@ -135,7 +135,7 @@ class ModelHolder:
         sig = model.metadata.signature
         sig = {k: json.loads(v) for k, v in sig.to_dict().items() if v} if sig is not None else None
         return Served(self.uri, self.name, version, self.alias, model.metadata.run_id, bundle, sig,
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      datetime.now(UTC).isoformat(timespec="seconds"))
 
     def load(self) -> Served:
         """The first load: errors go to the caller (the service does not start without a model)."""
@@ -144,7 +144,7 @@ class ModelHolder:
 
     def check(self) -> bool:
         """One poll: load and swap in the version the alias points at now, if it moved. True when swapped."""
-        self.last_poll = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.last_poll = datetime.now(UTC).isoformat(timespec="seconds")
         version = self._resolve()
         if self.current is not None and version == self.current.version:
             return False
@@ -266,7 +266,7 @@ class Guard:
     """Pure ASGI middleware: refuses bodies over the limit with 413 (declared or streamed), counts responses by
     status and keeps the latency of the last /predict calls (GET /stats)."""
 
-    def __init__(self, app, max_body_bytes: int, stats: "Stats"):
+    def __init__(self, app, max_body_bytes: int, stats: Stats):
         self.app, self.max, self.stats = app, max_body_bytes, stats
 
     async def __call__(self, scope, receive, send):
@@ -308,7 +308,7 @@ class Guard:
         self.stats.count(status, scope["path"], time.perf_counter() - t0)
 
 
-async def _send_problem(send, status: int, detail: str, stats: "Stats") -> None:
+async def _send_problem(send, status: int, detail: str, stats: Stats) -> None:
     body = JSONResponse({"detail": detail}, status_code=status).body
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -14,44 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from .errors import DataValidationError
-
-
-@dataclass
-class Scaling:
-    """Per-column affine scaling z = (x - offset) / scale, stored as plain numbers (JSON) in the model."""
-
-    offset: np.ndarray
-    scale: np.ndarray
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.offset) / self.scale
-
-    def inverse(self, z: np.ndarray, columns: slice | list[int] = slice(None)) -> np.ndarray:
-        return z * self.scale[columns] + self.offset[columns]
-
-    def to_json(self) -> dict:
-        return {"offset": self.offset.tolist(), "scale": self.scale.tolist()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Scaling":
-        return cls(np.asarray(d["offset"], dtype="float64"), np.asarray(d["scale"], dtype="float64"))
-
-
-def fit_scaler(kind: str, train: np.ndarray) -> Scaling:
-    """Fit on the training rows only (sklearn's scalers), then keep just their parameters."""
-    n_cols = train.shape[1]
-    if kind == "none":
-        return Scaling(np.zeros(n_cols), np.ones(n_cols))
-    if kind == "standard":
-        s = StandardScaler().fit(train)
-        return Scaling(s.mean_.copy(), s.scale_.copy())
-    if kind == "minmax":
-        s = MinMaxScaler().fit(train)  # z = x * scale_ + min_  =>  offset = -min_/scale_, scale = 1/scale_
-        return Scaling(-s.min_ / s.scale_, 1.0 / s.scale_)
-    raise ValueError(f"unknown scaler '{kind}'")
+from rnn_pipeline.data.scaling import Scaling, fit_scaler
+from rnn_pipeline.errors import DataValidationError
 
 
 @dataclass
@@ -101,7 +66,7 @@ def before_test_end(frame: pd.DataFrame, source: str, time_column: str, test_end
     even validated or used to fill a gap (interpolation reads the next value)."""
     if test_end is None:
         return frame
-    from .validation import check_columns, parse_time
+    from rnn_pipeline.data.validation import check_columns, parse_time
 
     check_columns(frame, source, time_column, [])
     return frame.iloc[: end_position(parse_time(frame, source, time_column), test_end)]
@@ -174,7 +139,7 @@ class WindowSet:
         return x, y.permute(0, 1, 3, 2)
 
     # the interface train.fit uses (shared with sequences.SequenceSet)
-    def to(self, device) -> "WindowSet":
+    def to(self, device) -> WindowSet:
         if torch.device(device).type == "cpu":
             return self
         return WindowSet(self.z.to(device), self.T, self.L, self.H, self.starts.numpy() + self.L, self.criterion)
@@ -249,7 +214,7 @@ def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_co
     """Split chronologically, fit the scaler on the training rows only, scale everything with it. Rows at or after
     `test_end` are dropped first: they take no part in anything. Values far from their column's training median
     are reported or refused as `outliers` says (validation.check_outliers), once the training split is known."""
-    from .validation import check_length, check_outliers
+    from rnn_pipeline.data.validation import check_length, check_outliers
 
     cut = ""
     if test_end is not None:

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from .errors import DataValidationError, PipelineError, first_line
-from .monitor_store import open_database
+from rnn_pipeline.errors import DataValidationError, PipelineError, first_line
+from rnn_pipeline.monitoring.store import open_database
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -84,7 +84,7 @@ def new_id() -> str:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def digest(inputs) -> str:

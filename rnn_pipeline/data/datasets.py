@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError, first_line
+from rnn_pipeline.errors import DataValidationError, first_line
 
 
 def seed_sine() -> pd.DataFrame:

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from .sequences import RawSequences
+from rnn_pipeline.classification.sequences import RawSequences
 
 
 def forecast_windows(frame: pd.DataFrame, columns: list[str], window: int) -> np.ndarray:

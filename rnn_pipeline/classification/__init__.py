@@ -1,0 +1,2 @@
+"""Sequence classification (texts and numeric sequences): its Task, reading and encoding, evaluation, monitoring
+descriptors."""

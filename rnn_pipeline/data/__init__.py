@@ -1,0 +1,1 @@
+"""Reading, validating and scaling user data (shared by every task)."""

@@ -1,0 +1,1 @@
+"""Watching a champion: drift (Evidently), the monitoring store, reading the inference log."""

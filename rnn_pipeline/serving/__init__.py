@@ -1,0 +1,1 @@
+"""Answering requests: the HTTP app, the inference log, batch scoring."""
