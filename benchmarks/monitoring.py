@@ -41,7 +41,7 @@ def champion_mse(mlflow_uri: str, name: str, values, first_targets) -> tuple[flo
     client = mlflow.MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     version = client.get_model_version_by_alias(name, "champion").version
     mlflow.set_registry_uri(mlflow_uri)
-    bundle = registry.load_bundle(registry.load(f"models:/{name}/{version}"))
+    bundle = registry.bundle_of(registry.load(f"models:/{name}/{version}"))
     pred = bundle.predict_windows(lag_matrix(values, first_targets, bundle.window))
     true = target_matrix(values, first_targets, bundle.horizon, 1)
     return float(np.mean((pred - true) ** 2)), str(version)

@@ -14,22 +14,20 @@ from prefect.cache_policies import NO_CACHE
 
 from rnn_pipeline import registry
 from rnn_pipeline import stores as stores_mod
-from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import load_config
 from rnn_pipeline.serving import batch, inference_log
+from rnn_pipeline.serving.holder import parse_uri
 from rnn_pipeline.tracking import mlflow_stores
 
 
 @task(name="load-model", cache_policy=NO_CACHE)
 def load_model(uri: str):
-    from rnn_pipeline.serving.app import parse_uri
-
     name, alias, version = parse_uri(uri)
     if alias is not None:  # pin the version the alias points at now, so the log names it
         version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
         uri = f"models:/{name}/{version}"
     model = registry.load(uri)
-    return registry.load_bundle(model), name or uri, version or ""
+    return registry.bundle_of(model), name or uri, version or ""
 
 
 @task(name="read-input", cache_policy=NO_CACHE)
@@ -41,7 +39,7 @@ def read_input(source: str, table: str | None):
 def score_task(bundle, data, name: str, chunk: int):
     logger = get_run_logger()
     ids, inputs = batch.model_inputs(bundle, data, name)
-    logger.info("scoring %d %s", len(ids), "windows" if isinstance(bundle, ForecastBundle) else "items")
+    logger.info("scoring %d %s", len(ids), bundle.unit)
 
     def progress(done, total):
         logger.info("scored %d/%d", done, total)

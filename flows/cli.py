@@ -167,7 +167,6 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     import pandas as pd
 
     from rnn_pipeline import registry
-    from rnn_pipeline.bundle import ClassifierBundle
     from rnn_pipeline.errors import DataValidationError
     from rnn_pipeline.serving import batch
 
@@ -178,19 +177,15 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     mlflow.set_registry_uri(st.mlflow_uri)
     uri = model or f"models:/{cfg.model_name}@champion"
     loaded = registry.load(uri)
-    bundle = registry.load_bundle(loaded)
+    bundle = registry.bundle_of(loaded)
     source = str(input) if input is not None else "--text"
-    if text and not (isinstance(bundle, ClassifierBundle) and bundle.kind == "text"):
-        raise DataValidationError(f"--text needs a text classifier; {uri} reads "
-                                  f"{'sequences' if isinstance(bundle, ClassifierBundle) else 'series'}")
+    if text and bundle.reads != "texts":
+        raise DataValidationError(f"--text needs a text classifier; {uri} reads {bundle.reads}")
     # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
     data = batch.read_input(str(input))[0] if input is not None else pd.DataFrame({bundle.text_column: text})
     ids, inputs = batch.model_inputs(bundle, data, source)
-    if isinstance(bundle, ClassifierBundle):
-        x_frame, id_col = bundle.items_frame(inputs), bundle.sequence_column
-    else:
-        x_frame, id_col = bundle.windows_frame(inputs), "window_id"
-    out = loaded.predict(x_frame).sort_values(id_col).reset_index(drop=True)
+    id_col = bundle.id_column
+    out = loaded.predict(bundle.inputs_frame(inputs)).sort_values(id_col).reset_index(drop=True)
     out[id_col] = ids
     if output is None:
         typer.echo(out.to_csv(index=False, float_format="%.8g"), nl=False)
@@ -277,13 +272,11 @@ def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config f
         typer.echo("not enough new predictions or actuals in the inference log to judge"
                    if summary["source"] == "inference_log" else f"no new batches in {incoming_folder(cfg, st)}")
         return
+    from rnn_pipeline.monitoring.champion import monitor_class
+
     for b in summary["batches"]:
         share = "-" if b["drift_share"] is None else f"{b['drift_share']:.2f}"
-        if cfg.task == "classification":
-            acc = b.get("champion_accuracy")
-            score = "no labels" if acc is None else f"accuracy {acc:.3f} vs {b['reference_accuracy']:.3f} on test"
-        else:
-            score = "error ratio " + ("-" if b["error_ratio"] is None else f"{b['error_ratio']:.2f}")
+        score = monitor_class(cfg.task).score_text(b)
         typer.echo(f"{b['batch']}: {b['verdict']} (drifted share {share}, {score}) -> {b['action']}"
                    + (f"; champion v{b['new_champion_version']}" if b["action"].startswith("retrain") else ""))
 
@@ -295,7 +288,7 @@ def history(config: Annotated[str, typer.Option("--config", "-c", help="Config f
                                                           "(.csv or .parquet).")] = None):
     """Show the monitoring store's history for the config's model: one row per judged batch."""
     cfg, st = _load(config)
-    from flows.monitoring import history_table
+    from rnn_pipeline.monitoring.record import history_table
     from rnn_pipeline.monitoring.store import MonitoringStore
 
     store = MonitoringStore(st.monitoring_url)
@@ -389,8 +382,9 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     import torch
     import uvicorn
 
-    from rnn_pipeline.serving import app as srv
     from rnn_pipeline.serving import inference_log
+    from rnn_pipeline.serving.app import create_app
+    from rnn_pipeline.serving.holder import ModelHolder, settle_gc
 
     _quiet_libraries()
     mlflow.set_tracking_uri(st.mlflow_uri)
@@ -398,11 +392,10 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     torch.set_num_threads(cfg.serving.threads)
     s = cfg.serving
     uri = model or f"models:/{cfg.model_name}@champion"
-    holder = srv.ModelHolder(uri, s.poll_seconds)
+    holder = ModelHolder(uri, s.poll_seconds)
     served = holder.load()
     store = inference_log.InferenceLog(st.monitoring_url) if s.log_predictions else None
-    limits = srv.Limits(s.max_body_bytes, s.max_items, s.max_steps, s.max_text_chars)
-    api = srv.create_app(holder, limits, store, s.log_flush_seconds, str(st.root / "inference_log.failed.jsonl"))
+    api = create_app(holder, s, store, fallback=str(st.root / "inference_log.failed.jsonl"))
     host = host or s.host
     port = s.port if port is None else port
     port = port or _free_port()
@@ -410,7 +403,7 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     typer.echo(f"serving {served.name or uri} v{served.version} ({uri}{follows}) on http://{host}:{port} "
                f"(docs: http://{host}:{port}/docs)")
     typer.echo(f"inference log: {st.monitoring_url}" if store else "inference log: off (serving.log_predictions)")
-    srv.settle_gc()
+    settle_gc()
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=access_log,
                 timeout_keep_alive=s.keep_alive_seconds)
 

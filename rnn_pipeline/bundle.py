@@ -2,7 +2,9 @@
 ForecastBundle forecasts; ClassifierBundle classifies texts or numeric sequences.
 
 The same object answers in the flow (in memory), in the registered MLflow pyfunc, in the CLI and in any
-server, always in original units.
+server, always in original units. Both classes have the same methods for what differs between the tasks where a
+model is served (the signature, warm-up, request and file parsing, the answers, the inference-log records), so the
+serving layer holds no task branches.
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
 
 @dataclass
 class ForecastBundle:
+    """The last L steps of a history (targets and features) -> the next H steps of every target."""
+
     model: Forecaster
     scaling: Scaling
     target_columns: list[str]
     feature_columns: list[str]
     window: int
     horizon: int
+
+    task = "forecasting"
+    reads = "series"         # what a request sends (the PredictRequest field)
+    unit = "windows"         # what one prediction is made from
+    output_noun = "forecast"
+    id_column = WINDOW_ID
 
     @property
     def input_columns(self) -> list[str]:
@@ -96,12 +106,15 @@ class ForecastBundle:
             out[i] = arr[rows[-self.window:]]
         return order, out
 
-    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        ids, x = self.frame_to_windows(frame)
-        y = self.predict_windows(x).reshape(len(ids), -1)
-        result = pd.DataFrame(y, columns=self.output_columns)
+    def result_frame(self, ids, y: np.ndarray) -> pd.DataFrame:
+        """(N, H, T) forecasts -> one row per window: its id and `<target>_h<k>` columns."""
+        result = pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns)
         result.insert(0, WINDOW_ID, ids)
         return result
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        ids, x = self.frame_to_windows(frame)
+        return self.result_frame(ids, self.predict_windows(x))
 
     def windows_frame(self, x: np.ndarray) -> pd.DataFrame:
         """The inverse of frame_to_windows: (N, L, F) -> the long frame a client would send."""
@@ -109,6 +122,78 @@ class ForecastBundle:
         frame = pd.DataFrame(x.reshape(n * self.window, -1), columns=self.input_columns)
         frame.insert(0, WINDOW_ID, np.repeat(np.arange(n, dtype="int64"), self.window))
         return frame
+
+    # ---- serving: the same methods on both bundles ----------------------------------------------------------
+    def signature(self):
+        """The pyfunc's MLflow signature: history rows in, one row of forecasts per window out."""
+        from mlflow.models.signature import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in self.input_columns])
+        outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns])
+        return ModelSignature(inputs=inputs, outputs=outputs)
+
+    def describe(self) -> dict:
+        """What a client needs to know to call the model (GET /metadata)."""
+        return {"task": self.task, "input_columns": self.input_columns, "target_columns": self.target_columns,
+                "window": self.window, "horizon": self.horizon}
+
+    def warm_up(self) -> None:
+        """One prediction on a neutral input: a model that cannot answer is never swapped in."""
+        self.predict_windows(np.zeros((1, self.window, len(self.input_columns))))
+
+    def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """A table in the training format -> (ids, (N, L, F) windows)."""
+        if not isinstance(data, pd.DataFrame):
+            raise DataValidationError("forecasting reads a table of history rows, not JSON")
+        return self.frame_to_windows(data)
+
+    def inputs_frame(self, x: np.ndarray) -> pd.DataFrame:
+        """The inverse of model_inputs: the frame a client sends to the pyfunc."""
+        return self.windows_frame(x)
+
+    def request_inputs(self, req, limits) -> np.ndarray:
+        """A PredictRequest's `series` (histories, oldest first) -> (N, L, F) windows, the last L steps of each.
+        `limits`: the serving settings (max_steps)."""
+        cols = self.input_columns
+        if req.series is None:
+            raise DataValidationError(f"this model forecasts series: send 'series' with histories of {cols}")
+        x = np.empty((len(req.series), self.window, len(cols)))
+        for i, s in enumerate(req.series):
+            missing = [c for c in cols if c not in s.history]
+            extra = [c for c in s.history if c not in cols]
+            if missing or extra:
+                raise DataValidationError(f"series[{i}].history: the model reads columns {cols}"
+                                          + (f"; missing {missing}" if missing else "")
+                                          + (f"; unknown {extra}" if extra else ""))
+            lengths = {c: len(s.history[c]) for c in cols}
+            n = lengths[cols[0]]
+            if len(set(lengths.values())) != 1:
+                raise DataValidationError(f"series[{i}].history: columns differ in length {lengths}")
+            if n > limits.max_steps:
+                raise DataValidationError(f"series[{i}].history has {n} steps; the limit is {limits.max_steps} "
+                                          "(serving.max_steps)")
+            if n < self.window:
+                raise DataValidationError(f"series[{i}].history has {n} steps; the model needs the last "
+                                          f"{self.window}")
+            for j, c in enumerate(cols):
+                x[i, :, j] = s.history[c][n - self.window:]
+        return x
+
+    def predict_inputs(self, x: np.ndarray, ids=None, source: str = "input") -> np.ndarray:
+        """What model_inputs or request_inputs returned -> (N, H, T) forecasts in original units."""
+        return self.predict_windows(x)
+
+    def answers(self, y: np.ndarray) -> list[dict]:
+        """(N, H, T) forecasts -> one JSON answer per window: per target, the next H values."""
+        return [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
+                for i in range(len(y))]
+
+    def log_records(self, x: np.ndarray, y: np.ndarray) -> list[tuple[dict, dict, str | None]]:
+        """(inputs, output, label) per window, as the inference log keeps them: the window's rows and the forecast
+        as plain lists (monitoring reads them back)."""
+        return [({"columns": self.input_columns, "values": x[i].tolist()},
+                 {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}, None) for i in range(len(y))]
 
 
 def _save(folder: str | Path, meta: dict, model: torch.nn.Module) -> dict[str, str]:
@@ -140,9 +225,22 @@ class ClassifierBundle:
     sequence_column: str
     step_column: str | None
 
+    task = "classification"
+    unit = "items"
+    output_noun = "class probability"
+
     @property
     def kind(self) -> str:
         return self.encoder.kind
+
+    @property
+    def reads(self) -> str:
+        """What a request sends (the PredictRequest field): texts or numeric sequences."""
+        return "texts" if self.kind == "text" else "sequences"
+
+    @property
+    def id_column(self) -> str:
+        return self.sequence_column
 
     @property
     def input_columns(self) -> list[str]:
@@ -159,10 +257,6 @@ class ClassifierBundle:
 
     def save(self, folder: str | Path) -> dict[str, str]:
         return _save(folder, self.preprocess_json(), self.model)
-
-    @classmethod
-    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> ClassifierBundle:
-        return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
 
     @classmethod
     def from_meta(cls, meta: dict, weights_path: str | Path) -> ClassifierBundle:
@@ -223,14 +317,92 @@ class ClassifierBundle:
         return frame
 
     def result_frame(self, ids, proba: np.ndarray) -> pd.DataFrame:
+        """(N, classes) probabilities -> one row per item: its id, the label and `prob_<class>` columns."""
         out = pd.DataFrame(proba, columns=self.output_columns[1:])
-        out.insert(0, LABEL, np.asarray(self.classes, dtype=object)[proba.argmax(1)] if len(proba) else [])
+        out.insert(0, LABEL, self._labels(proba))
         out.insert(0, self.sequence_column, ids)
         return out
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         ids, items = self.read_frame(frame)
         return self.result_frame(ids, self.predict_proba(items, ids=ids))
+
+    # ---- serving: the same methods on both bundles ----------------------------------------------------------
+    def signature(self):
+        """The pyfunc's MLflow signature: one text per row, or one row per sequence step, in; labels and class
+        probabilities out."""
+        from mlflow.models.signature import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        ident = ColSpec("long", self.sequence_column, required=self.kind == "numeric")
+        cols = ([ColSpec("string", self.text_column)] if self.kind == "text"
+                else [ColSpec("double", c) for c in self.input_columns])
+        outputs = Schema([ColSpec("long", self.sequence_column), ColSpec("string", LABEL)]
+                         + [ColSpec("double", c) for c in self.output_columns[1:]])
+        return ModelSignature(inputs=Schema([ident, *cols]), outputs=outputs)
+
+    def describe(self) -> dict:
+        """What a client needs to know to call the model (GET /metadata)."""
+        return {"task": self.task, "input": self.kind, "input_columns": self.input_columns, "classes": self.classes,
+                "max_length": self.encoder.max_length}
+
+    def warm_up(self) -> None:
+        """One prediction on a neutral input: a model that cannot answer is never swapped in."""
+        self.predict_proba(["warm up"] if self.kind == "text" else [np.zeros((1, len(self.input_columns)))])
+
+    def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, list]:
+        """A table in the training format, or a parsed JSON list -> (ids, raw items). Encoding them once here makes
+        a sequence that is too long (too_long: error) fail before anything is scored."""
+        ids, items = self.items_from_list(data) if isinstance(data, list) else self.read_frame(data, source)
+        self.encoder.encode(items, source, ids)
+        return ids, items
+
+    def inputs_frame(self, items: list) -> pd.DataFrame:
+        """The inverse of model_inputs: the frame a client sends to the pyfunc."""
+        return self.items_frame(items)
+
+    def request_inputs(self, req, limits) -> list:
+        """A PredictRequest's `texts` or `sequences` -> raw items. `limits`: the serving settings (max_steps,
+        max_text_chars)."""
+        if self.kind == "text":
+            if req.texts is None:
+                raise DataValidationError("this model classifies texts: send 'texts'")
+            for i, t in enumerate(req.texts):
+                if not t.strip():
+                    raise DataValidationError(f"texts[{i}] is empty")
+                if len(t) > limits.max_text_chars:
+                    raise DataValidationError(f"texts[{i}] has {len(t)} characters; the limit is "
+                                              f"{limits.max_text_chars} (serving.max_text_chars)")
+            return list(req.texts)
+        if req.sequences is None:
+            raise DataValidationError(f"this model classifies numeric sequences of channels {self.input_columns}: "
+                                      "send 'sequences'")
+        for i, s in enumerate(req.sequences):
+            if len(s) > limits.max_steps:
+                raise DataValidationError(f"sequences[{i}] has {len(s)} steps; the limit is {limits.max_steps} "
+                                          "(serving.max_steps)")
+        return sequences_from_arrays(req.sequences, self.input_columns)
+
+    def predict_inputs(self, items: list, ids=None, source: str = "input") -> np.ndarray:
+        """What model_inputs or request_inputs returned -> (N, classes) probabilities."""
+        return self.predict_proba(items, source, ids)
+
+    def _labels(self, proba: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes, dtype=object)[proba.argmax(1)] if len(proba) else np.array([], dtype=object)
+
+    def answers(self, proba: np.ndarray) -> list[dict]:
+        """(N, classes) probabilities -> one JSON answer per item: the label and every class's probability."""
+        labels = self._labels(proba)
+        return [{"label": labels[i], "probabilities": dict(zip(self.classes, proba[i].tolist()))}
+                for i in range(len(proba))]
+
+    def log_records(self, items: list, proba: np.ndarray) -> list[tuple[dict, dict, str | None]]:
+        """(inputs, output, label) per item, as the inference log keeps them: the text, or the sequence's steps."""
+        labels = self._labels(proba)
+        return [({"text": items[i]} if self.kind == "text"
+                 else {"columns": self.input_columns, "values": np.asarray(items[i]).tolist()},
+                 {"label": labels[i], "probabilities": dict(zip(self.classes, proba[i].tolist()))}, labels[i])
+                for i in range(len(proba))]
 
 
 def load_bundle(preprocess_path: str | Path, weights_path: str | Path) -> ForecastBundle | ClassifierBundle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -16,15 +17,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ColSpec, Schema
 
-from rnn_pipeline.bundle import LABEL, WINDOW_ID, ClassifierBundle, ForecastBundle
-from rnn_pipeline.classification.sequences import PreparedSequences
+from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.config import HIGHER_IS_BETTER
-from rnn_pipeline.errors import ConfigError, PipelineError, RegistryError
-from rnn_pipeline.forecasting.evaluation import forecast_score, skill
-from rnn_pipeline.forecasting.windows import PreparedSeries, lag_matrix, target_matrix
+from rnn_pipeline.errors import PipelineError, RegistryError
+from rnn_pipeline.forecasting.evaluation import skill
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -35,32 +32,20 @@ def _req(pkg: str) -> str:
     return f"{pkg}=={metadata.version(pkg).split('+')[0]}"
 
 
-def signature_for(bundle: ForecastBundle | ClassifierBundle) -> ModelSignature:
-    if isinstance(bundle, ClassifierBundle):
-        ident = ColSpec("long", bundle.sequence_column, required=bundle.kind == "numeric")
-        cols = ([ColSpec("string", bundle.text_column)] if bundle.kind == "text"
-                else [ColSpec("double", c) for c in bundle.input_columns])
-        outputs = Schema([ColSpec("long", bundle.sequence_column), ColSpec("string", LABEL)]
-                         + [ColSpec("double", c) for c in bundle.output_columns[1:]])
-        return ModelSignature(inputs=Schema([ident, *cols]), outputs=outputs)
-    inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in bundle.input_columns])
-    outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in bundle.output_columns])
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def log_model(bundle: ForecastBundle, workdir: str | Path, input_example: pd.DataFrame) -> str:
+def log_model(bundle: ForecastBundle | ClassifierBundle, workdir: str | Path, input_example: pd.DataFrame) -> str:
     """Log the bundle as a pyfunc in the active run; returns the model URI."""
     artifacts = bundle.save(workdir)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts=artifacts,
-        code_paths=[str(PACKAGE_DIR)], signature=signature_for(bundle), input_example=input_example,
+        code_paths=[str(PACKAGE_DIR)], signature=bundle.signature(), input_example=input_example,
         pip_requirements=[_req(p) for p in ("mlflow", "torch", "safetensors", "numpy", "pandas", "scikit-learn")])
     return info.model_uri
 
 
-def load_bundle(model) -> ForecastBundle | ClassifierBundle:
+def bundle_of(model) -> ForecastBundle | ClassifierBundle:
     """The bundle inside a loaded pyfunc."""
     return model.unwrap_python_model().bundle
+
 
 
 def load(uri: str):
@@ -78,68 +63,11 @@ def load(uri: str):
         raise RegistryError(f"cannot load model '{uri}': {e.message.splitlines()[0]}") from None
 
 
-def predict_items(model, items: list) -> np.ndarray:
-    """Class probabilities for raw items through a loaded classifier pyfunc's own predict."""
-    b = load_bundle(model)
-    out = model.predict(b.items_frame(items))
-    return out.sort_values(b.sequence_column)[b.output_columns[1:]].to_numpy(dtype="float64")
-
-
-def score_classifier(model, data: PreparedSequences, metric: str) -> float:
-    from rnn_pipeline.classification.evaluation import classification_metrics
-
-    b = load_bundle(model)
-    if not isinstance(b, ClassifierBundle) or b.kind != data.kind:
-        raise PipelineError(f"model is not a {data.kind} classifier")
-    if b.kind == "numeric" and b.input_columns != data.encoder.channels:
-        raise PipelineError(f"model reads channels {b.input_columns}; this data has {data.encoder.channels}")
-    idx = data.split["test"]
-    proba = predict_items(model, [data.raw.items[i] for i in idx])
-    # the model's classes may differ from this data's: score on this data's class order
-    lookup = {c: j for j, c in enumerate(b.classes)}
-    aligned = np.zeros((len(idx), len(data.classes)))
-    for j, c in enumerate(data.classes):
-        if c in lookup:
-            aligned[:, j] = proba[:, lookup[c]]
-    return classification_metrics(data.y[idx], aligned, len(data.classes))[metric]
-
-
-def score(model, data: PreparedSeries | PreparedSequences, metric: str) -> float:
-    """Score a loaded pyfunc on the test windows (or items) of `data` through its own predict: `metric` is a
-    classification metric, or mse/rmse/mae in original units, or std_mse/std_rmse/std_mae on the standardised scale
-    (see evaluate.headline)."""
-    if isinstance(data, PreparedSequences):
-        return score_classifier(model, data, metric)
-    b = load_bundle(model)
-    if not isinstance(b, ForecastBundle):
-        raise PipelineError("model is a classifier; this data is a series to forecast")
-    if b.target_columns != data.target_columns or b.horizon != data.horizon:
-        raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
-                            f"{data.target_columns} x {data.horizon}")
-    names = [*data.target_columns, *data.feature_columns]
-    missing = [c for c in b.input_columns if c not in names]
-    if missing:
-        raise PipelineError(f"model needs input column(s) {missing} that this data lacks")
-    cols = [names.index(c) for c in b.input_columns]
-    idx = data.points.first_targets("test", b.window, data.horizon)
-    x = lag_matrix(data.values[:, cols], idx, b.window)
-    out = model.predict(b.windows_frame(x))
-    y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))
-    y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
-    return forecast_score(y_true, y_pred, data, metric)
-
-
-def check_reproduces(model_uri: str, bundle, data, index: np.ndarray, expected: np.ndarray) -> float:
-    """Reload the logged pyfunc and check it gives the in-memory forecasts or probabilities for the test windows
-    (items) at `index` (the seed's save/load check). Returns the largest absolute difference; raises before anything
-    is registered when they differ."""
-    model = load(model_uri)
-    if isinstance(bundle, ClassifierBundle):
-        got = predict_items(model, [data.raw.items[i] for i in index])
-    else:
-        x = lag_matrix(data.values, index, bundle.window)
-        got = model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
-    want = expected.reshape(len(index), -1)
+def check_reproduces(got: np.ndarray, expected: np.ndarray) -> float:
+    """The seed's save/load check: the reloaded pyfunc's outputs (`got`, from Task.predict_logged) must match the
+    in-memory forecasts or probabilities (`expected`) for the same test items. Returns the largest absolute
+    difference; raises before anything is registered when they differ."""
+    want = expected.reshape(len(got), -1)
     diff = float(np.max(np.abs(got - want))) if len(got) else 0.0
     # float32 networks: batch sizes change the kernels' summation order, so allow float32 rounding at the data's scale
     scale = max(1.0, float(np.max(np.abs(want)))) if len(want) else 1.0
@@ -163,17 +91,6 @@ class GateDecision:
     def label(self) -> str:
         """promoted, below_floor (loses to a floor baseline) or kept_champion."""
         return "promoted" if self.promoted else "below_floor" if self.below_floor else "kept_champion"
-
-
-def floor_names(floor: list[str] | None, task: str, season: int | None) -> list[str]:
-    """The baselines a version must beat to become champion: `registry.floor`, or by default persistence plus the
-    seasonal naive when there is a (resolved) season for forecasting, the majority class for classification."""
-    if floor is None:
-        return ["majority"] if task == "classification" else ["persistence", *(["seasonal_naive"] if season else [])]
-    if "seasonal_naive" in floor and not season:
-        raise ConfigError("registry.floor lists seasonal_naive, but this series has no season (evaluation.season "
-                          "'auto' found none): give evaluation.season or drop it from the floor")
-    return list(floor)
 
 
 def _beats(challenger: float, baseline: float, metric: str) -> bool:
@@ -227,24 +144,25 @@ def decide(challenger_score: float, champion_score: float | None, margin: float,
                         champion_version, floor_info)
 
 
-def gate(model_uri: str, name: str, data: PreparedSeries | PreparedSequences, metric: str,
-         margin: float, floor: dict[str, float] | None = None) -> GateDecision:
+def gate(model_uri: str, name: str, score: Callable[[object], float], metric: str, margin: float,
+         floor: dict[str, float] | None = None) -> GateDecision:
     """Score challenger and champion on the same test windows and decide; changes nothing in the registry.
-    `metric` is the headline key (evaluate.headline: std_mse for a multi-target forecast); `floor` maps each floor
-    baseline to its score on the same windows and key (from the evaluation)."""
+    `score` scores a loaded pyfunc on the run's test split (Task.score, bound to the data and `metric`, the
+    headline key: std_mse for a multi-target forecast); `floor` maps each floor baseline to its score on the same
+    windows and key (from the evaluation)."""
     client = mlflow.MlflowClient()
-    challenger_score = score(load(model_uri), data, metric)
+    challenger_score = score(load(model_uri))
     champ = current_champion(client, name)
     if champ is None:
         return decide(challenger_score, None, margin, metric, None, floor=floor)
     try:
-        champion_score = score(load(f"models:/{name}/{champ.version}"), data, metric)
+        champion_score = score(load(f"models:/{name}/{champ.version}"))
     except Exception as e:  # a champion that cannot be loaded or scored must not block registration
         return decide(challenger_score, None, margin, metric, str(champ.version), f"{type(e).__name__}: {e}", floor)
     return decide(challenger_score, champion_score, margin, metric, str(champ.version), floor=floor)
 
 
-def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
+def alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -275,7 +193,7 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     except MlflowException:
         client.create_registered_model(name, description="RNN model registered by rnn-pipeline")
         created_model = True
-    previous_challenger = _alias_version(client, name, CHALLENGER)
+    previous_challenger = alias_version(client, name, CHALLENGER)
     version = None
     try:
         version = str(client.create_model_version(name, model_uri, run_id=run_id,

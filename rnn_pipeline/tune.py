@@ -15,46 +15,17 @@ import optuna
 from mlflow.entities import Metric
 from optuna.trial import TrialState
 
-from rnn_pipeline.classification.sequences import PreparedSequences
+from rnn_pipeline import tasks
 from rnn_pipeline.config import FloatRange, IntRange, PipelineConfig, SearchSpace
-from rnn_pipeline.forecasting.windows import PreparedSeries
-from rnn_pipeline.models import ClassifierSpec, ModelSpec
 from rnn_pipeline.train import fit
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-MAX_WINDOW = 720  # the longest look-back the default space offers
-
-
-def default_space(cfg: PipelineConfig, data: PreparedSeries | None = None) -> SearchSpace:
-    """The space searched when a forecasting config gives none: architecture, normalisation, channel mode (several
-    targets), L around the configured window, width, learning rate, loss and dropout. Windows that leave too few
-    windows in a split of `data` are left out."""
-    window = cfg.features.window
-    windows = sorted({max(1, window // 2), window, min(2 * window, max(MAX_WINDOW, window))})
-    if data is not None:
-        windows = [w for w in windows if fits(data, w)] or [window]
-    space = SearchSpace(architecture=["segment", "direct"], norm=["revin", "last", "none"],
-                        window=windows, hidden=[64, 128, 256], lr=FloatRange(low=3e-4, high=3e-3, log=True),
-                        batch_size=[64, 256], loss=["mse", "mae"], dropout=FloatRange(low=0.0, high=0.5),
-                        segment=sorted({min(w, window) for w in (12, 24, 48)}))
-    if data is not None and data.n_targets > 1:
-        space.channels = ["independent", "mixed"]
-    return space
-
-
-def fits(data: PreparedSeries, window: int, min_windows: int = 2) -> bool:
-    return all(len(data.points.first_targets(s, window, data.horizon)) >= min_windows
-               for s in ("train", "val", "test"))
-
-
 def search_space(cfg: PipelineConfig, data=None) -> SearchSpace:
-    """The config's space, or for a forecasting config that gives none, the default one."""
-    if cfg.task == "forecasting" and cfg.tuning.space.is_empty():
-        return default_space(cfg, data)
-    return cfg.tuning.space
+    """The config's space, or the task's default where it gives none (forecasting: forecasting.tuning)."""
+    return tasks.for_config(cfg).search_space(data)
 
 
 def _active(name: str, params: dict) -> bool:
@@ -93,21 +64,12 @@ def _inside(dim, value) -> bool:
     return dim.low <= value <= dim.high
 
 
-# The published long-horizon recipe for hourly data (SegRNN's scripts at L = 96: a GRU over segments of 24 steps,
-# parallel decoding, channel independence with channel ids, dropout 0.5, batch 256, lr 1e-3; width capped for CPUs)
-RECIPE = {"architecture": "segment", "norm": "revin", "channels": "independent", "cell": "gru", "hidden": 256,
-          "dropout": 0.5, "lr": 1e-3, "batch_size": 256, "segment": 24, "loss": "mse"}
-
-
 def enqueue_configured(study: optuna.Study, cfg: PipelineConfig, space: SearchSpace) -> None:
     """A new study's first trial is the configured model (where its values lie in the space): a search never ends
-    below what the config alone would have trained. Searching the default space, the second is the published
-    recipe (RECIPE) at the configured window."""
+    below what the config alone would have trained. The task may add more (forecasting's default space: the
+    published recipe at the configured window)."""
     params = default_params(cfg)
-    points = [params]
-    if cfg.task == "forecasting" and cfg.tuning.space.is_empty():
-        points.append({**params, **RECIPE, "segment": min(RECIPE["segment"], cfg.features.window)})
-    for point in points:
+    for point in [params, *tasks.for_config(cfg).start_points(params)]:
         fixed = {k: v for k, v in point.items()
                  if getattr(space, k, None) is not None and _active(k, point) and _inside(getattr(space, k), v)}
         if fixed:
@@ -115,52 +77,21 @@ def enqueue_configured(study: optuna.Study, cfg: PipelineConfig, space: SearchSp
 
 
 def default_params(cfg: PipelineConfig) -> dict:
-    """Every tunable knob at its configured value: forecasting adds the window, classification the sequence
-    reader's knobs (embedding width only for embedded text)."""
+    """Every tunable knob at its configured value: the task's own (forecasting's architecture, normalisation and
+    channel mode come first, since other knobs depend on them; its window and loss; classification's reader knobs)
+    around the shared ones."""
     m = cfg.model
-    out = {}
-    if cfg.task == "forecasting":  # the knobs others depend on come first (see _active)
-        out.update(architecture=m.architecture, norm=m.norm, channels=m.channels)
-    out.update({"cell": m.cell, "hidden": m.hidden, "layers": m.layers, "dropout": m.dropout, "lr": cfg.training.lr,
-                "batch_size": cfg.training.batch_size, "optimizer": cfg.training.optimizer})
-    if cfg.task == "classification":
-        out.update(bidirectional=m.bidirectional, pooling=m.pooling)
-        if cfg.data.text_column and cfg.features.encoding == "embedding":
-            out["embedding_dim"] = m.embedding_dim
-    else:
-        out.update(window=cfg.features.window, segment=m.segment, affine=m.affine, loss=cfg.training.loss,
-                   channel_embedding=m.channel_embedding)
-    return out
+    first, rest = tasks.for_config(cfg).default_params()
+    return {**first, "cell": m.cell, "hidden": m.hidden, "layers": m.layers, "dropout": m.dropout,
+            "lr": cfg.training.lr, "batch_size": cfg.training.batch_size, "optimizer": cfg.training.optimizer, **rest}
 
 
-def spec_for(params: dict, data: PreparedSeries | PreparedSequences) -> ModelSpec | ClassifierSpec:
-    common = dict(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
-                  dropout=float(params["dropout"]))
-    if isinstance(data, PreparedSequences):
-        return ClassifierSpec(**common, n_classes=len(data.classes), input_kind=data.kind,
-                              n_inputs=data.encoder.n_inputs, encoding=data.encoding,
-                              embedding_dim=int(params.get("embedding_dim", 64)),
-                              bidirectional=bool(params["bidirectional"]), pooling=params["pooling"],
-                              padding=data.padding)
-    return ModelSpec(**common, n_features=data.z.shape[1], n_targets=data.n_targets, horizon=data.horizon,
-                     architecture=params.get("architecture", "direct"), norm=params.get("norm", "none"),
-                     channels=params.get("channels", "mixed"),
-                     segment=min(int(params.get("segment", 24)), int(params["window"])),
-                     affine=bool(params.get("affine", False)),
-                     channel_embedding=bool(params.get("channel_embedding", True)))
-
-
-def _split_sets(params: dict, data: PreparedSeries | PreparedSequences):
-    if isinstance(data, PreparedSequences):
-        return data.batches("train"), data.batches("val")
-    loss = params.get("loss", "mse")
-    return data.windows("train", params["window"], loss), data.windows("val", params["window"], loss)
-
-
-def train_with(params: dict, data: PreparedSeries | PreparedSequences, cfg: PipelineConfig, *, max_epochs: int,
-               patience: int, device, on_epoch=None, log_every: int = 0, max_seconds: float | None = None):
+def train_with(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patience: int, device, on_epoch=None,
+               log_every: int = 0, max_seconds: float | None = None):
+    """Train one model with `params` on `data`'s training set, early-stopped on its validation set (train.fit)."""
     t = cfg.training
-    return fit(spec_for(params, data), *_split_sets(params, data), lr=params["lr"],
+    task = tasks.for_config(cfg)
+    return fit(task.spec(params, data), *task.train_sets(params, data), lr=params["lr"],
                batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
                weight_decay=t.weight_decay, max_epochs=max_epochs, patience=patience, lr_patience=t.lr_patience,
                lr_factor=t.lr_factor, clip_grad_norm=t.clip_grad_norm, loss_steps=t.loss_steps, burn_in=t.burn_in,
@@ -217,7 +148,7 @@ class TuneResult:
     trial_seconds: float  # training time of the trials run by this call (resumed ones excluded)
 
 
-def tune(data: PreparedSeries, cfg: PipelineConfig, storage_url: str, study_name: str, device,
+def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
          experiment_id: str | None = None, parent_run_id: str | None = None) -> TuneResult:
     """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out)."""
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ def test_old_registered_model_loads_and_predicts_the_same(name, kind):
     folder = FIXTURES / name
     assert not (folder / "code").exists()  # today's package answers, not a copy stored with the model
     model = registry.load(str(folder))
-    assert isinstance(registry.load_bundle(model), kind)
+    assert isinstance(registry.bundle_of(model), kind)
     got = model.predict(pd.read_csv(folder / "input.csv"))
     expected = pd.read_csv(folder / "expected.csv")
     assert list(got.columns) == list(expected.columns)

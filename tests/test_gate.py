@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import RidgeCV
 
+from rnn_pipeline import tasks
+from rnn_pipeline.config import load_config
 from rnn_pipeline.data import datasets
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError
 from rnn_pipeline.forecasting.evaluation import evaluate, forecast_score, headline, ridge_on_lags
 from rnn_pipeline.forecasting.windows import prepare_series
-from rnn_pipeline.registry import decide, floor_names
+from rnn_pipeline.registry import decide
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +156,18 @@ def test_a_classifier_floor_compares_higher_is_better_scores_by_difference():
 
 
 def test_the_default_floor_and_a_configured_one():
-    assert floor_names(None, "forecasting", 24) == ["persistence", "seasonal_naive"]
-    assert floor_names(None, "forecasting", None) == ["persistence"]
-    assert floor_names(None, "classification", None) == ["majority"]
-    assert floor_names(["ridge_last", "ridge"], "forecasting", None) == ["ridge_last", "ridge"]
-    assert floor_names([], "forecasting", 24) == []
+    def floor(task: str, season, configured=None):
+        cfg = load_config("japanese_vowels" if task == "classification" else "seed_sine",
+                          {"registry": {"floor": configured}})
+        return tasks.for_config(cfg).floor(season)
+
+    assert floor("forecasting", 24) == ["persistence", "seasonal_naive"]
+    assert floor("forecasting", None) == ["persistence"]
+    assert floor("classification", None) == ["majority"]
+    assert floor("forecasting", None, ["ridge_last", "ridge"]) == ["ridge_last", "ridge"]
+    assert floor("forecasting", 24, []) == []
     with pytest.raises(ConfigError, match="registry.floor lists seasonal_naive, but this series has no season"):
-        floor_names(["seasonal_naive"], "forecasting", None)
+        floor("forecasting", None, ["seasonal_naive"])
 
 
 SEED = "data: {builtin: seed_sine}\n"

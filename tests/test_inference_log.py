@@ -3,23 +3,24 @@ background, actuals all or none, the joins monitoring reads, and rows set aside 
 is away."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.serving import inference_log as ilog
 
-BUNDLE = SimpleNamespace(input_columns=["value", "temp"], target_columns=["value"])
+# what the log keeps of a prediction depends only on the columns, not on the network or the scaling
+BUNDLE = ForecastBundle(None, None, target_columns=["value"], feature_columns=["temp"], window=5, horizon=2)
 
 
 def _rows(n, version="1", horizon=2, seed=0):
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(n, 5, 2)), rng.normal(size=(n, horizon, 1))
     ids = [ilog.new_id() for _ in range(n)]
-    return ids, x, y, ilog.forecast_rows(BUNDLE, x, y, ids, version, "m", "api", 1.5)
+    return ids, x, y, ilog.prediction_rows(BUNDLE, x, y, ids, version, "m", "api", 1.5)
 
 
 def log_contract(url: str) -> None:

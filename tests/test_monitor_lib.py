@@ -6,6 +6,7 @@ import pytest
 
 from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError, PipelineError
+from rnn_pipeline.forecasting import monitoring as forecasting
 from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.monitoring.store import LockHeld, MonitoringStore
 
@@ -13,7 +14,7 @@ from rnn_pipeline.monitoring.store import LockHeld, MonitoringStore
 def test_window_features_match_a_direct_computation():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(40, 2))
-    f = monitor.window_features(v, ["a", "b"], 1, window=5, start=10)
+    f = forecasting.window_features(v, ["a", "b"], 1, window=5, start=10)
     assert list(f.columns) == ["a_level", "a_spread", "a_step", "b_level", "b_spread", "b_step", "a_next"]
     assert len(f) == 30  # targets 10..39
     for row, i in enumerate(range(10, 40)):
@@ -25,7 +26,7 @@ def test_window_features_match_a_direct_computation():
 
 
 def _features(frame, start, window=50):
-    return monitor.window_features(frame[["value"]].to_numpy(), ["value"], 1, window, start=start)
+    return forecasting.window_features(frame[["value"]].to_numpy(), ["value"], 1, window, start=start)
 
 
 def test_drift_report_separates_a_regime_shift_from_stationary_batches():
@@ -78,11 +79,11 @@ def test_drift_report_needs_windows():
 
 def test_batch_errors_use_history_for_inputs_and_score_only_the_batch():
     values = np.arange(30, dtype=float)[:, None]
-    y_true, y_pred = monitor.batch_errors(lambda x: x[:, -1:, :] + 1, values, 1, window=4, horizon=2, start=20)
+    y_true, y_pred = forecasting.batch_errors(lambda x: x[:, -1:, :] + 1, values, 1, window=4, horizon=2, start=20)
     assert y_true.shape == (9, 2, 1)  # first targets 20..28: both horizon steps inside the data
     np.testing.assert_array_equal(y_true[:, 0, 0], np.arange(20, 29))
     np.testing.assert_array_equal(y_pred[:, 0, 0], np.arange(20, 29))
-    assert monitor.mse(y_true[:, :1], y_pred) == 0.0
+    np.testing.assert_array_equal(y_true[:, :1], y_pred)
 
 
 @pytest.mark.parametrize("share,ratio,expected", [(0.0, 1.0, "ok"), (0.5, 1.0, "drift"), (0.49, None, "ok"),
@@ -93,25 +94,25 @@ def test_verdict_thresholds(share, ratio, expected):
 
 
 def test_read_batch_validates_like_training_data_and_must_continue_the_series():
-    ok = monitor.read_batch(pd.DataFrame({"time": [5, 6], "value": ["1.5", 2]}), "b.csv", "time", ["value"], "error",
+    ok = forecasting.read_batch(pd.DataFrame({"time": [5, 6], "value": ["1.5", 2]}), "b.csv", "time", ["value"], "error",
                             after=4)
     assert ok["value"].tolist() == [1.5, 2.0]
     with pytest.raises(DataValidationError, match=r"b.csv, column 'value', row 2: non-numeric value \(value: 'x'\)"):
-        monitor.read_batch(pd.DataFrame({"time": [5, 6], "value": [1, "x"]}), "b.csv", "time", ["value"], "error")
+        forecasting.read_batch(pd.DataFrame({"time": [5, 6], "value": [1, "x"]}), "b.csv", "time", ["value"], "error")
     with pytest.raises(DataValidationError, match="missing column 'value'"):
-        monitor.read_batch(pd.DataFrame({"time": [5], "v": [1]}), "b.csv", "time", ["value"], "error")
+        forecasting.read_batch(pd.DataFrame({"time": [5], "v": [1]}), "b.csv", "time", ["value"], "error")
     with pytest.raises(DataValidationError, match="does not continue the series"):
-        monitor.read_batch(pd.DataFrame({"time": [3, 6], "value": [1, 2]}), "b.csv", "time", ["value"], "error",
+        forecasting.read_batch(pd.DataFrame({"time": [3, 6], "value": [1, 2]}), "b.csv", "time", ["value"], "error",
                            after=4)
 
 
 def test_stream_and_retrain_window():
     ref = pd.DataFrame({"t": [1, 2, 3], "v": [1.0, 2, 3]})
     b1, b0 = pd.DataFrame({"t": [4, 5], "v": [4.0, 5]}), pd.DataFrame({"t": [0], "v": [0.0]})
-    full = monitor.stream(ref, [b1, b0], "t")
+    full = forecasting.stream(ref, [b1, b0], "t")
     assert full["t"].tolist() == [1, 2, 3, 4, 5]  # a batch from before the reference is not part of it
-    assert monitor.retrain_window(full, "recent", 2)["t"].tolist() == [4, 5]
-    assert len(monitor.retrain_window(full, "reference+new", 2)) == 5
+    assert forecasting.retrain_window(full, "recent", 2)["t"].tolist() == [4, 5]
+    assert len(forecasting.retrain_window(full, "reference+new", 2)) == 5
 
 
 def test_list_batches_in_name_order(tmp_path):
@@ -199,3 +200,28 @@ def test_a_store_from_the_previous_version_gains_the_new_columns(tmp_path):
         store.dispose()
     assert list(hist.batch) == ["old.csv", "new.csv"]
     assert np.isnan(hist.champion_accuracy[0]) and hist.champion_accuracy[1] == 0.9 and hist.n_labelled[1] == 40
+
+
+def test_categorical_thresholds_are_on_the_reports_scale():
+    """A categorical column is calibrated with Evidently's own Jensen-Shannon test: the report scores a block of the
+    reference no further than the calibration's worst block."""
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"x": rng.normal(size=400), "label": rng.choice(["a", "b", "c"], 400, p=[0.6, 0.3, 0.1])})
+    worst = monitor.calibrate_thresholds(ref, 100, k=1.0, floor=0.0, categorical=("label",))
+    res = monitor.drift_report(ref, ref.iloc[:100], "wasserstein", "auto", 1.0, categorical=("label",))
+    assert 0 < res.scores["label"]["score"] <= worst["label"] + 1e-12
+
+
+def test_the_reference_picks_the_tasks_monitoring(tmp_path):
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.forecasting.monitoring import ForecastingMonitor
+    from rnn_pipeline.monitoring.champion import for_reference, monitor_class
+
+    frame = datasets.seed_sine().iloc[:200]
+    meta = forecasting.reference_meta("time", ["value"], 1, 10, 1, 0.5, frame["time"], "d")  # no task: forecasting
+    folder = forecasting.write_reference(tmp_path / "ref", frame["time"], frame[["value"]].to_numpy(), meta)
+    m = for_reference(folder, load_config("seed_sine"), None, "3")
+    assert isinstance(m, ForecastingMonitor) and m.version == "3" and len(m.features) == 190
+    assert monitor_class("classification").task == "classification"
+    with pytest.raises(PipelineError, match="unknown task 'x' \(one of forecasting, classification\)"):
+        monitor_class("x")

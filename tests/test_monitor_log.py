@@ -84,7 +84,7 @@ def test_actuals_for_older_predictions_are_judged_in_a_later_pass(setup):
         from rnn_pipeline import registry
 
         with mlflow_stores(f"sqlite:///{folder / 'state' / 'mlflow.db'}"):
-            bundle = registry.load_bundle(registry.load(f"models:/{NAME}/1"))
+            bundle = registry.bundle_of(registry.load(f"models:/{NAME}/1"))
         from rnn_pipeline.serving.inference_log import forecast_rows, new_id
 
         x = np.stack([y[i:i + 50] for i in range(30)])[:, :, None]

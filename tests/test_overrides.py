@@ -141,13 +141,14 @@ def test_a_bad_seed_is_a_usage_error(tmp_path, captured):
 # --- monitoring retrains extend the series: the configured split times would cut the new data off ---------------
 
 def test_monitoring_retrains_drop_the_split_times_including_test_end(tmp_path):
-    from flows.monitoring import retrain_overrides
+    from rnn_pipeline.forecasting.monitoring import ForecastingMonitor
+    from rnn_pipeline.monitoring.champion import retrain_overrides
 
     p = tmp_path / "c.yaml"
     p.write_text("name: x\ndata: {builtin: seed_sine}\n"
                  "split: {val_start: 100, test_start: 800, test_end: 900, val: 0.2}\n")
     cfg = load_config(p)
-    champ = SimpleNamespace(task="forecasting", params={"window": 20, "hidden": 8})
+    champ = SimpleNamespace(monitor=ForecastingMonitor, params={"window": 20, "hidden": 8})
     merged = load_config(p, retrain_overrides(cfg, champ, tmp_path / "window.parquet"))
     s = merged.split
     assert (s.val_start, s.test_start, s.test_end, s.val) == (None, None, None, 0.2)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -14,6 +15,7 @@ from rnn_pipeline import tune
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.data import datasets
 from rnn_pipeline.data.validation import validate_series
+from rnn_pipeline.forecasting import tuning
 from rnn_pipeline.forecasting.windows import prepare_series
 
 
@@ -67,6 +69,7 @@ def test_pruner_prunes_bad_trials(tmp_path, data):
 
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
+    from types import SimpleNamespace
     from rnn_pipeline import tune
     from rnn_pipeline.data import datasets
     from rnn_pipeline.config import PipelineConfig
@@ -75,10 +78,9 @@ RESUME_SCRIPT = textwrap.dedent("""
     cfg = PipelineConfig.model_validate({"name": "r", "seed": 5, "data": {"builtin": "seed_sine"},
         "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none",
                    "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}})
-    real = tune.train_with
-    def slow(*a, **kw):
+    def slow(params, *a, **kw):  # what is tested is the study's storage, not training: a trial takes a fixed time
         time.sleep(float(sys.argv[2]))
-        return real(*a, **kw)
+        return SimpleNamespace(best_val=params["hidden"] * params["lr"])
     tune.train_with = slow
     t, v = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
     d = prepare_series(t, v, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard", val=0.15, test=0.2)
@@ -121,7 +123,15 @@ def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
     assert not [t for t in st.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
 
 
-def test_a_resumed_study_draws_new_parameters(tmp_path, data):
+def fake_training(monkeypatch):
+    """Trials that score their parameters instantly: for tests of the study (what it enqueues, draws and keeps),
+    not of training."""
+    monkeypatch.setattr(tune, "train_with", lambda params, *a, **kw: SimpleNamespace(
+        best_val=float(params["hidden"]) * params["lr"] + 0.01 * len(str(sorted(params.items())))))
+
+
+def test_a_resumed_study_draws_new_parameters(tmp_path, data, monkeypatch):
+    fake_training(monkeypatch)
     url = f"sqlite:///{tmp_path}/r.db"
     first = tune.tune(data, small_cfg(n_trials=3), url, "s", "cpu")
     resumed = tune.tune(data, small_cfg(n_trials=6), url, "s", "cpu")  # same study: n_trials is not in its name
@@ -167,7 +177,8 @@ def test_a_small_study_is_not_random_search_with_the_same_draws_everywhere(tmp_p
     assert median[1] < median[-1] / 3  # low lr where low lr scored best, high where high did
 
 
-def test_a_new_study_tries_the_configured_model_first(tmp_path, data):
+def test_a_new_study_tries_the_configured_model_first(tmp_path, data, monkeypatch):
+    fake_training(monkeypatch)
     cfg = small_cfg(n_trials=3, space={"hidden": [4, 32], "lr": {"low": 1e-3, "high": 1e-2, "log": True}})
     res = tune.tune(data, cfg, f"sqlite:///{tmp_path}/e.db", "s", "cpu")
     assert res.study.trials[0].params == {"hidden": cfg.model.hidden, "lr": cfg.training.lr}
@@ -190,13 +201,14 @@ def test_conditional_knobs_are_sampled_only_where_they_act(tmp_path):
         assert ("affine" in sampled) == (p["norm"] == "revin")
 
 
-def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_path, data):
+def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_path, data, monkeypatch):
+    fake_training(monkeypatch)
     cfg = PipelineConfig.model_validate({"name": "d", "data": {"builtin": "seed_sine"},
                                          "features": {"window": 50}, "tuning": {"n_trials": 3, "max_epochs": 2}})
     space = tune.search_space(cfg, data)
     assert space.architecture == ["segment", "direct"] and space.norm == ["revin", "last", "none"]
     assert space.window == [25, 50, 100]  # L/2, L, 2L
-    assert not tune.fits(data, 900)  # a window that leaves no training windows is never offered
+    assert not tuning.fits(data, 900)  # a window that leaves no training windows is never offered
     long = cfg.model_copy(update={"features": cfg.features.model_copy(update={"window": 400})})
     assert tune.search_space(long, data).window == [200, 400]
     assert space.channels is None  # one target: nothing to mix or separate
@@ -204,7 +216,7 @@ def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_pat
     res = tune.tune(data, cfg, f"sqlite:///{tmp_path}/d.db", "d", "cpu")
     first, second = res.study.trials[0].params, res.study.trials[1].params
     assert first["architecture"] == "segment" and first["norm"] == "revin" and first["window"] == 50
-    assert {k: second[k] for k in tune.RECIPE if k in second} == {**{k: v for k, v in tune.RECIPE.items()
+    assert {k: second[k] for k in tuning.RECIPE if k in second} == {**{k: v for k, v in tuning.RECIPE.items()
                                                                       if k in second}, "segment": 24}
     assert second["hidden"] == 256 and second["dropout"] == 0.5 and second["window"] == 50  # the recipe
     assert res.n_complete + res.n_pruned == 3

@@ -7,6 +7,9 @@ reference (the labelled data it was trained on).
   Numeric sequences: length and each channel's mean and spread.
 - Prediction drift: the distribution of the champion's predicted labels (Evidently, categorical).
 - When the batch carries labels: the champion's accuracy and macro F1 on it against its test scores.
+
+From the inference log, the logged texts or sequences are the batch; the live accuracy and macro F1 compare the
+logged labels with the posted ones.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import pandas as pd
 
 from rnn_pipeline.classification.sequences import RawSequences, items_frame, read_items
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.monitoring import drift as monitor
+from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, TaskMonitor, fmt, frames, rows_since
 
-REFERENCE_DATA, REFERENCE_META = "data.parquet", "reference.json"
+REFERENCE_DATA, REFERENCE_META = "data.parquet", monitor.REFERENCE_META
 PREDICTED = "predicted_label"
 
 
@@ -114,3 +119,128 @@ def retrain_items(reference: RawSequences, batches: list[pd.DataFrame], d, polic
             keep = pd.unique(out[d.sequence_column])[-recent_points:]
             out = out[out[d.sequence_column].isin(keep)]
     return out.reset_index(drop=True)
+
+
+# ---- the inference log ----------------------------------------------------------------------------------------
+def items(frame: pd.DataFrame, kind: str, channels: list[str], with_labels: bool = False) -> RawSequences:
+    """The logged texts or sequences (of the champion's channels) as a batch; with_labels: the posted labels."""
+    keep, out = [], []
+    for i, text in enumerate(frame["inputs"]):
+        d = json.loads(text)
+        if kind == "text" and "text" in d:
+            out.append(d["text"])
+            keep.append(i)
+        elif kind == "numeric" and d.get("columns") == list(channels):
+            out.append(np.asarray(d["values"], dtype="float64").reshape(-1, len(channels)))
+            keep.append(i)
+    labels = None
+    if with_labels:
+        labels = np.asarray([json.loads(frame["actual"].iloc[i])["label"] for i in keep], dtype=object)
+    return RawSequences(kind, out, np.arange(len(out)), labels, None, list(channels) if kind == "numeric" else [])
+
+
+def logged_proba(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """The logged class probabilities in `classes` order (a class a logged model did not know: 0)."""
+    out = np.zeros((len(frame), len(classes)))
+    for i, text in enumerate(frame["output"]):
+        probs = json.loads(text)["probabilities"]
+        out[i] = [probs.get(c, 0.0) for c in classes]
+    return out
+
+
+# ---- the task's monitoring ------------------------------------------------------------------------------------
+class ClassificationMonitor(TaskMonitor):
+    """Items are exchangeable: no state carries from batch to batch; a retrain learns from the champion's items and
+    the labelled batches it has not seen."""
+
+    task = "classification"
+    SCORE_COLUMNS = (("accuracy", "champion_accuracy"), ("f1", "champion_f1"))
+
+    @staticmethod
+    def score_text(row: dict) -> str:
+        acc = row.get("champion_accuracy")
+        return "no labels" if acc is None else f"accuracy {acc:.3f} vs {row['reference_accuracy']:.3f} on test"
+
+    @classmethod
+    def load(cls, folder: Path, cfg, bundle, version: str) -> ClassificationMonitor:
+        """The items the champion learned from, described like a batch; shuffled so that a block of them is a random
+        sample (for the calibrated thresholds)."""
+        reference, meta = read_reference(folder, cfg.data)
+        desc = descriptors(reference.subset(np.asarray(meta["train_index"])), bundle)
+        return cls(reference, meta, desc.sample(frac=1.0, random_state=0).reset_index(drop=True), bundle, version)
+
+    def initial_state(self, accepted: list[dict]) -> None:
+        return None
+
+    def read_batch(self, raw: pd.DataFrame, source: str, cfg, state) -> RawSequences:
+        batch = read_items(raw, source, cfg.data, labels=False)
+        check_batch(batch, source, self.bundle.encoder.channels)
+        return batch
+
+    def judge(self, cfg, state, batch: RawSequences) -> Outcome:
+        """Evidently drift of the item descriptors and of the predicted labels; with labels, the champion's accuracy
+        and macro F1 on the batch against its test accuracy."""
+        drift = self._drift(cfg, batch)
+        scores = label_scores(batch, self.bundle.predict_proba(batch.items, ids=batch.ids), self.bundle.classes)
+        out = self._outcome(cfg, drift, scores, len(batch))
+        if scores and scores["unseen_labels"]:
+            out.warnings.append(f"batch labels {scores['unseen_labels']} were never seen by champion v{self.version}: "
+                                "counted as errors (a retrain on this batch learns them)")
+        return out
+
+    def accept(self, state, raw, batch, cfg):
+        return state, items_frame(batch, cfg.data), {"n_rows": len(raw)}
+
+    def judge_log(self, cfg, current: pd.DataFrame, labelled: pd.DataFrame) -> Outcome:
+        """Descriptor and predicted-label drift of the logged items, and the champion's live accuracy and macro F1
+        (its logged labels against the posted ones)."""
+        mc, b = cfg.monitoring, self.bundle
+        batch = items(current, b.kind, b.input_columns)
+        if len(batch) < mc.min_windows:
+            raise DataValidationError(f"only {len(batch)} logged item(s) match the champion's input; monitoring "
+                                      f"needs at least {mc.min_windows}")
+        drift = self._drift(cfg, batch)
+        truth = items(labelled, b.kind, b.input_columns, with_labels=True)
+        scores = label_scores(truth, logged_proba(labelled, b.classes), b.classes) if len(truth) else None
+        return self._outcome(cfg, drift, scores, len(batch))
+
+    def _drift(self, cfg, batch: RawSequences) -> monitor.DriftResult:
+        mc = cfg.monitoring
+        return monitor.drift_report(self.features, descriptors(batch, self.bundle), mc.drift_method,
+                                    mc.drift_threshold, mc.drift_calibration, categorical=(PREDICTED,))
+
+    def _outcome(self, cfg, drift: monitor.DriftResult, scores: dict | None, n_items: int) -> Outcome:
+        """With at least min_windows labelled items, accuracy below test accuracy minus accuracy_drop is
+        'degraded'; otherwise the drift decides."""
+        mc, ref = cfg.monitoring, self.meta["test_accuracy"]
+        degraded = bool(scores and scores["n_labelled"] >= mc.min_windows
+                        and scores["accuracy"] < ref - mc.accuracy_drop)
+        v = "degraded" if degraded else monitor.verdict(drift.share, None, mc.drift_share, mc.error_ratio)
+        return Outcome(drift, n_items, v, labels=scores, reference_accuracy=ref,
+                       prediction_drift=drift.scores.get(PREDICTED, {}).get("drifted"))
+
+    def log_frame(self, answered: pd.DataFrame, cfg) -> pd.DataFrame | None:
+        """Every logged item with its posted label."""
+        truth = items(answered, self.bundle.kind, self.bundle.input_columns, with_labels=True)
+        return items_frame(truth, cfg.data) if len(truth) else None
+
+    def retrain_data(self, cfg, state, accepted: list[dict]) -> pd.DataFrame:
+        """The champion's items plus the labelled batches it has not learned from, split afresh."""
+        r = cfg.monitoring.retrain
+        data = retrain_items(self.reference, frames(rows_since(accepted, self.version)), cfg.data, r.policy,
+                             r.recent_points)
+        if data is None:
+            raise NothingToRetrain("retrain skipped (no new labels)", "no labelled batch since the champion",
+                                   f"no labelled batch has arrived since champion v{self.version} was trained: nothing "
+                                   "new to retrain on")
+        return data
+
+    @staticmethod
+    def retrain_config(data_path: Path) -> dict:
+        # the champion's items and the labelled batches, split afresh (not by the configured split column)
+        return {"data": {"builtin": None, "path": str(data_path), "split_column": None}, "split": {}}
+
+    def describe(self, outcome: Outcome) -> str:
+        acc = (outcome.labels or {}).get("accuracy")
+        return (f"drifted share {outcome.drift.share:.2f}, predicted labels drifted: {outcome.prediction_drift}, "
+                f"champion v{self.version} accuracy {fmt(acc)} vs {outcome.reference_accuracy:.4g} on its test items")

@@ -1,37 +1,40 @@
-"""Monitoring: a new batch of the series against the reference (the data the champion was trained on).
+"""Monitoring, for every task: batch files, Evidently's drift report with per-feature thresholds, and the verdict.
 
-Evidently compares window statistics of the batch with those of the reference (a univariate value alone says
-little: level, spread and step size of each window, and the value that follows it), with one fixed statistical
-method so a verdict means the same at every batch size. Where the batch holds actuals for the champion's
-forecasts, its error there is compared with its error on its own test windows: a change of dynamics that keeps
-the value distribution (a new frequency) shows up there. The flow (flows/monitoring.py) records and acts.
+Evidently compares the features of a batch (window statistics of a series, descriptors of texts or sequences: see
+each task's monitoring module) with those of the reference (the data the champion was trained on), with one fixed
+statistical method so a verdict means the same at every batch size. The verdict adds the champion's error or
+accuracy on the batch. The flow (flows/monitoring.py) records and acts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from rnn_pipeline.data.validation import check_columns, numeric_columns, parse_time
-from rnn_pipeline.errors import DataValidationError, PipelineError
-from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
+from rnn_pipeline.errors import PipelineError
 
-log = logging.getLogger(__name__)
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
-REFERENCE_DIR = "reference"
-REFERENCE_SERIES, REFERENCE_META = "series.parquet", "reference.json"
+# what training records with a model (an MLflow artifact folder) and the file in it that names its task
+REFERENCE_DIR, REFERENCE_META = "reference", "reference.json"
 # Evidently methods whose score is a p-value (drift when below the threshold); the rest are distances
 # (drift when at or above it).
 P_VALUE_METHODS = {"ks", "anderson", "cramer_von_mises", "mannw", "t_test", "es", "chisquare", "z", "fisher_exact",
                    "g_test"}
-SKIPPED_NAMES = {"processed", "quarantine"}
+# forecasting's reference writing and window features moved to rnn_pipeline.forecasting.monitoring; training and
+# older callers still import them from here
+_MOVED = {"REFERENCE_SERIES", "reference_meta", "write_reference", "read_reference", "window_features"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:  # imported on first use: rnn_pipeline.forecasting.monitoring imports this module
+        from rnn_pipeline.forecasting import monitoring as forecasting
+
+        return getattr(forecasting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- batches -------------------------------------------------------------------------------------------------
@@ -55,54 +58,6 @@ def list_batches(folder: str | Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith("."))
 
 
-def read_batch(frame: pd.DataFrame, source: str, time_column: str, columns: list[str], missing: str,
-               after=None) -> pd.DataFrame:
-    """Validate a batch like training data and return it as (time, columns...) float64. `after`: the last time
-    already seen; a batch must continue the series, not rewrite it."""
-    if frame.shape[0] == 0:
-        raise DataValidationError("no data rows", source=source)
-    check_columns(frame, source, time_column, columns)
-    t = parse_time(frame, source, time_column)
-    values = numeric_columns(frame, source, columns, missing)
-    if after is not None:
-        first = t.iloc[0]
-        try:
-            stale = not first > after
-        except TypeError:
-            raise DataValidationError(f"time values of type {type(first).__name__} cannot be compared with the "
-                                      f"series' {type(after).__name__} times", source=source, column=time_column,
-                                      row=1, value=str(first)) from None
-        if stale:
-            raise DataValidationError(f"batch does not continue the series: its first time is not after the last "
-                                      f"time already seen ({after})", source=source, column=time_column, row=1,
-                                      value=str(first))
-    out = values.copy()
-    out.insert(0, time_column, t.to_numpy())
-    return out
-
-
-# ---- window features -----------------------------------------------------------------------------------------
-def window_features(values: np.ndarray, columns: list[str], n_targets: int, window: int,
-                    start: int = 0) -> pd.DataFrame:
-    """One row per window whose target index i >= max(start, window): level (mean), spread (std) and step
-    (mean absolute first difference) of each column over values[i-L:i], and the target value(s) values[i].
-    Rolling statistics in O(n) memory."""
-    frame = pd.DataFrame(values, columns=columns)
-    roll = frame.rolling(window)
-    step = frame.diff().abs().rolling(window - 1) if window > 1 else None
-    feats = {}
-    for c in columns:
-        feats[f"{c}_level"] = roll[c].mean().shift(1)
-        feats[f"{c}_spread"] = roll[c].std(ddof=0).shift(1)
-        if step is not None:
-            feats[f"{c}_step"] = step[c].mean().shift(1)
-    for c in columns[:n_targets]:
-        feats[f"{c}_next"] = frame[c]
-    out = pd.DataFrame(feats)
-    first = max(start, window)
-    return out.iloc[first:].reset_index(drop=True)
-
-
 # ---- drift (Evidently) ---------------------------------------------------------------------------------------
 @dataclass
 class DriftResult:
@@ -120,14 +75,6 @@ class DriftResult:
         return path
 
 
-def _category_shares(values: np.ndarray, keys: list) -> np.ndarray:
-    """Evidently's binning of a categorical column for its distance tests: shares per category, 0 -> 0.0001."""
-    counts = pd.Series(values).value_counts()
-    shares = np.array([counts.get(k, 0) for k in keys], dtype="float64") / max(len(values), 1)
-    shares[shares == 0] = 0.0001
-    return shares
-
-
 def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, floor: float = 0.1,
                          categorical: tuple[str, ...] = ()) -> dict[str, float]:
     """Per-feature thresholds, calibrated on the reference at the batch's size: k x the largest distance between a
@@ -136,8 +83,11 @@ def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, fl
     long dependent sample, so a batch drawn from the reference's own regime lands far from it by chance; this
     measures how far, per feature, at this batch size. (Rows that are exchangeable, such as classified items,
     should be shuffled first, so that a block is a random sample.)"""
-    from scipy.spatial.distance import jensenshannon
-    from scipy.stats import wasserstein_distance
+    # Evidently's own stat tests, so that a threshold is on the report's scale (binning and normalisation
+    # included). Evidently 0.7 keeps its stat-test registry under evidently.legacy (the new metrics run it too,
+    # and name their methods from it); it has no other public entry point for one test on two samples.
+    from evidently.legacy.calculations.stattests import jensenshannon_stat_test, wasserstein_stat_test
+    from evidently.legacy.core import ColumnType
 
     n = len(reference)
     block = max(2, min(block, n // 2))
@@ -145,14 +95,10 @@ def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, fl
     starts = range(0, n - block + 1, step)
     out = {}
     for c in reference.columns:
-        r = reference[c].to_numpy()
-        if c in categorical:
-            keys = sorted(set(r))
-            whole = _category_shares(r, keys)
-            worst = max(float(jensenshannon(whole, _category_shares(r[i:i + block], keys))) for i in starts)
-        else:
-            scale = max(float(np.std(r)), 0.001)  # Evidently's normalisation
-            worst = max(wasserstein_distance(r, r[i:i + block]) / scale for i in starts)
+        r = reference[c].reset_index(drop=True)
+        test, kind = ((jensenshannon_stat_test, ColumnType.Categorical) if c in categorical
+                      else (wasserstein_stat_test, ColumnType.Numerical))
+        worst = max(float(test(r, r.iloc[i:i + block], kind, None).drift_score) for i in starts)
         out[c] = max(floor, k * worst)
     return out
 
@@ -181,53 +127,36 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, method: str,
     elif threshold is not None:
         kwargs["num_threshold"] = threshold
     snap = Report([DataDriftPreset(**kwargs)]).run(reference_data=reference, current_data=current)
-    scores, count, share = _drift_values(snap.dict(), list(reference.columns), methods,
+    scores, count, share = _drift_values(snap, list(reference.columns), methods,
                                          None if threshold == "auto" else threshold)
     return DriftResult(share, count, scores, method, threshold, snap)
 
 
-def _drift_values(d: dict, columns: list[str], methods: dict[str, str], threshold: float | None):
+def _drift_values(snap, columns: list[str], methods: dict[str, str], threshold: float | None):
+    """The preset's results: its drifted-columns count (the one count result) and each column's drift score (a
+    single value, with its column and threshold among the metric's parameters)."""
+    from evidently.core.metric_types import CountValue, SingleValue
+
     count = share = None
     scores: dict[str, dict] = {}
-    for m in d["metrics"]:
-        cfg = m.get("config", {})
-        kind = str(cfg.get("type", ""))
-        value = m.get("value")
-        if "DriftedColumnsCount" in kind:
-            count, share = int(value["count"]), float(value["share"])
-        elif "ValueDrift" in kind and cfg.get("column") in columns:
-            thr = cfg.get("threshold", threshold)
-            score = float(value)
+    for result in snap.metric_results.values():
+        params = result.get_metric_value_location().metric.params
+        if isinstance(result, CountValue):
+            count, share = int(result.count.value), float(result.share.value)
+        elif isinstance(result, SingleValue) and params.get("column") in columns:
+            thr = params.get("threshold", threshold)
+            score = float(result.value)
             if thr is None:
                 drifted = None
-            elif methods[cfg["column"]] in P_VALUE_METHODS:
+            elif methods[params["column"]] in P_VALUE_METHODS:
                 drifted = bool(score < thr)
             else:
                 drifted = bool(score >= thr)
-            scores[cfg["column"]] = {"score": score, "drifted": drifted,
-                                     "threshold": None if thr is None else float(thr)}
+            scores[params["column"]] = {"score": score, "drifted": drifted,
+                                        "threshold": None if thr is None else float(thr)}
     if share is None:
         raise PipelineError("Evidently's report has no drifted-columns count: unexpected report layout")
-    return scores, count, share
-
-
-# ---- the champion's error on the batch -----------------------------------------------------------------------
-def batch_errors(predict_windows, values: np.ndarray, n_targets: int, window: int, horizon: int,
-                 start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Forecast every window whose targets lie at or after `start` and inside `values` (the history before
-    `start` supplies the inputs). Returns (y_true, y_pred), each (N, H, T), in original units."""
-    first = np.arange(max(start, window), len(values) - horizon + 1)
-    if len(first) == 0:
-        empty = np.zeros((0, horizon, n_targets))
-        return empty, empty
-    x = lag_matrix(values, first, window)
-    return target_matrix(values, first, horizon, n_targets), predict_windows(x)
-
-
-def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from sklearn.metrics import mean_squared_error
-
-    return float(mean_squared_error(y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)))
+    return {c: scores[c] for c in columns if c in scores}, count, share
 
 
 # ---- verdict ---------------------------------------------------------------------------------------------------
@@ -240,43 +169,3 @@ def verdict(drift_share: float, error_ratio: float | None, share_threshold: floa
     if drift_share >= share_threshold:
         return "drift"
     return "ok"
-
-
-# ---- the reference and the retraining window -------------------------------------------------------------------
-def reference_meta(time_column: str, columns: list[str], n_targets: int, window: int, horizon: int, test_mse: float,
-                   time: pd.Series, data_digest: str) -> dict:
-    return {"format": 1, "time_column": time_column, "columns": list(columns), "n_targets": n_targets,
-            "window": int(window), "horizon": int(horizon), "test_mse": float(test_mse), "n_rows": int(len(time)),
-            "first_time": str(time.iloc[0]), "last_time": str(time.iloc[-1]), "data_digest": data_digest}
-
-
-def write_reference(folder: str | Path, time: pd.Series, values: np.ndarray, meta: dict) -> Path:
-    """The data a model was trained on, with what monitoring needs to judge batches against it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(values, columns=meta["columns"])
-    frame.insert(0, meta["time_column"], time.to_numpy())
-    frame.to_parquet(folder / REFERENCE_SERIES, index=False)
-    (folder / REFERENCE_META).write_text(json.dumps(meta, indent=2))
-    return folder
-
-
-def read_reference(folder: str | Path) -> tuple[pd.DataFrame, dict]:
-    folder = Path(folder)
-    return pd.read_parquet(folder / REFERENCE_SERIES), json.loads((folder / REFERENCE_META).read_text())
-
-
-def stream(reference: pd.DataFrame, batches: list[pd.DataFrame], time_column: str) -> pd.DataFrame:
-    """The reference followed by every accepted batch that comes after it, in time order."""
-    last = reference[time_column].iloc[-1]
-    later = [b for b in batches if len(b) and b[time_column].iloc[0] > last]
-    if not later:
-        return reference.reset_index(drop=True)
-    out = pd.concat([reference, *later], ignore_index=True)
-    return out.sort_values(time_column, kind="stable").drop_duplicates(time_column, keep="last").reset_index(drop=True)
-
-
-def retrain_window(full: pd.DataFrame, policy: str, recent_points: int) -> pd.DataFrame:
-    if policy == "recent":
-        return full.iloc[-recent_points:].reset_index(drop=True)
-    return full

@@ -1,78 +1,67 @@
 """Monitoring from the inference log: the logged inputs of recent predictions stand in for a batch file, and the
 predictions joined with the actuals posted later give the champion's live error.
 
-Forecasting: each logged window is described like a reference window (level, spread and step of each column: the
-same definitions as `monitor.window_features`), and the live error is the MSE of the logged forecasts against the
-posted actual values. Classification: the logged texts or sequences are the batch; the live accuracy and macro F1
-compare the logged labels with the posted ones.
+This reads what the log gained since the last pass; each task's monitoring judges it (forecasting: the logged
+windows and forecasts; classification: the logged items and labels).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
-from rnn_pipeline.classification.sequences import RawSequences
+from rnn_pipeline.serving.inference_log import InferenceLog
+
+# window_stats moved to rnn_pipeline.forecasting.monitoring; older callers import it from here
+_MOVED = {"window_stats", "forecast_windows", "forecast_errors"}
 
 
-def forecast_windows(frame: pd.DataFrame, columns: list[str], window: int) -> np.ndarray:
-    """The logged input windows that the champion reads (same columns, same length) as (N, L, F)."""
-    out = []
-    for text in frame["inputs"]:
-        d = json.loads(text)
-        if d.get("columns") == list(columns) and len(d["values"]) == window:
-            out.append(d["values"])
-    return np.asarray(out, dtype="float64").reshape(len(out), window, len(columns))
+def __getattr__(name: str):
+    if name in _MOVED:
+        from rnn_pipeline.forecasting import monitoring as forecasting
+
+        return getattr(forecasting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def window_stats(x: np.ndarray, columns: list[str]) -> pd.DataFrame:
-    """Level (mean), spread (std) and step (mean absolute first difference) of every column of every window. A window
-    whose values are too large to describe (a statistic overflows) is left out."""
-    feats = {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        for j, c in enumerate(columns):
-            feats[f"{c}_level"] = x[:, :, j].mean(1)
-            feats[f"{c}_spread"] = x[:, :, j].std(1)
-            if x.shape[1] > 1:
-                feats[f"{c}_step"] = np.abs(np.diff(x[:, :, j], axis=1)).mean(1)
-    out = pd.DataFrame(feats)
-    return out[np.isfinite(out.to_numpy()).all(1)].reset_index(drop=True)
+@dataclass
+class LogDelta:
+    """What the inference log gained for a model since the last pass."""
+    new: pd.DataFrame  # predictions logged since
+    answered: pd.DataFrame  # predictions (of any version) whose actuals arrived since
+    current: pd.DataFrame  # both, each prediction once: the inputs to judge
+    labelled: pd.DataFrame  # the champion's answered predictions: its live score
+    after_prediction: int  # the watermark of the last pass
+    last_prediction: int
+    last_actual: int
+
+    @property
+    def name(self) -> str:
+        return f"inference-log #{self.after_prediction + 1}-{self.last_prediction}"
+
+    def digest(self, model_name: str) -> str:
+        return hashlib.sha256(f"{model_name}:{self.last_prediction}:{self.last_actual}".encode()).hexdigest()
+
+    def fields(self) -> dict:
+        """The store row's fields that place the pass in the log."""
+        times = pd.to_datetime(self.current["created_at"])
+        return {"log_prediction_seq": self.last_prediction, "log_actual_seq": self.last_actual,
+                "n_rows": len(self.current), "first_time": str(times.min()), "last_time": str(times.max())}
 
 
-def forecast_errors(labelled: pd.DataFrame, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Logged forecasts and their actual values, each (N, H, T)."""
-    if len(labelled) == 0:
-        return np.zeros((0, 1, len(targets))), np.zeros((0, 1, len(targets)))
-    pred = [json.loads(t) for t in labelled["output"]]
-    true = [json.loads(t)["values"] for t in labelled["actual"]]
-    y_pred = np.asarray([[p[t] for t in targets] for p in pred], dtype="float64").transpose(0, 2, 1)
-    y_true = np.asarray([[a[t] for t in targets] for a in true], dtype="float64").transpose(0, 2, 1)
-    return y_true, y_pred
-
-
-def items(frame: pd.DataFrame, kind: str, channels: list[str], with_labels: bool = False) -> RawSequences:
-    """The logged texts or sequences (of the champion's channels) as a batch; with_labels: the posted labels."""
-    keep, out = [], []
-    for i, text in enumerate(frame["inputs"]):
-        d = json.loads(text)
-        if kind == "text" and "text" in d:
-            out.append(d["text"])
-            keep.append(i)
-        elif kind == "numeric" and d.get("columns") == list(channels):
-            out.append(np.asarray(d["values"], dtype="float64").reshape(-1, len(channels)))
-            keep.append(i)
-    labels = None
-    if with_labels:
-        labels = np.asarray([json.loads(frame["actual"].iloc[i])["label"] for i in keep], dtype=object)
-    return RawSequences(kind, out, np.arange(len(out)), labels, None, list(channels) if kind == "numeric" else [])
-
-
-def logged_proba(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """The logged class probabilities in `classes` order (a class a logged model did not know: 0)."""
-    out = np.zeros((len(frame), len(classes)))
-    for i, text in enumerate(frame["output"]):
-        probs = json.loads(text)["probabilities"]
-        out[i] = [probs.get(c, 0.0) for c in classes]
-    return out
+def read_since(url: str, model_name: str, watermark: tuple[int, int], champion_version: str) -> LogDelta:
+    """The predictions logged after watermark[0] and the actuals posted after watermark[1] (the last pass's)."""
+    after_p, after_a = watermark
+    log = InferenceLog(url)
+    try:
+        new = log.predictions(model_name, after_p)
+        answered = log.labelled(model_name, after_a)
+    finally:
+        log.dispose()
+    parts = [f for f in (new, answered) if len(f)]
+    current = pd.concat(parts, ignore_index=True).drop_duplicates("prediction_id") if parts else new
+    return LogDelta(new, answered, current, answered[answered["model_version"] == champion_version], after_p,
+                    int(new["seq"].max()) if len(new) else after_p,
+                    int(answered["actual_seq"].max()) if len(answered) else after_a)

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from rnn_pipeline.errors import PipelineError, first_line
+from rnn_pipeline.db import open_database
+from rnn_pipeline.errors import PipelineError
 
 metadata = sa.MetaData()
 
@@ -159,23 +160,3 @@ class MonitoringStore:
         finally:
             with self.engine.begin() as c:
                 c.execute(locks.delete().where(locks.c.name == name, locks.c.owner == owner))
-
-
-def open_database(url: str, tables: sa.MetaData, what: str, migrate=None) -> sa.engine.Engine:
-    """An engine on `url` with `tables` created (and `migrate(engine)` run); one line naming the store if not."""
-    try:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
-        tables.create_all(engine)
-        if migrate is not None:
-            migrate(engine)
-        return engine
-    except (SQLAlchemyError, ImportError) as e:
-        raise PipelineError(f"{what} '{safe_url(url)}' cannot be opened: {first_line(e)}") from None
-
-
-def safe_url(url: str) -> str:
-    """A URL without its password, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.bundle import WINDOW_ID, ClassifierBundle, ForecastBundle
+from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
 from rnn_pipeline.data.datasets import read_table
+from rnn_pipeline.db import safe_url
 from rnn_pipeline.errors import DataValidationError, first_line
-from rnn_pipeline.monitoring.store import safe_url
 from rnn_pipeline.serving import inference_log as ilog
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".json")
@@ -77,18 +77,10 @@ def _parse_bytes(data: bytes, suffix: str, source: str) -> pd.DataFrame | list:
 
 
 def model_inputs(bundle: ForecastBundle | ClassifierBundle, data: pd.DataFrame | list, source: str):
-    """(ids, inputs): forecasting windows (N, L, F) or raw items; every problem names the source."""
+    """(ids, inputs): forecasting windows (N, L, F) or raw items (the bundle's model_inputs); every problem names
+    the source."""
     try:
-        if isinstance(bundle, ForecastBundle):
-            if not isinstance(data, pd.DataFrame):
-                raise DataValidationError("forecasting reads a table of history rows, not JSON")
-            return bundle.frame_to_windows(data)
-        if isinstance(data, list):
-            ids, items = bundle.items_from_list(data)
-        else:
-            ids, items = bundle.read_frame(data, source)
-        bundle.encoder.encode(items, source, ids)  # a too-long sequence (too_long: error) fails here, named
-        return ids, items
+        return bundle.model_inputs(data, source)
     except DataValidationError as e:
         raise DataValidationError(e.problem, source=source, column=e.column, row=e.row, value=e.value) from None
 
@@ -100,13 +92,8 @@ def score(bundle, ids, inputs, chunk: int = 10_000, progress=None) -> tuple[pd.D
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         t0 = time.perf_counter()
-        if isinstance(bundle, ForecastBundle):
-            y = bundle.predict_windows(inputs[lo:hi])
-            frame = pd.DataFrame(y.reshape(hi - lo, -1), columns=bundle.output_columns)
-            frame.insert(0, WINDOW_ID, ids[lo:hi])
-        else:
-            y = bundle.predict_proba(inputs[lo:hi], ids=ids[lo:hi])
-            frame = bundle.result_frame(ids[lo:hi], y)
+        y = bundle.predict_inputs(inputs[lo:hi], ids=ids[lo:hi])
+        frame = bundle.result_frame(ids[lo:hi], y)
         finite = np.isfinite(y.reshape(hi - lo, -1)).all(1)
         if not finite.all():
             bad = ids[lo + int(np.flatnonzero(~finite)[0])]
@@ -121,13 +108,10 @@ def score(bundle, ids, inputs, chunk: int = 10_000, progress=None) -> tuple[pd.D
 
 def log_rows(bundle, inputs, outputs: list, prediction_ids: list[str], version: str, model_name: str,
              source: str) -> list[dict]:
+    """Inference-log rows for what `score` predicted, chunk by chunk (each with its chunk's time per item)."""
     rows = []
     for lo, hi, y, ms in outputs:
-        ids = prediction_ids[lo:hi]
-        if isinstance(bundle, ForecastBundle):
-            rows += ilog.forecast_rows(bundle, inputs[lo:hi], y, ids, version, model_name, source, ms)
-        else:
-            rows += ilog.classification_rows(bundle, inputs[lo:hi], y, ids, version, model_name, source, ms)
+        rows += ilog.prediction_rows(bundle, inputs[lo:hi], y, prediction_ids[lo:hi], version, model_name, source, ms)
     return rows
 
 

@@ -30,8 +30,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from rnn_pipeline.db import open_database
 from rnn_pipeline.errors import DataValidationError, PipelineError, first_line
-from rnn_pipeline.monitoring.store import open_database
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -92,31 +92,18 @@ def digest(inputs) -> str:
 
 
 # ---- rows --------------------------------------------------------------------------------------------------------
-def forecast_rows(bundle, x: np.ndarray, y: np.ndarray, ids: list[str], version: str, model_name: str, source: str,
-                  latency_ms: float | None = None) -> list[dict]:
-    """x: (N, L, F) windows in original units, y: (N, H, T) forecasts -> prediction rows (inputs and outputs as
-    plain lists; `encode` turns them into JSON)."""
+def prediction_rows(bundle, inputs, outputs: np.ndarray, ids: list[str], version: str, model_name: str, source: str,
+                    latency_ms: float | None = None) -> list[dict]:
+    """A bundle's inputs (windows, texts or sequences, in original units) and outputs (forecasts or class
+    probabilities) -> prediction rows; the bundle says what each keeps (`log_records`: plain lists, which `encode`
+    turns into JSON)."""
     t = now()
-    return [{"prediction_id": pid, "model_name": model_name, "model_version": version, "task": "forecasting",
-             "source": source, "inputs": {"columns": bundle.input_columns, "values": x[i].tolist()},
-             "output": {c: y[i, :, j].tolist() for j, c in enumerate(bundle.target_columns)}, "label": None,
-             "latency_ms": latency_ms, "created_at": t} for i, pid in enumerate(ids)]
+    return [{"prediction_id": pid, "model_name": model_name, "model_version": version, "task": bundle.task,
+             "source": source, "inputs": inp, "output": out, "label": label, "latency_ms": latency_ms,
+             "created_at": t} for pid, (inp, out, label) in zip(ids, bundle.log_records(inputs, outputs), strict=True)]
 
 
-def classification_rows(bundle, items: list, proba: np.ndarray, ids: list[str], version: str, model_name: str,
-                        source: str, latency_ms: float | None = None) -> list[dict]:
-    t = now()
-    labels = np.asarray(bundle.classes, dtype=object)[proba.argmax(1)] if len(proba) else []
-    rows = []
-    for i, pid in enumerate(ids):
-        item = items[i]
-        inputs = ({"text": item} if bundle.kind == "text"
-                  else {"columns": bundle.input_columns, "values": np.asarray(item).tolist()})
-        rows.append({"prediction_id": pid, "model_name": model_name, "model_version": version,
-                     "task": "classification", "source": source, "inputs": inputs,
-                     "output": {"label": labels[i], "probabilities": dict(zip(bundle.classes, proba[i].tolist()))},
-                     "label": labels[i], "latency_ms": latency_ms, "created_at": t})
-    return rows
+forecast_rows = prediction_rows  # the former name; tests/test_monitor_log.py still imports it
 
 
 def encode(row: dict) -> dict:

@@ -1,0 +1,177 @@
+"""Forecasting as a Task: a validated series, split by target positions and scaled on the training rows, windows as
+views, a recurrent forecaster, and an evaluation beside persistence, the seasonal naive and Ridge on the same test
+windows (see rnn_pipeline.tasks for the interface)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from rnn_pipeline.bundle import ForecastBundle
+from rnn_pipeline.config import SearchSpace
+from rnn_pipeline.data.validation import validate_series
+from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.forecasting import evaluation, tuning
+from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
+from rnn_pipeline.forecasting.windows import PreparedSeries, before_test_end, lag_matrix, prepare_series, target_matrix
+from rnn_pipeline.models import ModelSpec
+from rnn_pipeline.tasks import Artifacts, Task, log_common_metrics, summary_head
+
+
+class ForecastingTask(Task):
+    name = "forecasting"
+    monitor = ForecastingMonitor
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def read(self, frame, source):
+        d = self.cfg.data
+        frame = before_test_end(frame, source, d.time_column, self.cfg.split.test_end)  # rows from test_end: unused
+        return validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
+
+    def prepare(self, checked, source) -> PreparedSeries:
+        cfg, s = self.cfg, self.cfg.split
+        time_col, values = checked
+        return prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
+                              window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
+                              scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
+                              test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
+                              outlier_threshold=cfg.data.outlier_threshold)
+
+    def describe(self, data: PreparedSeries, source: str) -> str:
+        return (f"data {source}: {data.points.n} rows, {data.values.shape[1]} columns; split at rows "
+                f"{data.points.val_start + 1} (validation) and {data.points.test_start + 1} (test)")
+
+    def digest(self, data: PreparedSeries) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([data.target_columns, data.feature_columns]).encode())
+        h.update(np.ascontiguousarray(data.values).tobytes())
+        h.update(data.time.astype(str).str.cat(sep=",").encode())
+        return h.hexdigest()
+
+    def warnings(self, data: PreparedSeries) -> list[str]:
+        return list(data.warnings)
+
+    # ---- judging ----------------------------------------------------------------------------------------------
+    def season(self, data):
+        return evaluation.resolve_season(self.cfg.evaluation.season, data)
+
+    def gate_key(self, data: PreparedSeries) -> str:
+        return evaluation.headline(self.cfg.gate_metric, data.n_targets)
+
+    def floor(self, season):
+        floor = self.cfg.registry.floor
+        if floor is None:
+            return ["persistence", *(["seasonal_naive"] if season else [])]
+        if "seasonal_naive" in floor and not season:
+            from rnn_pipeline.errors import ConfigError
+
+            raise ConfigError("registry.floor lists seasonal_naive, but this series has no season (evaluation.season "
+                              "'auto' found none): give evaluation.season or drop it from the floor")
+        return list(floor)
+
+    # ---- the model --------------------------------------------------------------------------------------------
+    def default_params(self):
+        m, cfg = self.cfg.model, self.cfg
+        return ({"architecture": m.architecture, "norm": m.norm, "channels": m.channels},
+                {"window": cfg.features.window, "segment": m.segment, "affine": m.affine, "loss": cfg.training.loss,
+                 "channel_embedding": m.channel_embedding})
+
+    def search_space(self, data=None) -> SearchSpace:
+        return tuning.default_space(self.cfg, data) if self.cfg.tuning.space.is_empty() else self.cfg.tuning.space
+
+    def start_points(self, params):
+        if not self.cfg.tuning.space.is_empty():
+            return []
+        return [{**params, **tuning.RECIPE, "segment": min(tuning.RECIPE["segment"], self.cfg.features.window)}]
+
+    def spec(self, params, data: PreparedSeries) -> ModelSpec:
+        return ModelSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
+                         dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
+                         horizon=data.horizon, architecture=params.get("architecture", "direct"),
+                         norm=params.get("norm", "none"), channels=params.get("channels", "mixed"),
+                         segment=min(int(params.get("segment", 24)), int(params["window"])),
+                         affine=bool(params.get("affine", False)),
+                         channel_embedding=bool(params.get("channel_embedding", True)))
+
+    def train_sets(self, params, data: PreparedSeries):
+        loss = params.get("loss", "mse")
+        return data.windows("train", params["window"], loss), data.windows("val", params["window"], loss)
+
+    def bundle(self, model, data: PreparedSeries, params) -> ForecastBundle:
+        return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns, int(params["window"]),
+                              data.horizon)
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, data, bundle: ForecastBundle, season):
+        return evaluation.evaluate(data, bundle.predict_windows, bundle.window, season,
+                                   self.cfg.evaluation.ridge_alphas)
+
+    def log_evaluation(self, ev, data: PreparedSeries) -> None:
+        log_common_metrics(ev)
+        mlflow.log_metrics({f"test_mse_h{h + 1}": v for h, v in enumerate(ev["mse_by_horizon"])})
+        if len(data.target_columns) > 1:
+            for col, m in ev["per_target"].items():
+                mlflow.log_metrics({f"test_{col}_{k}": v for k, v in m.items()})
+
+    def summary(self, ev, data):
+        return {"metrics_per_target": ev["per_target"], "mse_by_horizon": ev["mse_by_horizon"],
+                "n_test_windows": ev["n_test_windows"]}
+
+    def tag_scores(self, gate_key):
+        return tuple(dict.fromkeys(("mse", gate_key)))
+
+    def artifacts(self, folder: Path, ev, data: PreparedSeries, bundle: ForecastBundle, history, study, digest):
+        plots = evaluation.save_plots(folder, ev, data.time.iloc[ev["first_targets"]].to_numpy(), history, study)
+        index = ev["first_targets"]
+        meta = reference_meta(self.cfg.data.time_column, data.target_columns + data.feature_columns,
+                                      data.n_targets, bundle.window, data.horizon, ev["metrics"]["mse"], data.time,
+                                      digest)
+        return Artifacts(plots, bundle.windows_frame(lag_matrix(data.values, index[:1], bundle.window)), index,
+                         ev["y_pred"], evaluation.predictions_frame(ev, data.time, bundle.output_columns),
+                         write_reference(folder / "reference", data.time, data.values, meta))
+
+    def summary_table(self, s: dict) -> str:
+        # the headline scale: original units for one target, standardised (training z-scores) for several
+        p = "std_" if s.get("headline", "mse").startswith("std_") else ""
+        scale = ("standardised (each target's errors over its training std: original units would mix)" if p
+                 else "original units")
+        lines = summary_head(s) + [f"test windows, {scale}; skill = 1 - mse / baseline mse",
+                                   f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
+        rows = [("rnn", s["metrics"], None)] + [(k, v, s["skill"][k]) for k, v in s["baselines"].items()]
+        for name, m, sk in rows:
+            skill = "" if sk is None else f"{sk:+.3f}"
+            lines.append(f"{name:<16}{m[p + 'mse']:>12.6f}{m[p + 'rmse']:>10.4f}{m[p + 'mae']:>10.4f}"
+                         f"{m[p + 'r2']:>8.4f}{m[p + 'mase']:>8.3f}{skill:>8}")
+        lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
+                     f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
+        return "\n".join(lines)
+
+    # ---- scoring a logged model -------------------------------------------------------------------------------
+    def score(self, model, data: PreparedSeries, metric):
+        from rnn_pipeline.registry import bundle_of
+
+        b = bundle_of(model)
+        if not isinstance(b, ForecastBundle):
+            raise PipelineError("model is a classifier; this data is a series to forecast")
+        if b.target_columns != data.target_columns or b.horizon != data.horizon:
+            raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
+                                f"{data.target_columns} x {data.horizon}")
+        names = [*data.target_columns, *data.feature_columns]
+        missing = [c for c in b.input_columns if c not in names]
+        if missing:
+            raise PipelineError(f"model needs input column(s) {missing} that this data lacks")
+        cols = [names.index(c) for c in b.input_columns]
+        idx = data.points.first_targets("test", b.window, data.horizon)
+        x = lag_matrix(data.values[:, cols], idx, b.window)
+        out = model.predict(b.windows_frame(x))
+        y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))
+        y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
+        return evaluation.forecast_score(y_true, y_pred, data, metric)
+
+    def predict_logged(self, model, bundle: ForecastBundle, data: PreparedSeries, index):
+        x = lag_matrix(data.values, index, bundle.window)
+        return model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()

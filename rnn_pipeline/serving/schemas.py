@@ -1,0 +1,89 @@
+"""The service's request and response bodies (pydantic): what OpenAPI publishes and FastAPI validates before a
+model sees anything. Requests are strict: unknown fields, JSON booleans or strings for numbers, NaN and Infinity are
+refused with 422."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+Number = Annotated[float, Strict()]  # a JSON number: true/false and "1.5" are refused, NaN/Infinity too
+
+
+class SeriesInput(_Strict):
+    history: dict[str, list[Number]] = Field(
+        ..., description="the recent history, oldest first: one list per input column of the model (its targets "
+                         "and features), all of the same length, at least the model's window",
+        examples=[{"value": [0.1, 0.2, 0.3]}])
+
+
+class PredictRequest(_Strict):
+    """Exactly one of `series` (forecasting), `texts` (text classification) or `sequences` (numeric sequence
+    classification: a list of steps per sequence, each step a list of the model's channel values)."""
+
+    series: list[SeriesInput] | None = Field(None, min_length=1)
+    texts: list[str] | None = Field(None, min_length=1)
+    sequences: list[list[list[Number]]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("series", "texts", "sequences") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'series', 'texts' or 'sequences'"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def size(self) -> int:
+        """How many series, texts or sequences the request holds."""
+        return len(self.series or self.texts or self.sequences)
+
+
+class ModelRef(BaseModel):
+    name: str | None
+    version: str | None
+    alias: str | None
+    uri: str
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    forecast: dict[str, list[float]] | None = Field(None, description="forecasting: per target, the next H values "
+                                                                        "in original units")
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction]
+
+
+class Actual(_Strict):
+    prediction_id: str = Field(..., min_length=1, max_length=64)
+    values: dict[str, list[Number]] | None = Field(None, description="forecasting: per target, the H actual values")
+    label: str | None = Field(None, min_length=1, max_length=200, description="classification: the true label")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.values is None) == (self.label is None):
+            raise ValueError("give exactly one of 'values' (forecasting) or 'label' (classification)")
+        return self
+
+
+class ActualsRequest(_Strict):
+    actuals: list[Actual] = Field(..., min_length=1)
+
+
+class ActualsResponse(BaseModel):
+    recorded: int
+
+
+class Problem(BaseModel):
+    detail: str
