@@ -106,7 +106,7 @@ def epoch_seconds(n_windows: int = 8500, window: int = 336, horizon: int = 96, e
     import pandas as pd
 
     from rnn_pipeline.forecasting.windows import prepare_series
-    from rnn_pipeline.models import ModelSpec
+    from rnn_pipeline.models import ForecasterSpec
     from rnn_pipeline.train import fit, setup_torch
 
     setup_torch(1, 0)
@@ -126,7 +126,7 @@ def epoch_seconds(n_windows: int = 8500, window: int = 336, horizon: int = 96, e
                      ("segment GRU-128, W=24, revin", dict(architecture="segment", hidden=128, norm="revin")),
                      ("segment GRU-256, W=24, revin", dict(architecture="segment", hidden=256, norm="revin")),
                      ("direct GRU-32 (today's model)", dict(architecture="direct", hidden=32, norm="none"))):
-        spec = ModelSpec(cell="gru", layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=horizon, segment=24,
+        spec = ForecasterSpec(cell="gru", layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=horizon, segment=24,
                          window=window, **kw)
         n_ep = 1 if kw["architecture"] == "direct" else epochs
         res = fit(spec, train, val, lr=1e-3, batch_size=32, max_epochs=n_ep, patience=n_ep, seed=0)

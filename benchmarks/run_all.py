@@ -60,7 +60,7 @@ def epoch_time(epochs: int = 40) -> dict:
     from rnn_pipeline.data import datasets
     from rnn_pipeline.data.validation import validate_series
     from rnn_pipeline.forecasting.windows import prepare_series
-    from rnn_pipeline.models import ModelSpec
+    from rnn_pipeline.models import ForecasterSpec
     from rnn_pipeline.train import fit, setup_torch
 
     setup_torch(1, 0)
@@ -68,7 +68,7 @@ def epoch_time(epochs: int = 40) -> dict:
     data = prepare_series(t, v, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard",
                           val=0.15, test=0.2)
     train, val = data.windows("train", 50), data.windows("val", 50)
-    spec = ModelSpec(cell="rnn_relu", hidden=32, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1)
+    spec = ForecasterSpec(cell="rnn_relu", hidden=32, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1)
 
     # the bare loop: pre-built tensors, Adam, MSE, the same validation pass per epoch
     xtr, ytr = train.batch()

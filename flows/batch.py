@@ -58,7 +58,7 @@ def batch_prediction_flow(config: str, input: str, output: str, model: str | Non
     cfg = load_config(config)
     st = stores_mod.resolve(cfg.stores, os.environ)
     stores_mod.ensure(st)
-    uri = model or f"models:/{cfg.model_name}@champion"
+    uri = model or registry.champion_uri(cfg.model_name)
     with mlflow_stores(st.mlflow_uri):
         bundle, name, version = load_model(uri)
     data, source_name = read_input(input, table)

@@ -175,7 +175,7 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
         raise DataValidationError("give either --input FILE or --text (text models only)")
     mlflow.set_tracking_uri(st.mlflow_uri)
     mlflow.set_registry_uri(st.mlflow_uri)
-    uri = model or f"models:/{cfg.model_name}@champion"
+    uri = model or registry.champion_uri(cfg.model_name)
     loaded = registry.load(uri)
     bundle = registry.bundle_of(loaded)
     source = str(input) if input is not None else "--text"
@@ -382,6 +382,7 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     import torch
     import uvicorn
 
+    from rnn_pipeline import registry
     from rnn_pipeline.serving import inference_log
     from rnn_pipeline.serving.app import create_app
     from rnn_pipeline.serving.holder import ModelHolder, settle_gc
@@ -391,7 +392,7 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     mlflow.set_registry_uri(st.mlflow_uri)
     torch.set_num_threads(cfg.serving.threads)
     s = cfg.serving
-    uri = model or f"models:/{cfg.model_name}@champion"
+    uri = model or registry.champion_uri(cfg.model_name)
     holder = ModelHolder(uri, s.poll_seconds)
     served = holder.load()
     store = inference_log.InferenceLog(st.monitoring_url) if s.log_predictions else None

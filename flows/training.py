@@ -47,7 +47,7 @@ def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_
 
 @task(name="train-best", cache_policy=NO_CACHE)
 def fit_best(params, data, cfg, device):
-    return tune.train_with(params, data, cfg, max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
+    return tune.fit_model(params, data, cfg, max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
                            device=device, log_every=10)
 
 

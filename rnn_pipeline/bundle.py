@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from rnn_pipeline.classification.sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.models import ClassifierSpec, Forecaster, ModelSpec, RNNClassifier, build_forecaster
+from rnn_pipeline.models import ClassifierSpec, Forecaster, ForecasterSpec, RNNClassifier, build_forecaster
 
 WINDOW_ID = "window_id"
 PREPROCESS_FILE, WEIGHTS_FILE = "preprocess.json", "weights.safetensors"
@@ -66,7 +66,7 @@ class ForecastBundle:
 
     @classmethod
     def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
-        model = _weights(build_forecaster(ModelSpec(**meta["model"])), weights_path)
+        model = _weights(build_forecaster(ForecasterSpec(**meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
 

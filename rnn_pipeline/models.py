@@ -27,7 +27,7 @@ CHANNEL_MODES = ("mixed", "independent")
 
 
 @dataclass
-class ModelSpec:
+class ForecasterSpec:
     """A forecaster's shape. The fields after `horizon` have the defaults of models registered before they existed
     (a direct head on raw scaled inputs), so those still load."""
 
@@ -115,7 +115,7 @@ class Forecaster(nn.Module):
     C_in = F, C_out = T; in independent mode B' = B * T, C_in = 1 + (F - T) (the channel's own history, then the
     features), C_out = 1, and `channel` (B',) says which target each row is."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ForecasterSpec):
         super().__init__()
         self.spec = spec
         s = spec
@@ -170,7 +170,7 @@ class DirectForecaster(Forecaster):
     """The cell over every input step; a linear head from the last state to H x C_out values. In independent mode
     with several targets, a learned per-channel vector is the cell's initial state."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ForecasterSpec):
         super().__init__(spec)
         s = spec
         self.rnn = _cell(s.cell, input_size=self.c_in, hidden_size=s.hidden, num_layers=s.layers, batch_first=True,
@@ -201,7 +201,7 @@ class SegmentForecaster(Forecaster):
     copied once per output segment, reads a learned position embedding (half position, half channel in independent
     mode) in one cell step; a linear head turns each output into W steps. H is rounded up to whole segments and cut."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ForecasterSpec):
         super().__init__(spec)
         s = spec
         self.w = max(1, int(s.segment))
@@ -237,7 +237,7 @@ class SegmentForecaster(Forecaster):
 FORECASTERS = {"direct": DirectForecaster, "segment": SegmentForecaster}
 
 
-def build_forecaster(spec: ModelSpec) -> Forecaster:
+def build_forecaster(spec: ForecasterSpec) -> Forecaster:
     return FORECASTERS[spec.architecture](spec)
 
 

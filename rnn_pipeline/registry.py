@@ -42,6 +42,11 @@ def log_model(bundle: ForecastBundle | ClassifierBundle, workdir: str | Path, in
     return info.model_uri
 
 
+def champion_uri(name: str) -> str:
+    """The URI of model `name`'s champion (the alias, followed wherever it points)."""
+    return f"models:/{name}@{CHAMPION}"
+
+
 def bundle_of(model) -> ForecastBundle | ClassifierBundle:
     """The bundle inside a loaded pyfunc."""
     return model.unwrap_python_model().bundle

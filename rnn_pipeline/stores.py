@@ -16,7 +16,6 @@ class Stores:
     mlflow_uri: str
     artifact_location: str | None  # None: the tracking server decides
     optuna_url: str
-    prefect_home: Path
     monitoring_url: str
 
     @property
@@ -39,7 +38,7 @@ def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
     artifacts = None if served else (root / "artifacts").as_uri()
     optuna_url = cfg.optuna_url or f"sqlite:///{root / 'optuna.db'}"
     monitoring_url = cfg.monitoring_url or f"sqlite:///{root / 'monitoring.db'}"
-    return Stores(root, mlflow_uri, artifacts, optuna_url, root / "prefect", monitoring_url)
+    return Stores(root, mlflow_uri, artifacts, optuna_url, monitoring_url)
 
 
 def ensure(stores: Stores) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rnn_pipeline.errors import PipelineError
-from rnn_pipeline.models import ClassifierSpec, ModelSpec, build_model
+from rnn_pipeline.models import ClassifierSpec, ForecasterSpec, build_model
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"unknown optimizer '{name}'")
 
 
-def fit(spec: ModelSpec | ClassifierSpec, train, val, *, lr: float, batch_size: int, optimizer: str = "adam",
+def fit(spec: ForecasterSpec | ClassifierSpec, train, val, *, lr: float, batch_size: int, optimizer: str = "adam",
         weight_decay: float = 0.0, max_epochs: int = 100, patience: int = 10, lr_patience: int = 5,
         lr_factor: float = 0.5, clip_grad_norm: float | None = 1.0, loss_steps: str = "last", burn_in: float = 0.5,
         seed: int = 0, device: torch.device | str = "cpu",

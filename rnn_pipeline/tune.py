@@ -86,7 +86,7 @@ def default_params(cfg: PipelineConfig) -> dict:
             "lr": cfg.training.lr, "batch_size": cfg.training.batch_size, "optimizer": cfg.training.optimizer, **rest}
 
 
-def train_with(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patience: int, device, on_epoch=None,
+def fit_model(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patience: int, device, on_epoch=None,
                log_every: int = 0, max_seconds: float | None = None):
     """Train one model with `params` on `data`'s training set, early-stopped on its validation set (train.fit)."""
     t = cfg.training
@@ -186,7 +186,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
 
         state, value, error = "complete", None, None
         try:
-            result = train_with(params, data, cfg, max_epochs=cfg.tuning.max_epochs, patience=cfg.tuning.patience,
+            result = fit_model(params, data, cfg, max_epochs=cfg.tuning.max_epochs, patience=cfg.tuning.patience,
                                 device=device, on_epoch=on_epoch, max_seconds=cfg.tuning.trial_seconds)
             value = result.best_val
             return value

@@ -1,6 +1,7 @@
 """Test isolation: Prefect, MLflow and Optuna state in temp folders; quiet, offline libraries."""
 
 import os
+import shutil
 import tempfile
 import textwrap
 from pathlib import Path
@@ -25,9 +26,28 @@ os.environ.pop("PREFECT_API_URL", None)
 REPO = Path(__file__).resolve().parents[1]
 
 
+_TEMPLATES = Path(tempfile.mkdtemp(prefix="rnnp-templates-"))
+
+
+def migrated_mlflow_store() -> Path:
+    """An empty MLflow SQLite store with its schema migrated, made once per session. A fresh store spends seconds in
+    MLflow's migrations, and most flow tests start from an empty one; they copy this instead. Tests of creating the
+    stores (test_stores.py, and those asserting that nothing was created) start from nothing."""
+    path = _TEMPLATES / "mlflow.db"
+    if not path.exists():
+        import mlflow
+
+        part = _TEMPLATES / "part.db"
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{part}", registry_uri=f"sqlite:///{part}").search_experiments()
+        part.rename(path)
+    return path
+
+
 def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = "builtin: seed_sine",
-                 n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3, floor: str | None = "[]") -> Path:
-    """A small, fast config whose state lives under `folder/state`.
+                 n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3, floor: str | None = "[]",
+                 empty_store: bool = True) -> Path:
+    """A small, fast config whose state lives under `folder/state`; with `empty_store`, that folder starts with an
+    empty (migrated) MLflow store (see migrated_mlflow_store).
 
     Its models train 2-3 epochs: too few to be sure of beating persistence, so the gate's floor is off
     (`registry.floor: []`) for the tests about something else; `floor=None` keeps the default floor. A test whose
@@ -47,6 +67,10 @@ def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = 
         """) + textwrap.dedent(extra)
     path = folder / f"{name}.yaml"
     path.write_text(text)
+    store = folder / "state" / "mlflow.db"
+    if empty_store and not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_mlflow_store(), store)
     return path
 
 
@@ -62,3 +86,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def server_env(prefect_harness):
+    """The environment for a CLI subprocess whose flows report to the session's Prefect test server, instead of
+    starting and stopping a temporary server of their own (about 12 s each). The embedded default (no
+    PREFECT_API_URL) is still what `make run` and test_cli's train-then-predict use."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}

@@ -3,6 +3,7 @@ from a file, a URL or a database table, all or nothing; actuals for them come ba
 
 import functools
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -36,8 +37,12 @@ def trained(tmp_path_factory, prefect_harness):
 
 
 def _cli(*args):
+    """The CLI in a subprocess, its flows reporting to the session's Prefect test server (see conftest.server_env;
+    every test here runs under it through the `trained` fixture)."""
+    from prefect.settings import PREFECT_API_URL
+
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+                          timeout=300, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
 
 
 def _log(folder):

@@ -25,6 +25,11 @@ def run(args, cwd, timeout=300, **kw):
     return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+@pytest.fixture
+def env(server_env):
+    return server_env
+
+
 def test_train_then_predict_matches_the_in_memory_model(tmp_path):
     cfg = write_config(tmp_path, n_trials=2, trial_epochs=2, epochs=3)
     out = run(["train", "--config", str(cfg)], tmp_path)
@@ -74,10 +79,10 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path):
     assert missing.returncode == 2 and "cannot load model 'models:/nope@champion'" in missing.stderr
 
 
-def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path):
+def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path, env):
     (tmp_path / "d.csv").write_text("time,value\n1,2\n2,x\n")
     cfg = write_config(tmp_path, name="badcli", data="path: d.csv")
-    out = run(["train", "--config", str(cfg)], tmp_path)
+    out = run(["train", "--config", str(cfg)], tmp_path, env=env)
     assert out.returncode == 2
     assert "error: d.csv, column 'value', row 2: non-numeric value (value: 'x')" in out.stderr
     assert "Traceback" not in out.stderr
@@ -97,21 +102,21 @@ def wait_for_complete_trials(url: str, proc: subprocess.Popen, n: int, timeout: 
     return done
 
 
-def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path):
+def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path, env):
     cfg = write_config(tmp_path, name="resume", n_trials=6, trial_epochs=25, epochs=2,
                        extra="tuning:\n  n_trials: 6\n  max_epochs: 25\n  pruner: none\n"
                              "  space: {hidden: [24, 32, 40, 48], lr: [0.001, 0.002, 0.004]}\n")
     # the extra block overrides the tuning section written by write_config (YAML: the last key wins)
     url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
     proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     done = wait_for_complete_trials(url, proc, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 2 <= len(done) < 6, f"could not catch the run mid-tuning ({len(done)} trials finished)"
     kept = {t.number: t.params for t in done}
 
-    out = run(["train", "--config", str(cfg)], tmp_path, timeout=400)
+    out = run(["train", "--config", str(cfg)], tmp_path, timeout=400, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "state" / "last_run.json").read_text())
     assert summary["resumed_trials"] >= len(kept) and summary["n_trials"] == 6
@@ -144,13 +149,13 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path):
+def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path, env):
     cfg = write_config(tmp_path, name="sigint", extra="tuning:\n  n_trials: 30\n  max_epochs: 25\n  pruner: none\n"
                                                       "  space: {hidden: [24, 32, 40]}\n")
     url = f"sqlite:///{tmp_path / 'state' / 'optuna.db'}"
     # a runner started as a background job passes SIGINT down as ignored; a user's terminal does not
     proc = subprocess.Popen(CLI + ["train", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_complete_trials(url, proc, 1)
     proc.send_signal(signal.SIGINT)

@@ -16,7 +16,7 @@ from rnn_pipeline.models import (
     CHANNEL_MODES,
     NORMS,
     DirectForecaster,
-    ModelSpec,
+    ForecasterSpec,
     SegmentForecaster,
     build_forecaster,
 )
@@ -25,7 +25,7 @@ from rnn_pipeline.train import fit, setup_torch
 
 def make(arch="segment", norm="revin", channels="mixed", n_features=5, n_targets=3, horizon=7, window=10, **kw):
     torch.manual_seed(0)
-    return build_forecaster(ModelSpec(cell=kw.pop("cell", "gru"), hidden=16, layers=kw.pop("layers", 1),
+    return build_forecaster(ForecasterSpec(cell=kw.pop("cell", "gru"), hidden=16, layers=kw.pop("layers", 1),
                                       dropout=0.0, n_features=n_features, n_targets=n_targets, horizon=horizon,
                                       architecture=arch, norm=norm, channels=channels, segment=kw.pop("segment", 4),
                                       window=window, **kw)).eval()
@@ -164,7 +164,7 @@ def test_each_model_learns_a_three_channel_series_and_round_trips(tmp_path, arch
     data = prepare_series(time, values, "s", ["c0", "c1", "c2"], [], window=48, max_window=48, horizon=12,
                           scaler="standard", val=0.15, test=0.15)
     setup_torch(1, 0)
-    spec = ModelSpec(cell="gru", hidden=16, layers=1, dropout=0.0, n_features=3, n_targets=3, horizon=12,
+    spec = ForecasterSpec(cell="gru", hidden=16, layers=1, dropout=0.0, n_features=3, n_targets=3, horizon=12,
                      architecture=arch, norm=norm, channels=channels, segment=12)
     res = fit(spec, data.windows("train", 48, "mae"), data.windows("val", 48), lr=5e-3, batch_size=32, max_epochs=6,
               patience=6, seed=0)
@@ -181,7 +181,7 @@ def test_a_model_registered_before_these_options_still_loads(tmp_path):
     """preprocess.json of older versions has no architecture/norm/channels: it is a direct, unnormalised, mixed
     model with the state-dict keys rnn.* and head.*."""
     old = {"cell": "gru", "hidden": 4, "layers": 1, "dropout": 0.0, "n_features": 1, "n_targets": 1, "horizon": 2}
-    m = build_forecaster(ModelSpec(**old))
+    m = build_forecaster(ForecasterSpec(**old))
     assert isinstance(m, DirectForecaster) and m.spec.norm == "none" and m.spec.channels == "mixed"
     assert sorted(m.state_dict()) == ["head.bias", "head.weight", "rnn.bias_hh_l0", "rnn.bias_ih_l0",
                                       "rnn.weight_hh_l0", "rnn.weight_ih_l0"]
@@ -192,5 +192,5 @@ def test_a_model_registered_before_these_options_still_loads(tmp_path):
 
 def test_unknown_options_are_refused():
     with pytest.raises(ValueError, match="architecture 'transformer'"):
-        ModelSpec(cell="gru", hidden=4, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1,
+        ForecasterSpec(cell="gru", hidden=4, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1,
                   architecture="transformer")

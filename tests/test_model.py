@@ -10,7 +10,7 @@ from rnn_pipeline.data import datasets
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.forecasting.windows import lag_matrix, prepare_series
-from rnn_pipeline.models import ModelSpec, RNNForecaster
+from rnn_pipeline.models import ForecasterSpec, RNNForecaster
 from rnn_pipeline.train import TrainingDiverged, fit, setup_torch
 
 
@@ -22,12 +22,12 @@ def seed_data():
 
 
 def spec(data, cell="gru", hidden=16):
-    return ModelSpec(cell=cell, hidden=hidden, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=data.horizon)
+    return ForecasterSpec(cell=cell, hidden=hidden, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=data.horizon)
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
 def test_every_cell_shapes(cell):
-    m = RNNForecaster(ModelSpec(cell=cell, hidden=8, layers=2, dropout=0.1, n_features=3, n_targets=2, horizon=4))
+    m = RNNForecaster(ForecasterSpec(cell=cell, hidden=8, layers=2, dropout=0.1, n_features=3, n_targets=2, horizon=4))
     x = torch.randn(5, 11, 3)
     assert m(x).shape == (5, 4, 2) and m(x, all_steps=True).shape == (5, 11, 4, 2)
 

@@ -3,7 +3,6 @@ row), a bad batch quarantined, a repeated batch ignored, retraining that wins an
 monitoring runs started together retraining once."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -249,12 +248,12 @@ def test_no_champion_is_a_clear_error(tmp_path, prefect_harness):
     assert (tmp_path / "incoming" / "b001.csv").exists()  # nothing consumed
 
 
-def test_two_monitoring_runs_started_together_retrain_once(env):
+def test_two_monitoring_runs_started_together_retrain_once(env, server_env):
     """Two CLI processes over the same drifted batch: one holds the lock and retrains, the other judges nothing."""
     folder, config = env
     add_batch(folder, "b001.csv", 1000, amplitude=1.6, frequency=2.0)
     cfg = config()
-    env_vars = {**os.environ, "PREFECT_HOME": str(folder / "prefect")}
+    env_vars = server_env
     procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "monitor", "--config", cfg], cwd=REPO, env=env_vars,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]

@@ -91,7 +91,7 @@ def captured(monkeypatch):
 
 
 def test_train_passes_set_and_seed_to_the_flow_and_the_stores(tmp_path, captured):
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, empty_store=False)
     elsewhere = tmp_path / "elsewhere"
     out = CliRunner().invoke(cli.app, ["train", "--config", str(cfg), "--set", "tuning.n_trials=5",
                                        "--set", "model.hidden=64", "--set", "tuning.space.window=[96,192]",
@@ -112,7 +112,7 @@ def test_train_passes_set_and_seed_to_the_flow_and_the_stores(tmp_path, captured
 
 
 def test_train_without_overrides_passes_none(tmp_path, captured):
-    out = CliRunner().invoke(cli.app, ["train", "--config", str(write_config(tmp_path))])
+    out = CliRunner().invoke(cli.app, ["train", "--config", str(write_config(tmp_path, empty_store=False))])
     assert out.exit_code == 0, out.output
     assert captured[0][1] is None
 
@@ -124,7 +124,7 @@ def test_train_without_overrides_passes_none(tmp_path, captured):
                                     "string as an integer (got 'big')"),
 ])
 def test_a_bad_set_is_one_line_and_a_nonzero_exit(tmp_path, captured, monkeypatch, capsys, args, line):
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, empty_store=False)
     monkeypatch.setattr(sys, "argv", ["rnn-pipeline", "train", "--config", str(cfg), *args])
     with pytest.raises(SystemExit) as e:
         cli.main()
@@ -134,7 +134,7 @@ def test_a_bad_set_is_one_line_and_a_nonzero_exit(tmp_path, captured, monkeypatc
 
 
 def test_a_bad_seed_is_a_usage_error(tmp_path, captured):
-    out = CliRunner().invoke(cli.app, ["train", "--config", str(write_config(tmp_path)), "--seed", "x"])
+    out = CliRunner().invoke(cli.app, ["train", "--config", str(write_config(tmp_path, empty_store=False)), "--seed", "x"])
     assert out.exit_code == 2 and captured == []
 
 

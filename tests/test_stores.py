@@ -17,7 +17,6 @@ def test_embedded_defaults_live_under_one_root(tmp_path):
     assert st.mlflow_uri == f"sqlite:///{tmp_path / 's' / 'mlflow.db'}"
     assert st.optuna_url == f"sqlite:///{tmp_path / 's' / 'optuna.db'}"
     assert st.artifact_location == (tmp_path / "s" / "artifacts").as_uri()
-    assert st.prefect_home == tmp_path / "s" / "prefect"
 
 
 def test_urls_from_config_and_environment(tmp_path):
@@ -65,7 +64,7 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
     from flows.training import training_flow
 
     mlflow_url, optuna_url, monitoring_url = pg_databases
-    cfg = write_config(tmp_path, name="pg", n_trials=2, trial_epochs=2, epochs=2,
+    cfg = write_config(tmp_path, name="pg", empty_store=False, n_trials=2, trial_epochs=2, epochs=2,
                        extra=f"stores: {{root: '{tmp_path / 'state'}', mlflow_uri: '{mlflow_url}', "
                              f"optuna_url: '{optuna_url}', monitoring_url: '{monitoring_url}'}}\n")
     first = training_flow(str(cfg))

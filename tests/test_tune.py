@@ -44,7 +44,7 @@ def test_seeded_study_is_reproducible(tmp_path, data):
 
 
 def test_a_failing_trial_fails_alone(tmp_path, data, monkeypatch):
-    real = tune.train_with
+    real = tune.fit_model
     calls = {"n": 0}
 
     def flaky(params, *a, **kw):
@@ -53,7 +53,7 @@ def test_a_failing_trial_fails_alone(tmp_path, data, monkeypatch):
             raise RuntimeError("boom in trial 2")
         return real(params, *a, **kw)
 
-    monkeypatch.setattr(tune, "train_with", flaky)
+    monkeypatch.setattr(tune, "fit_model", flaky)
     res = tune.tune(data, small_cfg(n_trials=3), f"sqlite:///{tmp_path}/f.db", "s", "cpu")
     states = [t.state for t in res.study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
@@ -81,7 +81,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     def slow(params, *a, **kw):  # what is tested is the study's storage, not training: a trial takes a fixed time
         time.sleep(float(sys.argv[2]))
         return SimpleNamespace(best_val=params["hidden"] * params["lr"])
-    tune.train_with = slow
+    tune.fit_model = slow
     t, v = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
     d = prepare_series(t, v, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard", val=0.15, test=0.2)
     r = tune.tune(d, cfg, sys.argv[1], "resume-me", "cpu")
@@ -126,7 +126,7 @@ def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
 def fake_training(monkeypatch):
     """Trials that score their parameters instantly: for tests of the study (what it enqueues, draws and keeps),
     not of training."""
-    monkeypatch.setattr(tune, "train_with", lambda params, *a, **kw: SimpleNamespace(
+    monkeypatch.setattr(tune, "fit_model", lambda params, *a, **kw: SimpleNamespace(
         best_val=float(params["hidden"]) * params["lr"] + 0.01 * len(str(sorted(params.items())))))
 
 

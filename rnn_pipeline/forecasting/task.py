@@ -18,7 +18,7 @@ from rnn_pipeline.errors import PipelineError
 from rnn_pipeline.forecasting import evaluation, tuning
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
 from rnn_pipeline.forecasting.windows import PreparedSeries, before_test_end, lag_matrix, prepare_series, target_matrix
-from rnn_pipeline.models import ModelSpec
+from rnn_pipeline.models import ForecasterSpec
 from rnn_pipeline.tasks import Artifacts, Task, log_common_metrics, summary_head
 
 
@@ -88,8 +88,8 @@ class ForecastingTask(Task):
             return []
         return [{**params, **tuning.RECIPE, "segment": min(tuning.RECIPE["segment"], self.cfg.features.window)}]
 
-    def spec(self, params, data: PreparedSeries) -> ModelSpec:
-        return ModelSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
+    def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
+        return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
                          dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
                          horizon=data.horizon, architecture=params.get("architecture", "direct"),
                          norm=params.get("norm", "none"), channels=params.get("channels", "mixed"),
