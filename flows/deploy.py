@@ -102,8 +102,14 @@ def serve(config: str, cfg: PipelineConfig) -> None:
     param = config_parameter(config)
     m = cfg.monitoring
     schedule = {"cron": m.cron} if m.cron else {"interval": timedelta(seconds=m.interval_seconds or 3600)}
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    # one monitoring pass at a time: a run the schedule starts while a pass is still going is cancelled, not queued
+    # (a schedule faster than its passes must not pile up processes); the store's lock stays as a second defence
+    one_pass = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     monitoring = monitoring_flow.to_deployment(
         name=mon_name, parameters={"config": param, "training_deployment": f"{TRAINING_FLOW}/{train_name}"},
+        concurrency_limit=one_pass,
         description=f"judge new batches of {cfg.name}; retrain through {TRAINING_FLOW}/{train_name} on drift",
         tags=["rnn-pipeline", cfg.name], **schedule)
     training = training_flow.to_deployment(

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.config import HIGHER_IS_BETTER
 from rnn_pipeline.errors import PipelineError, RegistryError
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.evaluation import skill
 
 log = logging.getLogger(__name__)

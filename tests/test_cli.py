@@ -1,6 +1,7 @@
 """The CLI as a user runs it, end to end in subprocesses: exit codes, one-line errors, predict == in-memory, resume
 after a kill or Ctrl-C. Help and argument handling are tested in-process (test_cli_args.py)."""
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import write_config
 
+from flows import cli as cli_module
 from rnn_pipeline.data import datasets
 from rnn_pipeline.forecasting.windows import lag_matrix
 
@@ -30,7 +32,7 @@ def env(server_env):
     return server_env
 
 
-def test_train_then_predict_matches_the_in_memory_model(tmp_path):
+def test_train_then_predict_matches_the_in_memory_model(tmp_path, monkeypatch, capsys):
     cfg = write_config(tmp_path, n_trials=2, trial_epochs=2, epochs=3)
     out = run(["train", "--config", str(cfg)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -54,29 +56,42 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path):
     got = pd.read_csv(tmp_path / "pred.csv")
     np.testing.assert_allclose(got["value_h1"], expected["value_h1"], rtol=1e-5, atol=1e-7)
 
+    # the rest in-process (main(), as the console script calls it): each subprocess costs seconds of imports
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["rnn-pipeline", *args])
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
     # the explicit version URI, printing to stdout
-    pred = run(["predict", "--config", str(cfg), "--model", "models:/tiny/1", "--input", "history.csv"], tmp_path)
-    assert pred.returncode == 0 and pred.stdout.startswith("window_id,value_h1")
+    code, out, err = cli("predict", "--config", str(cfg), "--model", "models:/tiny/1", "--input", "history.csv")
+    assert code == 0 and out.startswith("window_id,value_h1"), err[-2000:]
+    assert np.allclose(pd.read_csv(io.StringIO(out))["value_h1"], expected["value_h1"], rtol=1e-5, atol=1e-7)
     # whole numbers and string ids are fine: they are validated and converted before MLflow's schema check
     ints = history.copy()
     ints["value"] = (ints["value"] * 1000).round().astype("int64")
     ints["window_id"] = "w" + ints["window_id"].astype(str)
     ints.to_csv(tmp_path / "ints.csv", index=False)
-    pred = run(["predict", "--config", str(cfg), "--input", "ints.csv"], tmp_path)
-    assert pred.returncode == 0, pred.stderr[-2000:]
-    assert pred.stdout.splitlines()[1].startswith("w0,")
+    code, out, err = cli("predict", "--config", str(cfg), "--input", "ints.csv")
+    assert code == 0, err[-2000:]
+    assert out.splitlines()[1].startswith("w0,")
     junk = history.copy().astype({"value": object})
     junk.loc[5, "value"] = "abc"
     junk.to_csv(tmp_path / "junk.csv", index=False)
-    bad = run(["predict", "--config", str(cfg), "--input", "junk.csv"], tmp_path)
-    assert bad.returncode == 2 and "junk.csv, column 'value', row 6: not a finite number" in bad.stderr
+    code, _, err = cli("predict", "--config", str(cfg), "--input", "junk.csv")
+    assert code == 2 and "junk.csv, column 'value', row 6: not a finite number" in err
     # bad prediction input: one line, non-zero
     pd.DataFrame({"value": [1.0, 2.0]}).to_csv(tmp_path / "short.csv", index=False)
-    bad = run(["predict", "--config", str(cfg), "--input", "short.csv"], tmp_path)
-    assert bad.returncode == 2 and "has 2 rows of history" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run(["predict", "--config", str(cfg), "--model", "models:/nope@champion", "--input", "short.csv"],
-                  tmp_path)
-    assert missing.returncode == 2 and "cannot load model 'models:/nope@champion'" in missing.stderr
+    code, _, err = cli("predict", "--config", str(cfg), "--input", "short.csv")
+    assert code == 2 and "has 2 rows of history" in err and "Traceback" not in err
+    code, _, err = cli("predict", "--config", str(cfg), "--model", "models:/nope@champion", "--input", "short.csv")
+    assert code == 2 and "cannot load model 'models:/nope@champion'" in err
 
 
 def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path, env):

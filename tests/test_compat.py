@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from rnn_pipeline import registry
-from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.bundle import ClassifierBundle
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 
 FIXTURES = Path(__file__).parent / "fixtures" / "registered"
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_pipeline.bundle import ForecastBundle, load_bundle
+from rnn_pipeline.bundle import load_bundle
 from rnn_pipeline.data.scaling import Scaling
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.windows import prepare_series
 from rnn_pipeline.models import (
     ARCHITECTURES,

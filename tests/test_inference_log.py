@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.serving import inference_log as ilog
 
 # what the log keeps of a prediction depends only on the columns, not on the network or the scaling

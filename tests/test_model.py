@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.data import datasets
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.windows import lag_matrix, prepare_series
 from rnn_pipeline.models import ForecasterSpec, RNNForecaster
 from rnn_pipeline.train import TrainingDiverged, fit, setup_torch

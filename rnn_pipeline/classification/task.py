@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from rnn_pipeline.bundle import ClassifierBundle
 from rnn_pipeline.classification import evaluation
 from rnn_pipeline.classification import monitoring as monitor_classify
+from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.classification.sequences import PreparedSequences, prepare_sequences, read_items
 from rnn_pipeline.errors import PipelineError
 from rnn_pipeline.models import ClassifierSpec

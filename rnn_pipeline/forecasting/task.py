@@ -11,11 +11,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from rnn_pipeline.bundle import ForecastBundle
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import PipelineError
 from rnn_pipeline.forecasting import evaluation, tuning
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
 from rnn_pipeline.forecasting.windows import PreparedSeries, before_test_end, lag_matrix, prepare_series, target_matrix
 from rnn_pipeline.models import ForecasterSpec

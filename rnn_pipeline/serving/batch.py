@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.data.datasets import read_table
 from rnn_pipeline.db import safe_url
 from rnn_pipeline.errors import DataValidationError, first_line
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.serving import inference_log as ilog
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".json")

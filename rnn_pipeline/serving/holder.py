@@ -16,8 +16,9 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from rnn_pipeline.bundle import ClassifierBundle, ForecastBundle
+from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.errors import RegistryError
+from rnn_pipeline.forecasting.bundle import ForecastBundle
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,186 @@
+"""The forecaster as a self-contained model (weights + preprocessing JSON), answering in original units: windows of
+history in, H-step forecasts out (see rnn_pipeline.bundle)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rnn_pipeline.bundle import WINDOW_ID, load_weights, save_files
+from rnn_pipeline.data.scaling import Scaling
+from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.models import Forecaster, ForecasterSpec, build_forecaster
+
+
+@dataclass
+class ForecastBundle:
+    """The last L steps of a history (targets and features) -> the next H steps of every target."""
+
+    model: Forecaster
+    scaling: Scaling
+    target_columns: list[str]
+    feature_columns: list[str]
+    window: int
+    horizon: int
+
+    task = "forecasting"
+    reads = "series"         # what a request sends (the PredictRequest field)
+    unit = "windows"         # what one prediction is made from
+    output_noun = "forecast"
+    id_column = WINDOW_ID
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [*self.target_columns, *self.feature_columns]
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [f"{t}_h{h + 1}" for h in range(self.horizon) for t in self.target_columns]
+
+    def preprocess_json(self) -> dict:
+        return {"format": 1, "task": "forecasting", "model": self.model.spec.to_json(),
+                "scaling": self.scaling.to_json(), "target_columns": self.target_columns,
+                "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon}
+
+    def save(self, folder: str | Path) -> dict[str, str]:
+        return save_files(folder, self.preprocess_json(), self.model)
+
+    @classmethod
+    def load(cls, preprocess_path: str | Path, weights_path: str | Path) -> ForecastBundle:
+        return cls.from_meta(json.loads(Path(preprocess_path).read_text()), weights_path)
+
+    @classmethod
+    def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
+        model = load_weights(build_forecaster(ForecasterSpec(**meta["model"])), weights_path)
+        return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
+                   meta["window"], meta["horizon"])
+
+    def predict_windows(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, L, F) in original units -> (N, H, T) forecasts in original units."""
+        z = self.scaling.transform(x).astype("float32")
+        self.model.eval()
+        with torch.inference_mode():
+            out = [self.model(torch.from_numpy(z[i:i + 4096])).numpy() for i in range(0, len(z), 4096)]
+        y = np.concatenate(out) if out else np.zeros((0, self.horizon, len(self.target_columns)), "float32")
+        return self.scaling.inverse(y.astype("float64"), list(range(len(self.target_columns))))
+
+    def frame_to_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of history -> one window per `window_id` (the whole frame is one history when the column is
+        absent): the last L rows of each group, in row order. Returns (ids, (N, L, F))."""
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"input lacks column(s) {missing}; the model needs {self.input_columns}")
+        arr = np.empty((len(frame), len(self.input_columns)))
+        for c, col in enumerate(self.input_columns):
+            raw = frame[col]
+            num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
+            bad = ~np.isfinite(num)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise DataValidationError("not a finite number", column=col, row=r + 1, value=raw.iloc[r])
+            arr[:, c] = num
+        ids = frame[WINDOW_ID].to_numpy() if WINDOW_ID in frame.columns else np.zeros(len(frame), dtype="int64")
+        groups = pd.Series(np.arange(len(ids))).groupby(ids, sort=False).indices  # id -> row positions, in order
+        order = np.array(list(groups.keys()))
+        out = np.empty((len(order), self.window, arr.shape[1]))
+        for i, rows in enumerate(groups.values()):
+            if len(rows) < self.window:
+                wid = order[i].item() if isinstance(order[i], np.generic) else order[i]
+                raise DataValidationError(f"window {wid!r} has {len(rows)} rows of history; the model needs "
+                                          f"the last {self.window}", column=WINDOW_ID)
+            out[i] = arr[rows[-self.window:]]
+        return order, out
+
+    def result_frame(self, ids, y: np.ndarray) -> pd.DataFrame:
+        """(N, H, T) forecasts -> one row per window: its id and `<target>_h<k>` columns."""
+        result = pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns)
+        result.insert(0, WINDOW_ID, ids)
+        return result
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        ids, x = self.frame_to_windows(frame)
+        return self.result_frame(ids, self.predict_windows(x))
+
+    def windows_frame(self, x: np.ndarray) -> pd.DataFrame:
+        """The inverse of frame_to_windows: (N, L, F) -> the long frame a client would send."""
+        n = len(x)
+        frame = pd.DataFrame(x.reshape(n * self.window, -1), columns=self.input_columns)
+        frame.insert(0, WINDOW_ID, np.repeat(np.arange(n, dtype="int64"), self.window))
+        return frame
+
+    # ---- serving: the same methods on both bundles ----------------------------------------------------------
+    def signature(self):
+        """The pyfunc's MLflow signature: history rows in, one row of forecasts per window out."""
+        from mlflow.models.signature import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
+
+        inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in self.input_columns])
+        outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns])
+        return ModelSignature(inputs=inputs, outputs=outputs)
+
+    def describe(self) -> dict:
+        """What a client needs to know to call the model (GET /metadata)."""
+        return {"task": self.task, "input_columns": self.input_columns, "target_columns": self.target_columns,
+                "window": self.window, "horizon": self.horizon}
+
+    def warm_up(self) -> None:
+        """One prediction on a neutral input: a model that cannot answer is never swapped in."""
+        self.predict_windows(np.zeros((1, self.window, len(self.input_columns))))
+
+    def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """A table in the training format -> (ids, (N, L, F) windows)."""
+        if not isinstance(data, pd.DataFrame):
+            raise DataValidationError("forecasting reads a table of history rows, not JSON")
+        return self.frame_to_windows(data)
+
+    def inputs_frame(self, x: np.ndarray) -> pd.DataFrame:
+        """The inverse of model_inputs: the frame a client sends to the pyfunc."""
+        return self.windows_frame(x)
+
+    def request_inputs(self, req, limits) -> np.ndarray:
+        """A PredictRequest's `series` (histories, oldest first) -> (N, L, F) windows, the last L steps of each.
+        `limits`: the serving settings (max_steps)."""
+        cols = self.input_columns
+        if req.series is None:
+            raise DataValidationError(f"this model forecasts series: send 'series' with histories of {cols}")
+        x = np.empty((len(req.series), self.window, len(cols)))
+        for i, s in enumerate(req.series):
+            missing = [c for c in cols if c not in s.history]
+            extra = [c for c in s.history if c not in cols]
+            if missing or extra:
+                raise DataValidationError(f"series[{i}].history: the model reads columns {cols}"
+                                          + (f"; missing {missing}" if missing else "")
+                                          + (f"; unknown {extra}" if extra else ""))
+            lengths = {c: len(s.history[c]) for c in cols}
+            n = lengths[cols[0]]
+            if len(set(lengths.values())) != 1:
+                raise DataValidationError(f"series[{i}].history: columns differ in length {lengths}")
+            if n > limits.max_steps:
+                raise DataValidationError(f"series[{i}].history has {n} steps; the limit is {limits.max_steps} "
+                                          "(serving.max_steps)")
+            if n < self.window:
+                raise DataValidationError(f"series[{i}].history has {n} steps; the model needs the last "
+                                          f"{self.window}")
+            for j, c in enumerate(cols):
+                x[i, :, j] = s.history[c][n - self.window:]
+        return x
+
+    def predict_inputs(self, x: np.ndarray, ids=None, source: str = "input") -> np.ndarray:
+        """What model_inputs or request_inputs returned -> (N, H, T) forecasts in original units."""
+        return self.predict_windows(x)
+
+    def answers(self, y: np.ndarray) -> list[dict]:
+        """(N, H, T) forecasts -> one JSON answer per window: per target, the next H values."""
+        return [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
+                for i in range(len(y))]
+
+    def log_records(self, x: np.ndarray, y: np.ndarray) -> list[tuple[dict, dict, str | None]]:
+        """(inputs, output, label) per window, as the inference log keeps them: the window's rows and the forecast
+        as plain lists (monitoring reads them back)."""
+        return [({"columns": self.input_columns, "values": x[i].tolist()},
+                 {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}, None) for i in range(len(y))]
