@@ -58,12 +58,18 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path, monkeypatch, c
 
     # the rest in-process (main(), as the console script calls it): each subprocess costs seconds of imports
     def cli(*args):
+        """main() in this process; the environment it sets (MLFLOW_TRACKING_URI among others, as a process of its own
+        would) is put back afterwards, so that later tests do not inherit this test's stores."""
         monkeypatch.setattr(sys, "argv", ["rnn-pipeline", *args])
+        saved = dict(os.environ)
         try:
             cli_module.main()
             code = 0
         except SystemExit as e:
             code = e.code
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         out = capsys.readouterr()
         return code, out.out, out.err
 

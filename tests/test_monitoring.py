@@ -270,9 +270,15 @@ def test_the_demo_writes_its_timeline(tmp_path, monkeypatch, prefect_harness):
     """A short demo (2 stationary batches, 1 shifted) in a scratch folder: the timeline's shape and the loop."""
     from flows.demo import run_demo
 
+    from importlib import resources
+
     monkeypatch.chdir(tmp_path)
+    # the demo's own config, trained for fewer epochs (the demo's accuracy is not what is tested here)
+    text = resources.files("rnn_pipeline.configs").joinpath("seed_sine_demo.yaml").read_text().replace("max_epochs: 120", "max_epochs: 25")
+    assert "max_epochs: 25" in text
+    (tmp_path / "demo.yaml").write_text(text)
     lines = []
-    timeline = run_demo("seed_sine_demo", stationary=2, shifted=1, echo=lines.append)
+    timeline = run_demo(str(tmp_path / "demo.yaml"), stationary=2, shifted=1, echo=lines.append)
     saved = json.loads((tmp_path / ".rnn_pipeline" / "demo_timeline.json").read_text())
     assert saved == timeline and len(saved) == 3
     keys = {"batch", "shifted", "verdict", "drift_share", "champion_mse", "action", "champion_version"}
