@@ -52,7 +52,11 @@ def test_fit_is_reproducible(seed_data):
 def test_all_steps_loss_trains(seed_data):
     res = fit(spec(seed_data, "lstm"), seed_data.windows("train", 50), seed_data.windows("val", 50), lr=5e-3,
               batch_size=32, max_epochs=4, patience=5, loss_steps="all", burn_in=0.5)
-    assert np.isfinite(res.best_val) and res.best_val < res.history[0]["val_loss"] * 1.5
+    first = res.history[0]
+    # it learned (4 epochs take the validation MSE from ~0.7 to ~0.03 in scaled units); the best is at most the
+    # first epoch's by construction, so the bar is a fifth of it, and the training loss fell as much
+    assert res.best_val < 0.2 * first["val_loss"] and res.best_val < 0.1
+    assert res.history[-1]["train_loss"] < 0.2 * first["train_loss"]
 
 
 def test_divergence_is_an_error(seed_data):
