@@ -153,22 +153,27 @@ def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefe
     assert "f1_macro" in s2["reason"] and "does not beat champion v1" in s2["reason"]
 
 
-@pytest.mark.parametrize("change,message", [
+BAD_TRAINING_INPUTS = [
     (lambda f: f.drop(columns=["sentiment"]), "missing label column 'sentiment'"),
     (lambda f: f.assign(sentiment="positive"), "single class"),
     (lambda f: f.assign(review=f.review.where(f.index != 7, " ")), "empty text"),
     (lambda f: f.assign(split=np.where(np.arange(len(f)) < 200, "train", "test"),
                         sentiment=f.sentiment.where(f.index != 230, "sarcastic")),
      "label 'sarcastic' appears in the test split but never in training"),
-])
-def test_bad_training_input_is_refused_and_changes_nothing(tmp_path, prefect_harness, change, message):
+]
+
+
+def test_bad_training_input_is_refused_and_changes_nothing(tmp_path, prefect_harness):
+    """One champion, then each bad file in turn through the flow: refused with its message, registry untouched."""
     cfg = _text_config(tmp_path, "")
     s = training_flow(str(cfg), {"tuning": {"n_trials": 0}, "training": {"max_epochs": 2}})
     before = _versions(tmp_path / "state", "reviews")
     assert before == (["1"], {"challenger": "1", "champion": "1"}) and s["promoted"]
-    frame = pd.read_csv(tmp_path / "reviews.csv")
-    change(frame).to_csv(tmp_path / "reviews.csv", index=False)
-    overrides = {"data": {"split_column": "split"}} if "split" in change(frame).columns else None
-    with pytest.raises(DataValidationError, match=message):
-        training_flow(str(cfg), overrides)
-    assert _versions(tmp_path / "state", "reviews") == before
+    good = pd.read_csv(tmp_path / "reviews.csv")
+    for change, message in BAD_TRAINING_INPUTS:
+        bad = change(good.copy())
+        bad.to_csv(tmp_path / "reviews.csv", index=False)
+        overrides = {"data": {"split_column": "split"}} if "split" in bad.columns else None
+        with pytest.raises(DataValidationError, match=message):
+            training_flow(str(cfg), overrides)
+        assert _versions(tmp_path / "state", "reviews") == before, message
