@@ -268,13 +268,14 @@ def test_two_monitoring_runs_started_together_retrain_once(env, server_env):
 
 def test_the_demo_writes_its_timeline(tmp_path, monkeypatch, prefect_harness):
     """A short demo (2 stationary batches, 1 shifted) in a scratch folder: the timeline's shape and the loop."""
-    from flows.demo import run_demo
-
     from importlib import resources
+
+    from flows.demo import run_demo
 
     monkeypatch.chdir(tmp_path)
     # the demo's own config, trained for fewer epochs (the demo's accuracy is not what is tested here)
-    text = resources.files("rnn_pipeline.configs").joinpath("seed_sine_demo.yaml").read_text().replace("max_epochs: 120", "max_epochs: 25")
+    text = resources.files("rnn_pipeline.configs").joinpath("seed_sine_demo.yaml").read_text()
+    text = text.replace("max_epochs: 120", "max_epochs: 25")
     assert "max_epochs: 25" in text
     (tmp_path / "demo.yaml").write_text(text)
     lines = []
