@@ -13,7 +13,7 @@ import numpy as np
 
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
-from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.errors import ConfigError, PipelineError
 from rnn_pipeline.forecasting import evaluation, tuning
 from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
@@ -67,8 +67,6 @@ class ForecastingTask(Task):
         if floor is None:
             return ["persistence", *(["seasonal_naive"] if season else [])]
         if "seasonal_naive" in floor and not season:
-            from rnn_pipeline.errors import ConfigError
-
             raise ConfigError("registry.floor lists seasonal_naive, but this series has no season (evaluation.season "
                               "'auto' found none): give evaluation.season or drop it from the floor")
         return list(floor)
