@@ -13,7 +13,7 @@ from rnn_pipeline import registry
 from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.forecasting.bundle import ForecastBundle
 
-FIXTURES = Path(__file__).parent / "fixtures" / "registered"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "registered"
 
 
 @pytest.mark.parametrize("name, kind", [("forecaster", ForecastBundle), ("direct_forecaster", ForecastBundle),
