@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -13,75 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.runtime import quiet_libraries, set_environment
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, register and serve recurrent neural networks on sequence data.")
 STATE = {"debug": False}
-
-
-def _environment(root: Path) -> None:
-    """Quiet, local, offline defaults for the libraries; a user's own settings win."""
-    defaults = {
-        "PREFECT_HOME": str(root / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_pipeline",
-        "PREFECT_UI_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DO_NOT_TRACK": "1",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-    for k, v in defaults.items():
-        os.environ.setdefault(k, v)
-    import logging
-
-    logging.getLogger("rnn_pipeline").setLevel(logging.INFO)
-
-
-def _quiet_libraries() -> None:
-    """After the heavy imports (some of them install warning filters of their own): drop the noise that says
-    nothing to a user of this pipeline."""
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", message=".*is experimental.*")
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines say more
-
-
-def parse_overrides(items: list[str] | None, seed: int | None = None) -> dict:
-    """`--set key=value` items (and `--seed N`) as one nested dict of overrides for the config. The key is a dotted
-    path into the config (`tuning.space.window`); the value is read as YAML, so numbers, booleans, null and lists
-    (`[96, 192]`) come out typed and a bare word stays a string. Later items win; mappings merge. Whether each key
-    exists and each value fits is checked with the config (ConfigError naming --set)."""
-    import yaml
-
-    from rnn_pipeline.config import merge
-    from rnn_pipeline.errors import ConfigError
-
-    out: dict = {}
-    for item in items or []:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set tuning.n_trials=5)")
-        parts = [k.strip() for k in key.split(".")]
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: {'empty key' if not key.strip() else 'empty part in the dotted key'} "
-                              "(expected key=value, e.g. --set model.hidden=64)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
-                              ) from None
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", text):
-            value = float(value)  # YAML 1.1 reads an unquoted 3e-4 (no dot) as a string
-        for k in reversed(parts):
-            value = {k: value}
-        out = merge(out, value)
-    if seed is not None:
-        out["seed"] = seed
-    return out
+WAIT_SECONDS = 24 * 3600  # train --wait: how long to wait for another training run of the same model
 
 
 def _load(config: str, overrides: dict | None = None):
@@ -91,7 +27,7 @@ def _load(config: str, overrides: dict | None = None):
     cfg = load_config(config, overrides, overrides_source="--set")
     st = stores.resolve(cfg.stores, os.environ)
     stores.ensure(st)
-    _environment(st.root)
+    set_environment(st.root)
     return cfg, st
 
 
@@ -126,16 +62,21 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
               "--set", help="Override one setting: a dotted key and a YAML value, e.g. --set tuning.n_trials=5 "
                             "--set 'tuning.space.window=[96,192]' (repeatable; later ones win).")] = None,
           seed: Annotated[Optional[int], typer.Option("--seed", help="The run's seed (the config's `seed`).")]
-          = None):
-    """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate."""
+          = None,
+          wait: Annotated[bool, typer.Option("--wait", help="If another training run of the same model is in "
+                                                          "progress, wait for it instead of exiting.")] = False):
+    """Run the training flow: ingest, validate, preprocess, tune, train, evaluate, register and gate. One training run
+    per model at a time: a second one exits naming the run in progress, or waits for it with --wait."""
+    from rnn_pipeline.overrides import parse_overrides
+
     overrides = parse_overrides(set_, seed)
     cfg, st = _load(config, overrides)
     from flows.training import summary_table, training_flow
 
     _one_line_pipeline_errors()
-    _quiet_libraries()
+    quiet_libraries()
     try:
-        summary = training_flow(config, overrides or None)
+        summary = training_flow(config, overrides or None, wait=WAIT_SECONDS if wait else 0.0)
         typer.echo(summary_table(summary))
         typer.echo(f"summary written to {st.last_run_file}")
     except KeyboardInterrupt:
@@ -170,7 +111,7 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     from rnn_pipeline.errors import DataValidationError
     from rnn_pipeline.serving import batch
 
-    _quiet_libraries()
+    quiet_libraries()
     if (input is None) == (not text):
         raise DataValidationError("give either --input FILE or --text (text models only)")
     mlflow.set_tracking_uri(st.mlflow_uri)
@@ -213,7 +154,7 @@ def predict_batch(input: Annotated[str, typer.Option("--input", "-i", help="A CS
     from flows.batch import batch_prediction_flow
 
     _one_line_pipeline_errors()
-    _quiet_libraries()
+    quiet_libraries()
     s = batch_prediction_flow(config, input, str(output), model, table)
     typer.echo(f"{s['n_predictions']} predictions of {s['model_name']} v{s['model_version']} written to "
                f"{s['output']} in {s['seconds']:.1f} s"
@@ -257,7 +198,7 @@ def monitor(config: Annotated[str, typer.Option("--config", "-c", help="Config f
     from flows.monitoring import incoming_folder, monitoring_flow
 
     _one_line_pipeline_errors()
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if source not in (None, "files", "inference_log"):
             raise typer.BadParameter(f"--source must be 'files' or 'inference_log', not '{source}'")
@@ -322,7 +263,7 @@ def deploy(config: Annotated[str, typer.Option("--config", "-c", help="Config fi
     signal.signal(signal.SIGTERM, _terminate)
 
     _one_line_pipeline_errors()
-    _quiet_libraries()
+    quiet_libraries()
     server = None
     if not os.environ.get("PREFECT_API_URL"):
         typer.echo(f"starting a local Prefect server on 127.0.0.1:{port} (database in {st.root / 'prefect-server'}, log in "
@@ -360,7 +301,7 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
     from flows.demo import run_demo
 
     _one_line_pipeline_errors()
-    _quiet_libraries()
+    quiet_libraries()
     run_demo("seed_sine_demo", batch_size=batch_size, stationary=stationary, shifted=shifted, echo=typer.echo)
 
 
@@ -387,7 +328,7 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     from rnn_pipeline.serving.app import create_app
     from rnn_pipeline.serving.holder import ModelHolder, settle_gc
 
-    _quiet_libraries()
+    quiet_libraries()
     mlflow.set_tracking_uri(st.mlflow_uri)
     mlflow.set_registry_uri(st.mlflow_uri)
     torch.set_num_threads(cfg.serving.threads)

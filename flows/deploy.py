@@ -112,8 +112,10 @@ def serve(config: str, cfg: PipelineConfig) -> None:
         concurrency_limit=one_pass,
         description=f"judge new batches of {cfg.name}; retrain through {TRAINING_FLOW}/{train_name} on drift",
         tags=["rnn-pipeline", cfg.name], **schedule)
+    # one training run at a time too (the store's per-model lock is the second defence): a late cron run, or a
+    # retrain requested while one is still training, is cancelled and says so in the monitoring record
     training = training_flow.to_deployment(
-        name=train_name, parameters={"config": param}, concurrency_limit=1,
+        name=train_name, parameters={"config": param}, concurrency_limit=one_pass,
         description=f"train, gate and register {cfg.model_name}", tags=["rnn-pipeline", cfg.name],
         **({"cron": m.training_cron} if m.training_cron else {}))
     prefect_serve(monitoring, training)

@@ -47,6 +47,9 @@ def judge_log(cfg: PipelineConfig, champ: Champion, current: pd.DataFrame, label
     return champ.monitor.judge_log(cfg, current, labelled)
 
 
+RETRAIN_WAIT_SECONDS = 3600  # a retrain waits this long for a training run of the same model already in progress
+
+
 @task(name="retrain", cache_policy=NO_CACHE)
 def retrain(ctx: Context, state, batch_name: str, verdict: str) -> dict:
     """The training flow on the task's retrain data (forecasting: the series' window; classification: the champion's
@@ -59,12 +62,13 @@ def retrain(ctx: Context, state, batch_name: str, verdict: str) -> dict:
 
 def _run_training(config: str, overrides: dict, reason: str, deployment: str | None, logger) -> None:
     if deployment is None:
-        training_flow(config, overrides, reason)
+        training_flow(config, overrides, reason, wait=RETRAIN_WAIT_SECONDS)
         return
     from prefect.deployments import run_deployment
 
     logger.info("starting deployment %s", deployment)
-    run = run_deployment(deployment, parameters={"config": config, "overrides": overrides, "reason": reason},
+    run = run_deployment(deployment, parameters={"config": config, "overrides": overrides, "reason": reason,
+                                                     "wait": RETRAIN_WAIT_SECONDS},
                          timeout=None)
     if not run.state or not run.state.is_completed():
         raise PipelineError(f"training deployment run {run.name} ended {run.state.name if run.state else 'unknown'}")

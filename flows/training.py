@@ -19,9 +19,12 @@ from rnn_pipeline import registry, tasks, tune
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.data import datasets
+from rnn_pipeline.locks import Lock, describe
 from rnn_pipeline.monitoring.drift import REFERENCE_DIR
 from rnn_pipeline.tracking import experiment_for, git_commit, mlflow_stores, versions
 from rnn_pipeline.train import pick_device, setup_torch
+
+LOCK_TTL_SECONDS = 120  # the holder's heartbeat refreshes it every 30 s; a lock not refreshed for 2 minutes is stale
 
 
 @task(name="ingest", cache_policy=NO_CACHE)
@@ -92,15 +95,26 @@ def summary_table(s: dict) -> str:
 
 
 @flow(name="rnn-training")
-def training_flow(config: str, overrides: dict | None = None, reason: str = "manual") -> dict:
+def training_flow(config: str, overrides: dict | None = None, reason: str = "manual", wait: float = 0.0) -> dict:
     """Train, evaluate, register and gate one model from a config (path or built-in name). `overrides` are deep-merged
-    into the config (the monitoring flow retrains on new data this way); `reason` is tagged on the run."""
-    t_start = time.perf_counter()
+    into the config (the monitoring flow retrains on new data this way); `reason` is tagged on the run. One training
+    run per model at a time: another run of the same model makes this one fail at once naming the holder, or wait up
+    to `wait` seconds for it."""
     logger = get_run_logger()
     cfg = load_config(config, overrides)
-    t = tasks.for_config(cfg)
     st = stores_mod.resolve(cfg.stores, os.environ)
+    stores_mod.check(st)  # a damaged or missing store: one line, before anything is written or trained
     stores_mod.ensure(st)
+    with Lock(st.monitoring_url, f"train:{cfg.model_name}", ttl_seconds=LOCK_TTL_SECONDS, wait=wait,
+              what=f"training run of model '{cfg.model_name}'",
+              on_wait=lambda h: logger.info("waiting for the training run of '%s' that holds the lock (%s)",
+                                            cfg.model_name, describe(h))) as lock:
+        return _train(config, overrides, reason, cfg, st, lock, logger)
+
+
+def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
+    t_start = time.perf_counter()
+    t = tasks.for_config(cfg)
     setup_torch(cfg.training.threads, cfg.seed)
     device = pick_device(cfg.training.device)
 
@@ -114,12 +128,17 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
     floor = t.floor(season)
     data_warnings = t.warnings(data)
     logger.info(t.describe(data, source))
-
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
     timings = {}
-    with mlflow_stores(st.mlflow_uri), mlflow.start_run(
-            experiment_id=experiment_for(cfg.name, st.artifact_location), run_name=f"train-{cfg.name}") as run:
-        experiment_id = run.info.experiment_id
+    with mlflow_stores(st.mlflow_uri):  # what an earlier, crashed run of this model left (no live run owns it now)
+        experiment_id = experiment_for(cfg.name, st.artifact_location)
+        cleaned = registry.reconcile(mlflow.MlflowClient(), cfg.model_name, experiment_id)
+    if any(cleaned.values()):
+        logger.warning("an earlier run of '%s' stopped part-way: marked %d run(s) failed and %d version(s) "
+                       "incomplete (%s)", cfg.model_name, len(cleaned["failed_runs"]),
+                       len(cleaned["incomplete_versions"]), cleaned)
+    with mlflow_stores(st.mlflow_uri), mlflow.start_run(experiment_id=experiment_id,
+                                                         run_name=f"train-{cfg.name}") as run:
         run_id = run.info.run_id
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],
@@ -127,6 +146,7 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
                            **({"overrides": json.dumps(overrides, sort_keys=True, default=str)[:6000]}
                               if overrides else {})})
         mlflow.set_tags({"git_commit": git_commit(), "data_digest": digest, "trigger": reason,
+                         "model_name": cfg.model_name, "lock_owner": lock.owner,
                          **{f"version.{k}": v for k, v in versions().items()}})
         mlflow.log_params({"season": season, "gate.metric": gate_key, "gate.floor": ",".join(floor) or "none",
                            "data_warnings": len(data_warnings)})
@@ -155,6 +175,7 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
             model_uri, save_load_diff = log_artifacts(t, Path(tmp), ev, data, bundle, fitted, tuned, digest)
         timings["evaluate"] = time.perf_counter() - t0
 
+        lock.check()  # the lock was not taken over while this run trained: nothing else registers now
         t0 = time.perf_counter()
         # the floor's scores come from the evaluation: the same test windows the gate scores the challenger on
         decision = gate_task(t, model_uri, cfg, data, gate_key, {b: ev["baselines"][b][gate_key] for b in floor})

@@ -27,6 +27,7 @@ from rnn_pipeline.forecasting.evaluation import skill
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG = "gate.decision"
 
 
 def _req(pkg: str) -> str:
@@ -207,13 +208,15 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
                     "gate.champion_version": decision.champion_version or "",
-                    "gate.decision": decision.label, "gate.reason": decision.reason,
-                    "gate.floor": ",".join(decision.floor) or "none",
+                    "gate.reason": decision.reason, "gate.floor": ",".join(decision.floor) or "none",
                     **{f"gate.floor.{b}": f"{f['score']:.8g} (skill {f['skill']:.4g})"
                        for b, f in decision.floor.items()},
                     **(tags or {})}
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
+        # the decision is written last and before any alias: a version that has it is complete, and one that lacks
+        # it (a process killed part-way) is recognisably not; `reconcile` tags it incomplete on the next run
+        client.set_model_version_tag(name, version, DECISION_TAG, decision.label)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
@@ -222,3 +225,41 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
         _rollback(client, name, version, created_model, previous_challenger)
         raise
     return version
+
+
+def reconcile(client: mlflow.MlflowClient, name: str, experiment_id: str | None) -> dict[str, list[str]]:
+    """Clean up what a crashed training run of model `name` left behind. Call it while holding the model's training
+    lock (rnn_pipeline.locks), so that no live run owns any of it:
+    - its parent run and trial runs still RUNNING are marked FAILED, tagged `failure_reason`;
+    - versions without a gate decision (registration killed part-way) are tagged `incomplete` and lose any alias.
+    Returns what was done, for the log: {"failed_runs": [...], "incomplete_versions": [...]}."""
+    done: dict[str, list[str]] = {"failed_runs": [], "incomplete_versions": []}
+    when = pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+    if experiment_id is not None:
+        running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+        parents = {r.info.run_id for r in running if r.data.tags.get("model_name") == name}
+        for r in running:
+            if r.info.run_id in parents or r.data.tags.get("mlflow.parentRunId") in parents:
+                client.set_tag(r.info.run_id, "failure_reason",
+                               f"interrupted: its process stopped without finishing (found by the next training run "
+                               f"of '{name}' at {when})")
+                client.set_terminated(r.info.run_id, "FAILED")
+                done["failed_runs"].append(r.info.run_id)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return done
+    for v in versions:
+        tags = v.tags or {}
+        if DECISION_TAG in tags:
+            continue
+        if tags.get("incomplete") != "true":
+            client.set_model_version_tag(name, v.version, "incomplete", "true")
+            client.set_model_version_tag(name, v.version, "incomplete.reason",
+                                         f"registration stopped before the gate decision was written (found {when}); "
+                                         "never served or promoted")
+            done["incomplete_versions"].append(str(v.version))
+        for alias in {*(getattr(v, "aliases", None) or []),
+                      *(a for a in (CHAMPION, CHALLENGER) if alias_version(client, name, a) == str(v.version))}:
+            client.delete_registered_model_alias(name, alias)
+    return done

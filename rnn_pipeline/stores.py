@@ -3,11 +3,13 @@ Each store takes a URL instead (PostgreSQL for teams). The edge (CLI, flow) reso
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rnn_pipeline.config import StoresConfig
+from rnn_pipeline.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,41 @@ def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
 def ensure(stores: Stores) -> None:
     stores.root.mkdir(parents=True, exist_ok=True)
     (stores.root / "artifacts").mkdir(exist_ok=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///path` URL; None for any other store."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
+def check(stores: Stores) -> None:
+    """Before any work: every SQLite store that exists opens and passes SQLite's integrity check, and the MLflow store
+    is not missing beside the state of earlier runs (a deleted mlflow.db would otherwise be recreated silently, a new
+    v1 promoted and the registry's history lost). One line naming the file, otherwise."""
+    fresh = f"move it away, or start over with `make clean` (deletes {stores.root})"
+    for what, url in (("MLflow store", stores.mlflow_uri), ("Optuna store", stores.optuna_url),
+                      ("monitoring store", stores.monitoring_url)):
+        path = sqlite_file(url)
+        if path is None or not path.exists():
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            raise PipelineError(f"{what} {path} cannot be read ({e}): restore it from a backup, or {fresh}") from None
+        if problems != ["ok"]:
+            raise PipelineError(f"{what} {path} is damaged ({'; '.join(problems)[:300]}): restore it from a backup, "
+                                f"or {fresh}")
+    mlflow_db = sqlite_file(stores.mlflow_uri)
+    if mlflow_db is not None and not mlflow_db.exists():
+        earlier = [p for p in (sqlite_file(stores.optuna_url), stores.root / "artifacts")
+                   if p is not None and p.exists() and (p.is_file() or any(p.iterdir()))]
+        if earlier:
+            raise PipelineError(f"MLflow store {mlflow_db} is missing, but {', '.join(map(str, earlier))} hold(s) the "
+                                f"state of earlier runs: its registry history (versions, aliases) would be lost. "
+                                f"Restore the file, or {fresh}")

@@ -122,15 +122,28 @@ def make_sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.TPESampler:
                                           group=True)
 
 
-def open_study(storage_url: str, study_name: str, cfg: PipelineConfig) -> optuna.Study:
-    """Create the study, or load it to resume. Trials left RUNNING by a killed process are marked FAIL."""
-    storage = optuna.storages.RDBStorage(storage_url)
+HEARTBEAT_SECONDS = 30  # a running trial's heartbeat in the study's storage; stale after GRACE_SECONDS without one
+GRACE_SECONDS = 120
+
+
+def open_study(storage_url: str, study_name: str, cfg: PipelineConfig, exclusive: bool = True) -> optuna.Study:
+    """Create the study, or load it to resume. Running trials send heartbeats: one whose heartbeat stopped (its
+    process died) is marked FAIL by Optuna, so that processes can share a study without failing each other's trials.
+    With `exclusive` (the caller holds the model's training lock, so no other process can be running a trial of
+    this study), trials left RUNNING are marked FAIL at once instead of after the grace period."""
+    with warnings.catch_warnings():  # heartbeats are flagged experimental; they have been stable since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                             grace_period=GRACE_SECONDS)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True,
                                 pruner=make_pruner(cfg.tuning.pruner, cfg.tuning.max_epochs))
     # A fresh sampler with the plain seed would replay the first draws on resume (duplicate trials); offsetting
     # the seed by the trials already stored keeps a resumed study reproducible and new.
     study.sampler = make_sampler(cfg, cfg.seed + len(study.get_trials(deepcopy=False)))
-    for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if exclusive else []:
         storage.set_trial_state_values(tr._trial_id, TrialState.FAIL)
         log.warning("trial %d was left running by an interrupted run: marked failed", tr.number)
     return study

@@ -96,3 +96,38 @@ def server_env(prefect_harness):
     from prefect.settings import PREFECT_API_URL
 
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+PG_HOST, PG_PORT = os.environ.get("RNNP_TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("RNNP_TEST_PG_PORT", "5432"))
+
+
+def pg_admin():
+    """A connection to the machine's PostgreSQL (database `test`, trust auth); skips the test, saying why, where there
+    is none: the embedded default never needs one."""
+    try:
+        import psycopg2
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary) - PostgreSQL store test skipped")
+    try:
+        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="test", connect_timeout=3)
+    except Exception as e:
+        pytest.skip(f"no PostgreSQL server reachable at {PG_HOST}:{PG_PORT} ({str(e).strip().splitlines()[0]})")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def pg_databases():
+    """Three fresh PostgreSQL databases (for the MLflow, Optuna and monitoring stores), dropped afterwards."""
+    import uuid
+
+    conn = pg_admin()
+    names = [f"rnnp_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna", "monitoring")]
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'CREATE DATABASE "{n}"')
+    yield [f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{n}" for n in names]
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    conn.close()

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from rnn_pipeline.bundle import LABEL, load_weights, save_files
-from rnn_pipeline.classification.sequences import Encoder, pad, read_sequences, read_texts, sequences_from_arrays
+from rnn_pipeline.classification.reading import read_sequences, read_texts, sequences_from_arrays
+from rnn_pipeline.classification.sequences import Encoder, pad
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.models import ClassifierSpec, RNNClassifier
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.classification.sequences import RawSequences, items_frame, read_items
+from rnn_pipeline.classification.reading import RawSequences, items_frame, read_items
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, TaskMonitor, fmt, frames, rows_since

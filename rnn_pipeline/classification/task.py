@@ -14,7 +14,8 @@ import numpy as np
 from rnn_pipeline.classification import evaluation
 from rnn_pipeline.classification import monitoring as monitor_classify
 from rnn_pipeline.classification.bundle import ClassifierBundle
-from rnn_pipeline.classification.sequences import PreparedSequences, prepare_sequences, read_items
+from rnn_pipeline.classification.reading import read_items
+from rnn_pipeline.classification.sequences import PreparedSequences, prepare_sequences
 from rnn_pipeline.errors import PipelineError
 from rnn_pipeline.models import ClassifierSpec
 from rnn_pipeline.tasks import Artifacts, Task, log_common_metrics, summary_head

@@ -7,10 +7,6 @@ plain so that drift history can be queried and charted with SQL or `pandas.read_
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
-import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -20,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rnn_pipeline.db import open_database
 from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.locks import Lock, LockHeld  # noqa: F401  (LockHeld: what lock() raises)
 
 metadata = sa.MetaData()
 
@@ -57,18 +54,6 @@ batches = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("model_name", "digest", name="uq_monitoring_batch"),
 )
-
-locks = sa.Table(
-    "monitoring_locks", metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("acquired_at", sa.Float, nullable=False),
-)
-
-
-class LockHeld(PipelineError):
-    """Another monitoring run holds the lock for this model."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -140,23 +125,7 @@ class MonitoringStore:
     # ---- lock ----------------------------------------------------------------------------------------------
     @contextmanager
     def lock(self, name: str, ttl_seconds: float):
-        """At most one holder per name across processes and machines sharing the store (an INSERT on a primary
-        key is atomic in every database). A lock older than `ttl_seconds` is taken over (its holder died)."""
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        now = time.time()
-        try:
-            with self.engine.begin() as c:
-                c.execute(locks.delete().where(locks.c.name == name, locks.c.acquired_at < now - ttl_seconds))
-            with self.engine.begin() as c:
-                c.execute(locks.insert().values(name=name, owner=owner, acquired_at=now))
-        except IntegrityError:
-            with self.engine.connect() as c:
-                held = c.execute(sa.select(locks).where(locks.c.name == name)).mappings().first()
-            since = f" since {datetime.fromtimestamp(held['acquired_at']).isoformat(timespec='seconds')}" if held else ""
-            raise LockHeld(f"another monitoring run holds the lock '{name}' "
-                           f"({held['owner'] if held else 'unknown'}{since})") from None
-        try:
-            yield owner
-        finally:
-            with self.engine.begin() as c:
-                c.execute(locks.delete().where(locks.c.name == name, locks.c.owner == owner))
+        """At most one holder per name across processes and machines sharing the store (rnn_pipeline.locks: a row
+        with a heartbeat; a stale one, or one whose process died on this host, is taken over)."""
+        with Lock(self.engine, name, ttl_seconds=ttl_seconds, what="monitoring run") as held:
+            yield held.owner

@@ -263,7 +263,7 @@ def test_two_monitoring_runs_started_together_retrain_once(env, server_env):
     assert len(h) == 1 and h["action"].iloc[0].startswith("retrain")
     said = "\n".join(outs)
     assert said.count("b001.csv: degraded") == 1
-    assert "skipped: another monitoring run holds the lock" in said or "no new batches" in said
+    assert "skipped: another monitoring run is in progress" in said or "no new batches" in said
 
 
 def test_the_demo_writes_its_timeline(tmp_path, monkeypatch, prefect_harness):

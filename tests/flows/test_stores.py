@@ -1,15 +1,11 @@
 """Stores by URL: the embedded defaults, and the server-backed configuration on PostgreSQL when one is reachable."""
 
-import os
-import uuid
 
 import pytest
 from conftest import write_config
 
 from rnn_pipeline.config import StoresConfig
 from rnn_pipeline.stores import resolve
-
-PG_HOST, PG_PORT = os.environ.get("RNNP_TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("RNNP_TEST_PG_PORT", "5432"))
 
 
 def test_embedded_defaults_live_under_one_root(tmp_path):
@@ -26,33 +22,6 @@ def test_urls_from_config_and_environment(tmp_path):
     st = resolve(StoresConfig(root=str(tmp_path), mlflow_uri="postgresql://h/db", optuna_url="postgresql://h/o"), env)
     assert st.mlflow_uri == "postgresql://h/db" and st.optuna_url == "postgresql://h/o"
     assert st.artifact_location == (tmp_path / "artifacts").as_uri()
-
-
-def _pg_admin():
-    try:
-        import psycopg2
-    except ImportError:
-        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary) - PostgreSQL store test skipped")
-    try:
-        conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="test", connect_timeout=3)
-    except Exception as e:  # no server on this machine: the embedded default never needs one
-        pytest.skip(f"no PostgreSQL server reachable at {PG_HOST}:{PG_PORT} ({str(e).strip().splitlines()[0]})")
-    conn.autocommit = True
-    return conn
-
-
-@pytest.fixture
-def pg_databases():
-    conn = _pg_admin()
-    names = [f"rnnp_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna", "monitoring")]
-    with conn.cursor() as cur:
-        for n in names:
-            cur.execute(f'CREATE DATABASE "{n}"')
-    yield [f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{n}" for n in names]
-    with conn.cursor() as cur:
-        for n in names:
-            cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-    conn.close()
 
 
 @pytest.mark.slow

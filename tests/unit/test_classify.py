@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from rnn_pipeline.classification import evaluation as cls_evaluation
-from rnn_pipeline.classification.sequences import (
-    TextEncoder,
-    pad,
-    prepare_sequences,
-    read_sequences,
-    read_texts,
-    sequences_from_arrays,
-)
+from rnn_pipeline.classification.reading import read_sequences, read_texts, sequences_from_arrays
+from rnn_pipeline.classification.sequences import TextEncoder, pad, prepare_sequences
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.models import ClassifierSpec, RNNClassifier
@@ -259,7 +253,7 @@ def test_jitter_applies_to_numeric_training_batches_only():
 
 @pytest.mark.parametrize("step_column", ["step", None])
 def test_items_written_for_a_retrain_read_back_the_same(step_column):
-    from rnn_pipeline.classification.sequences import items_frame, read_items
+    from rnn_pipeline.classification.reading import items_frame, read_items
 
     d = PipelineConfig.model_validate({"name": "x", "task": "classification", "data": {
         "builtin": "x", "step_column": step_column, "split_column": "split"}}).data

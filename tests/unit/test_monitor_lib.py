@@ -141,7 +141,7 @@ def store_contract(url):
         assert hist["action"].tolist() == ["none", "retrain → promoted"]
         assert store.seen("m", "d2")["new_version"] == "2" and store.seen("m", "d3") is None
         with store.lock("monitor:m", ttl_seconds=60):
-            with pytest.raises(LockHeld, match="another monitoring run holds the lock"):
+            with pytest.raises(LockHeld, match="another monitoring run is in progress"):
                 with store.lock("monitor:m", ttl_seconds=60):
                     pass
         with store.lock("monitor:m", ttl_seconds=60):  # released after the first holder
@@ -157,13 +157,16 @@ def test_store_on_sqlite(tmp_path):
 def test_a_stale_lock_is_taken_over(tmp_path):
     import time
 
-    from rnn_pipeline.monitoring.store import locks
+    from rnn_pipeline.locks import locks
 
     store = MonitoringStore(f"sqlite:///{tmp_path / 'm.db'}")
-    with store.engine.begin() as c:
-        c.execute(locks.insert().values(name="monitor:m", owner="dead:1", acquired_at=time.time() - 120))
+    with store.lock("monitor:m", ttl_seconds=60):  # creates the table
+        pass
+    with store.engine.begin() as c:  # a holder on another host whose heartbeat stopped two minutes ago
+        c.execute(locks.insert().values(name="monitor:m", owner="elsewhere:1:x", host="elsewhere", pid=1,
+                                        since=time.time() - 600, heartbeat=time.time() - 120))
     with store.lock("monitor:m", ttl_seconds=60) as owner:
-        assert owner != "dead:1"
+        assert owner != "elsewhere:1:x"
     store.dispose()
 
 

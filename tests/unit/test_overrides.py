@@ -12,14 +12,15 @@ from typer.testing import CliRunner
 from flows import cli
 from rnn_pipeline.config import load_config
 from rnn_pipeline.errors import ConfigError
+from rnn_pipeline.overrides import parse_overrides
 
 # --- the parser ------------------------------------------------------------------------------------------------
 
 def test_dotted_keys_become_nested_overrides_with_yaml_values():
-    got = cli.parse_overrides(["tuning.n_trials=5", "model.hidden=64", "tuning.space.window=[96,192]",
-                               "data.target_columns=[OT]", "model.bidirectional=true", "training.clip_grad_norm=null",
-                               "training.lr=3e-4", "registry.model_name=my-model", "name = spaced ",
-                               "split.test_end=2017-03-01", "data.path=a=b.csv", "data.text_column='1e5'"])
+    got = parse_overrides(["tuning.n_trials=5", "model.hidden=64", "tuning.space.window=[96,192]",
+                           "data.target_columns=[OT]", "model.bidirectional=true", "training.clip_grad_norm=null",
+                           "training.lr=3e-4", "registry.model_name=my-model", "name = spaced ",
+                           "split.test_end=2017-03-01", "data.path=a=b.csv", "data.text_column='1e5'"])
     assert got == {"tuning": {"n_trials": 5, "space": {"window": [96, 192]}},
                    "model": {"hidden": 64, "bidirectional": True},
                    "data": {"target_columns": ["OT"], "path": "a=b.csv", "text_column": "1e5"},  # first '=' splits
@@ -29,10 +30,10 @@ def test_dotted_keys_become_nested_overrides_with_yaml_values():
 
 
 def test_repeated_keys_merge_and_the_last_one_wins():
-    got = cli.parse_overrides(["model.hidden=16", "model.layers=2", "model.hidden=64", "model={dropout: 0.1}",
-                               "seed=1"], seed=9)
+    got = parse_overrides(["model.hidden=16", "model.layers=2", "model.hidden=64", "model={dropout: 0.1}",
+                           "seed=1"], seed=9)
     assert got == {"model": {"hidden": 64, "layers": 2, "dropout": 0.1}, "seed": 9}  # --seed beats --set seed=
-    assert cli.parse_overrides(None) == {} and cli.parse_overrides([], seed=0) == {"seed": 0}
+    assert parse_overrides(None) == {} and parse_overrides([], seed=0) == {"seed": 0}
 
 
 @pytest.mark.parametrize("item, message", [
@@ -44,7 +45,7 @@ def test_repeated_keys_merge_and_the_last_one_wins():
 ])
 def test_malformed_items_are_one_clear_error(item, message):
     with pytest.raises(ConfigError) as e:
-        cli.parse_overrides(["model.layers=2", item])
+        parse_overrides(["model.layers=2", item])
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -58,7 +59,7 @@ def test_malformed_items_are_one_clear_error(item, message):
 ])
 def test_unknown_keys_and_wrong_types_are_checked_by_the_config_and_name_set(items, message):
     with pytest.raises(ConfigError) as e:
-        load_config("seed_sine", cli.parse_overrides(items), overrides_source="--set")
+        load_config("seed_sine", parse_overrides(items), overrides_source="--set")
     assert str(e.value).startswith(message)
 
 
@@ -66,8 +67,8 @@ def test_a_fault_in_the_file_itself_still_names_the_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: x\ndata: {builtin: seed_sine}\nmodel: {hidden: abc}\n")
     with pytest.raises(ConfigError, match=f"^{p}: model.hidden"):
-        load_config(p, cli.parse_overrides(["model.layers=2"]), overrides_source="--set")
-    cfg = load_config(p, cli.parse_overrides(["model.hidden=8"]), overrides_source="--set")  # --set mends it
+        load_config(p, parse_overrides(["model.layers=2"]), overrides_source="--set")
+    cfg = load_config(p, parse_overrides(["model.hidden=8"]), overrides_source="--set")  # --set mends it
     assert cfg.model.hidden == 8
 
 
@@ -86,7 +87,7 @@ def captured(monkeypatch):
 
     monkeypatch.setattr(flows.training, "training_flow", fake_flow)
     monkeypatch.setattr(flows.training, "summary_table", lambda s: "SUMMARY")
-    monkeypatch.setattr(cli, "_environment", lambda root: None)
+    monkeypatch.setattr(cli, "set_environment", lambda root: None)
     return calls
 
 
