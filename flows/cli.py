@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.runtime import quiet_libraries, set_environment
+from flows.runtime import quiet_libraries, set_environment, stop_children, stop_on_sigterm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, register and serve recurrent neural networks on sequence data.")
@@ -253,14 +253,9 @@ def deploy(config: Annotated[str, typer.Option("--config", "-c", help="Config fi
     training deployment (on demand, and on monitoring.training_cron) until Ctrl-C. Without PREFECT_API_URL a local
     Prefect server is started on 127.0.0.1 for the schedules (its UI shows the runs)."""
     cfg, st = _load(config)
-    import signal
-
     from flows import deploy as dep
 
-    def _terminate(signum, frame):  # SIGTERM (a service manager, `timeout`) stops like Ctrl-C: the server too
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()  # SIGTERM stops like Ctrl-C: the server and every flow-run process too
 
     _one_line_pipeline_errors()
     quiet_libraries()
@@ -283,6 +278,9 @@ def deploy(config: Annotated[str, typer.Option("--config", "-c", help="Config fi
         if server is not None:
             dep.stop_server(server)
             typer.echo("stopped the local Prefect server")
+        killed = stop_children()  # flow runs still going, and anything else started from here
+        if killed:
+            typer.echo(f"killed {len(killed)} process(es) that did not stop within 20 s: {killed}", err=True)
 
 
 def _incoming(cfg, st):
@@ -317,8 +315,15 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
                                                       "one.")] = None,
           access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = False):
     """Serve the model over HTTP (FastAPI + uvicorn): POST /predict, POST /actuals, GET /health, /metadata, /stats
-    and the OpenAPI docs at /docs. Predictions and actuals go to the inference log in the monitoring store."""
+    and the OpenAPI docs at /docs. Predictions and actuals go to the inference log in the monitoring store. With
+    serving.api_key_env, the POSTs need the API key that environment variable holds."""
     cfg, st = _load(config)
+    from rnn_pipeline.serving.auth import exposure_warning, resolve_api_key
+
+    host = host or cfg.serving.host
+    api_key = resolve_api_key(cfg.serving)  # a named variable that is unset or empty stops here, before the model loads
+    if warning := exposure_warning(host, cfg.serving.port if port is None else port, api_key is not None):
+        typer.echo(f"warning: {warning}", err=True)
     import mlflow
     import torch
     import uvicorn
@@ -338,13 +343,14 @@ def serve(config: Annotated[str, typer.Option("--config", "-c", help="Config nam
     served = holder.load()
     store = inference_log.InferenceLog(st.monitoring_url) if s.log_predictions else None
     api = create_app(holder, s, store, fallback=str(st.root / "inference_log.failed.jsonl"))
-    host = host or s.host
     port = s.port if port is None else port
     port = port or _free_port()
     follows = f", following alias '{holder.alias}' every {s.poll_seconds:g}s" if holder.alias else ""
     typer.echo(f"serving {served.name or uri} v{served.version} ({uri}{follows}) on http://{host}:{port} "
                f"(docs: http://{host}:{port}/docs)")
     typer.echo(f"inference log: {st.monitoring_url}" if store else "inference log: off (serving.log_predictions)")
+    typer.echo(f"API key: required on POST /predict and /actuals (from ${s.api_key_env})" if api_key
+               else "API key: none (serving.api_key_env)")
     settle_gc()
     uvicorn.run(api, host=host, port=port, log_level="warning", access_log=access_log,
                 timeout_keep_alive=s.keep_alive_seconds)
@@ -372,7 +378,16 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
     if st.artifact_location:
         cmd += ["--default-artifact-root", st.artifact_location]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (tracking {st.mlflow_uri}; Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(cmd))
+    stop_on_sigterm()
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its workers in their own group, stopped with it below
+    code = 0
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_children()
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -60,8 +60,10 @@ def start_server(prefect_home: Path, port: int, log_file: Path, timeout: float =
     if not port_free(port):
         raise PipelineError(f"port {port} on 127.0.0.1 is in use: pick another with --port, or point "
                             f"PREFECT_API_URL at the server that runs there")
+    api = f"http://127.0.0.1:{port}/api"
+    # the UI calls the API at the URL it is given (default port 4200): on any other port it must be told
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "true"}
+           "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api, "PREFECT_SERVER_UI_API_URL": api}
     env.pop("PREFECT_API_URL", None)
     exe = Path(sys.executable).parent / "prefect"
     cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
@@ -69,7 +71,6 @@ def start_server(prefect_home: Path, port: int, log_file: Path, timeout: float =
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
     try:
         wait_healthy(api, timeout, proc)
     except BaseException:

@@ -4,6 +4,7 @@ the warnings and log levels that say nothing to a user. Imports nothing heavy un
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 
@@ -37,3 +38,37 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is experimental.*")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines say more
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a service manager, `timeout`, `kill`) stops a long-running command the way Ctrl-C does, so that its
+    cleanup runs."""
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def stop_children(timeout: float = 20.0) -> list[int]:
+    """Stop every process this one started, and theirs (a Prefect server and its workers, flow-run processes, an
+    MLflow server and its workers): SIGTERM to all of them at once, up to `timeout` seconds to exit, then SIGKILL.
+    The tree is listed before anything is signalled, so children re-parented by a dying parent are not missed.
+    Returns the PIDs that had to be killed."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in alive]
+

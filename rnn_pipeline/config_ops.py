@@ -65,7 +65,8 @@ class MonitoringConfig(_Strict):
     interval_seconds: int | None = Field(3600, ge=1, description="deploy: run the monitoring flow this often")
     cron: str | None = Field(None, description="deploy: a cron schedule for monitoring instead of the interval")
     training_cron: str | None = Field(None, description="deploy: also retrain from the config on this cron")
-    lock_ttl_seconds: int = Field(6 * 3600, ge=60, description="a monitoring lock older than this is stale")
+    lock_ttl_seconds: int = Field(600, ge=60, description="a monitoring lock whose heartbeat (refreshed every quarter "
+                                  "of this) stopped this long ago is stale and taken over")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @model_validator(mode="after")
@@ -99,3 +100,8 @@ class ServingConfig(_Strict):
     log_flush_seconds: float = Field(0.2, gt=0, description="the inference log is written in the background, in "
                                                             "batches, at least this often")
     batch_chunk: int = Field(10_000, ge=1, description="predict-batch: items scored and logged per chunk")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="the NAME of an environment variable holding the service's API key "
+                                                "(not the key): POST /predict and /actuals then need "
+                                                "'Authorization: Bearer <key>' or 'X-API-Key: <key>' (401 without); "
+                                                "unset or empty stops the service at startup. None: no key")

@@ -5,6 +5,9 @@
 - `POST /actuals`: actual values or labels for earlier prediction ids (all or none).
 - `GET /health`, `GET /metadata`, `GET /stats`, OpenAPI at `/docs` and `/openapi.json`.
 
+With `serving.api_key_env`, POST /predict and POST /actuals (every request but a GET, HEAD or OPTIONS) need the API
+key (auth.py); the GETs stay open.
+
 The model is the registered pyfunc's bundle, the same object that answers `mlflow models serve`, the CLI and batch
 scoring; the bundle parses a request and shapes the answer, so nothing here depends on the task. The holder
 (holder.py) swaps in a new version of a followed alias without a restart; the bodies are in schemas.py, the body
@@ -19,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -28,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rnn_pipeline.config import ServingConfig
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.serving import inference_log as ilog
+from rnn_pipeline.serving.auth import KeyCheck, KeyGuard, resolve_api_key
 from rnn_pipeline.serving.holder import ModelHolder, Served, parse_uri, settle_gc
 from rnn_pipeline.serving.middleware import Guard, Stats
 from rnn_pipeline.serving.schemas import ActualsRequest, ActualsResponse, PredictRequest, PredictResponse, Problem
@@ -40,6 +44,7 @@ Limits = ServingConfig
 
 BAD = {413: {"model": Problem, "description": "too large"}, 422: {"model": Problem, "description": "invalid"},
        503: {"model": Problem, "description": "no model loaded"}}
+UNAUTHORIZED = {401: {"model": Problem, "description": "API key missing or not valid (serving.api_key_env)"}}
 
 
 def limits_json(serving: ServingConfig) -> dict:
@@ -168,16 +173,21 @@ def _lifespan(svc: Service, flush_seconds: float, fallback: str | None):
     return lifespan
 
 
-def _routes(app: FastAPI, svc: Service) -> None:
-    """The endpoints; their names are the OpenAPI operation ids, their docstrings the descriptions."""
+def _routes(app: FastAPI, svc: Service, check: KeyCheck | None) -> None:
+    """The endpoints; their names are the OpenAPI operation ids, their docstrings the descriptions. With a key
+    (`check`), every POST declares and checks it (KeyGuard has refused a request without it already)."""
+    guard = [Depends(check.dependency())] if check is not None else None
+    bad = {**BAD, **UNAUTHORIZED} if check is not None else BAD
 
-    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=BAD)
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=bad,
+              dependencies=guard)
     def predict(req: PredictRequest) -> dict:
         return _predict(svc, req)
 
     if svc.store is not None:
-        @app.post("/actuals", response_model=ActualsResponse, responses={**BAD, 404: {"model": Problem},
-                                                                          409: {"model": Problem}})
+        @app.post("/actuals", response_model=ActualsResponse, responses={**bad, 404: {"model": Problem},
+                                                                          409: {"model": Problem}},
+                  dependencies=guard)
         def post_actuals(req: ActualsRequest) -> dict:
             """Actual values (forecasting) or labels (classification) for earlier predictions: all or none."""
             return _record_actuals(svc, req)
@@ -199,14 +209,19 @@ def create_app(holder: ModelHolder, serving: ServingConfig = ServingConfig(), st
                flush_seconds: float | None = None, fallback: str | None = None) -> FastAPI:
     """The FastAPI app. `holder` must have loaded its model; `serving` holds the limits and the log's flush interval
     (`flush_seconds` overrides it); `store` None switches the inference log (and POST /actuals) off. Polling and the
-    log writer start and stop with the app."""
+    log writer start and stop with the app. `serving.api_key_env` naming an unset or empty variable raises
+    PipelineError."""
+    key = resolve_api_key(serving)
+    check = KeyCheck(key) if key is not None else None
     svc = Service(holder, serving, store)
     flush = serving.log_flush_seconds if flush_seconds is None else flush_seconds
     app = FastAPIOffline(title="rnn-pipeline model service", lifespan=_lifespan(svc, flush, fallback),
                          description="Predictions from a registered RNN (forecasts in original units, or labels with "
                                      "class probabilities); actuals for earlier predictions feed monitoring.")
+    if check is not None:  # inside Guard (added last, outermost): the body limit first, and 401s are counted
+        app.add_middleware(KeyGuard, check=check)
     app.add_middleware(Guard, max_body_bytes=serving.max_body_bytes, stats=svc.stats)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(DataValidationError, _data_error)
-    _routes(app, svc)
+    _routes(app, svc, check)
     return app

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import optuna
 import pandas as pd
+import psutil
 import pytest
 from conftest import write_config
 
@@ -144,6 +146,15 @@ def test_killing_the_flow_during_tuning_resumes_the_study(tmp_path, env):
     study = optuna.load_study(study_name=summary["study"], storage=url)
     complete = {t.number: t.params for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(complete[n] == p for n, p in kept.items())
+    # the killed run's lock (its process is gone) was taken over at once, and its MLflow runs, left RUNNING, were
+    # marked failed by the next run, saying why
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
+    runs = client.search_runs([summary["experiment_id"]], f"tags.model_name = '{summary['model_name']}'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert [r for r in runs if r.info.status == "FAILED"][0].data.tags["failure_reason"].startswith("interrupted")
+    assert not client.search_runs([summary["experiment_id"]], "attributes.status = 'RUNNING'")
 
 
 def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
@@ -165,9 +176,18 @@ def test_ui_serves_the_tracking_store_on_loopback(tmp_path):
             except OSError:
                 pass
         assert status == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the MLflow server and its workers
+        proc.send_signal(signal.SIGTERM)  # to the command alone, as a service manager would
+        proc.wait(timeout=60)
+        left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not left, [(c.pid, c.cmdline()[:4]) for c in left]
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(m.group(1)))) != 0, "the MLflow UI still listens"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def test_ctrl_c_during_tuning_keeps_finished_trials_and_exits_130(tmp_path, env):

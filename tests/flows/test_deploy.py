@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 from conftest import REPO
 from test_monitoring import NAME, add_batch, history, monitoring_config, registry_state
@@ -75,6 +76,11 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
         assert train["state_type"] == "COMPLETED"
         assert train["parameters"]["overrides"]["data"]["path"].endswith(".parquet")
         assert train["parameters"]["reason"] == "monitoring:degraded:b001.csv"
+        # the UI on a port other than 4200 calls the API on that port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as r:
+            assert json.loads(r.read())["api_url"] == f"http://127.0.0.1:{port}/api"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the server, its workers, flow-run processes
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -82,6 +88,9 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    # Ctrl-C / SIGTERM stops the server it started
+    # SIGTERM (like Ctrl-C) stops the server it started and every process it started: none is left, re-parented
+    assert proc.returncode is not None
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(c.pid, c.cmdline()[:4]) for c in left]
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the Prefect server still listens after deploy stopped"

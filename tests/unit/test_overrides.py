@@ -81,8 +81,8 @@ def captured(monkeypatch):
 
     calls = []
 
-    def fake_flow(config, overrides=None, reason="manual"):
-        calls.append((config, overrides))
+    def fake_flow(config, overrides=None, reason="manual", wait=0.0):
+        calls.append((config, overrides) if not wait else (config, overrides, wait))
         return {"fake": True}
 
     monkeypatch.setattr(flows.training, "training_flow", fake_flow)
@@ -116,6 +116,12 @@ def test_train_without_overrides_passes_none(tmp_path, captured):
     out = CliRunner().invoke(cli.app, ["train", "--config", str(write_config(tmp_path, empty_store=False))])
     assert out.exit_code == 0, out.output
     assert captured[0][1] is None
+
+
+def test_train_wait_waits_for_a_run_in_progress(tmp_path, captured):
+    cfg = str(write_config(tmp_path, empty_store=False))
+    assert CliRunner().invoke(cli.app, ["train", "--config", cfg, "--wait"]).exit_code == 0
+    assert captured == [(cfg, None, cli.WAIT_SECONDS)]  # without --wait the flow gets 0: fail at once (above)
 
 
 @pytest.mark.parametrize("args, line", [
