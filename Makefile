@@ -17,7 +17,7 @@ CONFIG ?= seed_sine
 # Test processes (pytest-xdist): one per CPU by default; TEST_WORKERS=0 runs the suite in this process.
 TEST_WORKERS ?= auto
 
-.PHONY: setup run test test-fast lint bench ui clean demo deploy monitor serve
+.PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve
 
 setup: $(STAMP)
 
@@ -37,11 +37,16 @@ run: setup
 # The full suite (what CI runs), spread over the CPUs: most of a flow test's time is spent waiting on a subprocess, a
 # server or SQLite, so two workers on two cores finish in about half the time of one.
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not faults" tests
 
 # The inner loop: everything but the end-to-end flow and CLI runs (marked slow).
 test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
+
+# The crash tests: kill -9 at each phase, two runs at once, damaged stores, on SQLite and (when one is reachable)
+# PostgreSQL; about 4 minutes on 2 cores. CI runs them after `make test`.
+faults: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m faults tests
 
 lint: setup
 	$(VENV)/bin/ruff check rnn_pipeline flows tests benchmarks

@@ -82,17 +82,22 @@ def monitoring_flow(config: str, training_deployment: str | None = None, source:
     logger = get_run_logger()
     cfg = load_config(config, {"monitoring": {"source": source}} if source else None)
     st = stores_mod.resolve(cfg.stores, os.environ)
+    stores_mod.check(st)  # a damaged or missing store: one line, before anything is judged
     stores_mod.ensure(st)
     from_log = cfg.monitoring.source == "inference_log"
     incoming = incoming_folder(cfg, st)
     summary = {"model_name": cfg.model_name, "source": cfg.monitoring.source, "incoming": str(incoming),
                "batches": [], "skipped": None}
-    if not from_log and not monitor.list_batches(incoming):
-        logger.info("no new batches in %s", incoming)
-        return summary
     store = MonitoringStore(st.monitoring_url)
     try:
         with store.lock(f"monitor:{cfg.model_name}", cfg.monitoring.lock_ttl_seconds):
+            left = store.interrupted(cfg.model_name)  # what a killed pass left (no live pass owns it now)
+            if left:
+                logger.warning("an earlier pass stopped while retraining after %s: marked 'retrain interrupted'",
+                               ", ".join(left))
+            if not from_log and not monitor.list_batches(incoming):
+                logger.info("no new batches in %s", incoming)
+                return summary
             with mlflow_stores(st.mlflow_uri):
                 exp = experiment_for(f"{cfg.name}-monitoring", st.artifact_location)
                 ctx = Context(config, cfg, st, store, exp, Champion(cfg, st), training_deployment, logger)

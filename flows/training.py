@@ -15,7 +15,7 @@ import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rnn_pipeline import registry, tasks, tune
+from rnn_pipeline import faults, registry, tasks, tune
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.data import datasets
@@ -107,8 +107,8 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
     stores_mod.ensure(st)
     with Lock(st.monitoring_url, f"train:{cfg.model_name}", ttl_seconds=LOCK_TTL_SECONDS, wait=wait,
               what=f"training run of model '{cfg.model_name}'",
-              on_wait=lambda h: logger.info("waiting for the training run of '%s' that holds the lock (%s)",
-                                            cfg.model_name, describe(h))) as lock:
+              on_wait=lambda h: logger.warning("waiting for the training run of '%s' that holds the lock (%s)",
+                                               cfg.model_name, describe(h))) as lock:
         return _train(config, overrides, reason, cfg, st, lock, logger)
 
 
@@ -161,6 +161,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         mlflow.log_params({f"best.{k}": v for k, v in tuned.best_params.items()})
 
         t0 = time.perf_counter()
+        faults.point("final_fit")
         fitted = fit_best(tuned.best_params, data, cfg, device)
         timings["final_fit"] = time.perf_counter() - t0
         client = mlflow.MlflowClient()

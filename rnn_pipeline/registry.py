@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from rnn_pipeline import faults
 from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.config import HIGHER_IS_BETTER
 from rnn_pipeline.errors import PipelineError, RegistryError
@@ -212,8 +213,10 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
                     **{f"gate.floor.{b}": f"{f['score']:.8g} (skill {f['skill']:.4g})"
                        for b, f in decision.floor.items()},
                     **(tags or {})}
-        for k, v in all_tags.items():
+        for i, (k, v) in enumerate(all_tags.items()):
             client.set_model_version_tag(name, version, k, str(v))
+            if i == 2:
+                faults.point("registration")  # crash tests: the version exists with part of its tags
         # the decision is written last and before any alias: a version that has it is complete, and one that lacks
         # it (a process killed part-way) is recognisably not; `reconcile` tags it incomplete on the next run
         client.set_model_version_tag(name, version, DECISION_TAG, decision.label)

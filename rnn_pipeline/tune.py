@@ -15,7 +15,7 @@ import optuna
 from mlflow.entities import Metric
 from optuna.trial import TrialState
 
-from rnn_pipeline import tasks
+from rnn_pipeline import faults, tasks
 from rnn_pipeline.config import FloatRange, IntRange, PipelineConfig, SearchSpace
 from rnn_pipeline.train import fit
 
@@ -182,6 +182,8 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg, space)
+        if trial.number >= 1:
+            faults.point("tuning")  # crash tests: killed with this trial running and an earlier one finished
         t_trial = time.perf_counter()
         curve: list[tuple[int, float]] = []
         last_note = [t_trial]

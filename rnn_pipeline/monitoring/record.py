@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline import registry
+from rnn_pipeline import faults, registry
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.errors import DataValidationError, PipelineError
 from rnn_pipeline.monitoring.champion import Champion, incoming_folder, monitor_class, retrain_overrides, work_folder
@@ -128,6 +128,8 @@ def record_and_act(ctx: Context, judged: Judged, retrain: Callable[[str], dict],
     row_id = ctx.store.record(row)
     if recorded is not None:
         recorded()
+    if retraining:
+        faults.point("monitoring")  # crash tests: the row says "retrain started", the retrain never ran
     logger.info("batch %s: %s (%s)", name, v, champ.monitor.describe(outcome))
     client = mlflow.MlflowClient()
     if not retraining:

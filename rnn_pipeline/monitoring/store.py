@@ -100,6 +100,18 @@ class MonitoringStore:
         with self.engine.begin() as c:
             c.execute(batches.update().where(batches.c.id == row_id).values(**values))
 
+    def interrupted(self, model_name: str) -> list[str]:
+        """Rows an earlier pass left at "retrain started" (it was killed before the retrain finished): marked "retrain
+        interrupted", saying so. Call it holding the model's monitoring lock. Returns their batch names."""
+        where = (batches.c.model_name == model_name, batches.c.action == "retrain started")
+        with self.engine.begin() as c:
+            names = [r[0] for r in c.execute(sa.select(batches.c.batch).where(*where))]
+            c.execute(batches.update().where(*where).values(
+                action="retrain interrupted",
+                message=f"the pass that started this retrain stopped before it finished (found {_now():%Y-%m-%d %H:%M} "
+                        "UTC); the next drifted batch retrains again"))
+        return names
+
     def history(self, model_name: str) -> pd.DataFrame:
         """Every batch judged for a model, oldest first (what a drift chart plots)."""
         with self.engine.connect() as c:

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from rnn_pipeline import faults
 from rnn_pipeline.classification.bundle import ClassifierBundle
 from rnn_pipeline.errors import RegistryError
 from rnn_pipeline.forecasting.bundle import ForecastBundle
@@ -112,6 +113,7 @@ class ModelHolder:
         if self.current is not None and version == self.current.version:
             return False
         new = self._load(version)  # fully loaded and warmed up before anyone sees it
+        faults.point("hot_swap")
         old, self.current = self.current, new
         self.swaps += 1
         log.info("model %s: now serving version %s (was %s)", self.name, new.version, old and old.version)

@@ -72,6 +72,15 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
             by.setdefault(deployments.get(r["deployment_id"]), []).append(r)
         mon = [r for r in by[f"{NAME}-monitoring"] if r["state_type"] == "COMPLETED"]
         assert mon and all(r["auto_scheduled"] or r["created_by"] for r in mon)  # started by the schedule
+        # a 5 s schedule against a pass that retrains for longer: one pass at a time, never two overlapping, and
+        # the runs that came due meanwhile were cancelled rather than queued
+        spans = sorted((r["start_time"], r["end_time"]) for r in by[f"{NAME}-monitoring"] if r["start_time"]
+                       and r["end_time"] and r["state_type"] == "COMPLETED")
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+        running = [r for r in by[f"{NAME}-monitoring"] if r["state_type"] == "RUNNING"]
+        assert len(running) <= 1, running
+        assert any(r["state_type"] == "CANCELLED" for r in by[f"{NAME}-monitoring"]), \
+            sorted({r["state_type"] for r in by[f"{NAME}-monitoring"]})
         [train] = by[f"{NAME}-training"]
         assert train["state_type"] == "COMPLETED"
         assert train["parameters"]["overrides"]["data"]["path"].endswith(".parquet")
