@@ -51,7 +51,17 @@ class DataConfig(_Strict):
     time_column: str = "time"
     target_columns: list[str] = Field(default_factory=lambda: ["value"])
     feature_columns: list[str] = Field(default_factory=list)
-    missing: Literal["error", "interpolate", "ffill"] = "error"
+    missing: Literal["error", "interpolate", "ffill"] = Field(
+        "error", description="forecasting: blank values, and gaps in the time steps, are refused ('error'), or filled "
+                             "('interpolate', 'ffill': gap rows are added on the regular grid, and how many values "
+                             "were filled becomes a data warning)")
+    freq: str | None = Field(None, description="forecasting: the time step of a datetime time column as a pandas offset "
+                                               "alias ('h', '15min', 'D', 'MS'; default: read from the column); a "
+                                               "larger step is a gap, any other irregular step an error")
+    timezone: str | None = Field(None, description="forecasting: the time zone of timestamps given without a UTC "
+                                                   "offset ('UTC', 'Europe/Berlin'): they are localized to it, ones "
+                                                   "with an offset converted to it (default: none; a column mixing "
+                                                   "the two kinds is an error)")
     label_column: str = Field("label", description="classification: the class of each text or sequence")
     text_column: str | None = Field(None, description="classification: set for text (one row per text)")
     sequence_column: str = Field("sequence_id", description="numeric sequences: the id grouping a sequence's rows")
@@ -73,15 +83,48 @@ class DataConfig(_Strict):
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
 
+    @field_validator("freq")
+    @classmethod
+    def _freq(cls, v):
+        if v is None:
+            return v
+        import warnings
+
+        import pandas as pd
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecated aliases ('H', 'T') still work
+                pd.tseries.frequencies.to_offset(v)
+        except ValueError:
+            raise ValueError("not a pandas offset alias such as 'h', '15min', 'D' or 'MS'") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v):
+        if v is None:
+            return v
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone (give an IANA name such as 'UTC' or 'Europe/Berlin')") from None
+        return v
+
     @model_validator(mode="after")
     def _one_source(self):
+        problems = []  # every one of them, not just the first
         if (self.builtin is None) == (self.path is None):
-            raise ValueError("data: give exactly one of 'builtin' or 'path'")
+            problems.append("data: give exactly one of 'builtin' or 'path'")
         if not self.target_columns:
-            raise ValueError("data.target_columns: at least one target column is needed")
+            problems.append("data.target_columns: at least one target column is needed")
         clash = set(self.target_columns) & set(self.feature_columns)
         if clash:
-            raise ValueError(f"data: columns {sorted(clash)} are both target and feature")
+            problems.append(f"data: columns {sorted(clash)} are both target and feature")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -292,30 +335,37 @@ class PipelineConfig(_Strict):
     base_dir: str = Field(".", exclude=True)
 
     @model_validator(mode="after")
-    def _task(self):
+    def _across_sections(self):
+        problems = [*self._task(), *self._floor()]  # every one of them, not just the first
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _task(self) -> list[str]:
         m = self.registry.metric
+        problems = []
         if self.task == "classification":
             if m in FORECAST_METRICS:
-                raise ValueError(f"registry.metric '{m}' is a forecasting metric; classification gates on accuracy, "
-                                 "f1_macro, f1_weighted or log_loss")
+                problems.append(f"registry.metric '{m}' is a forecasting metric; classification gates on accuracy, "
+                                "f1_macro, f1_weighted or log_loss")
             forecast_only = [k for k in ("window", "architecture", "norm", "affine", "channels", "segment", "loss")
                              if getattr(self.tuning.space, k) is not None]
             if forecast_only:
-                raise ValueError(f"tuning.space.{forecast_only[0]}: a forecasting setting; classification reads "
-                                 "whole sequences")
+                problems.append(f"tuning.space.{forecast_only[0]}: a forecasting setting; classification reads "
+                                "whole sequences")
         elif m is not None and m not in FORECAST_METRICS:
-            raise ValueError(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
-        return self
+            problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
+        return problems
 
-    @model_validator(mode="after")
-    def _floor(self):
+    def _floor(self) -> list[str]:
+        problems = []
         unknown = [b for b in self.registry.floor or [] if b not in self.baselines]
         if unknown:
-            raise ValueError(f"registry.floor: unknown baseline '{unknown[0]}' for this {self.task} config "
-                             f"(one of {', '.join(self.baselines)})")
+            problems.append(f"registry.floor: unknown baseline '{unknown[0]}' for this {self.task} config "
+                            f"(one of {', '.join(self.baselines)})")
         if "seasonal_naive" in (self.registry.floor or []) and self.evaluation.season is None:
-            raise ValueError("registry.floor lists seasonal_naive but evaluation.season is null (no season)")
-        return self
+            problems.append("registry.floor lists seasonal_naive but evaluation.season is null (no season)")
+        return problems
 
     @property
     def baselines(self) -> tuple[str, ...]:
@@ -345,6 +395,9 @@ class PipelineConfig(_Strict):
                                                   "monitoring": True, "serving": True,
                                                   "tuning": {"n_trials", "timeout_seconds", "progress_seconds"},
                                                   "training": {"max_epochs", "patience", "threads", "device"}})
+        for key in ("freq", "timezone"):  # added later: left unset, the digest (and the study name) stays as it was
+            if d["data"].get(key) is None:
+                d["data"].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -352,23 +405,66 @@ def builtin_configs() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("rnn_pipeline.configs").iterdir() if p.name.endswith(".yaml"))
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-    if e["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'"
-    if e["type"] == "missing":
-        return f"{source}: missing required key '{loc}'"
-    if e["type"] == "value_error" and not e["loc"]:  # a check across sections: its message names the keys
-        return f"{source}: {e['msg'].removeprefix('Value error, ')}"
-    return f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})"
+def _is_field(part) -> bool:
+    """Whether a part of a validation error's location is a key or list index, not the tag pydantic gives a member
+    of a union ('list[int]', 'function-after[_order(), IntRange]')."""
+    return isinstance(part, int) or (isinstance(part, str) and part.isidentifier() and not part[:1].isupper())
+
+
+def _problems(err: ValidationError) -> list[tuple[tuple, str]]:
+    """Every problem in a ValidationError as (location, text), in pydantic's order: a value that fits no member of
+    a union is one problem (its members' complaints joined), a check across keys may give several (one a line)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        cut = next((i for i, part in enumerate(loc) if not _is_field(part)), len(loc))
+        grouped.setdefault(loc[:cut] if cut < len(loc) else loc, []).append(e)
+    out = []
+    for loc, errors in grouped.items():
+        where = ".".join(str(x) for x in loc) or "(top level)"
+        e = errors[0]
+        if len(errors) > 1:  # the members of a union
+            msgs = list(dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in errors))
+            out.append((loc, f"{where}: {'; or '.join(msgs)} (got {e.get('input')!r})"))
+        elif e["type"] == "extra_forbidden":
+            out.append((loc, f"unknown key '{where}'"))
+        elif e["type"] == "missing":
+            out.append((loc, f"missing required key '{where}'"))
+        elif e["type"] == "value_error" and not loc:  # a check across sections: its message names the keys
+            out += [(loc, line) for line in e["msg"].removeprefix("Value error, ").splitlines()]
+        elif e["type"] == "value_error" and "\n" in e["msg"]:  # a section's checks: each line names its keys
+            out += [(loc, line) for line in e["msg"].removeprefix("Value error, ").splitlines()]
+        elif e["type"] == "value_error" and not isinstance(e.get("input"), (dict, list)):  # one key's check
+            out.append((loc, f"{where}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"))
+        else:
+            out.append((loc, f"{where}: {e['msg']} (got {e.get('input')!r})"))
+    return out
+
+
+def _format_validation_error(source: str, err: ValidationError, overrides: dict | None = None,
+                             overrides_source: str | None = None) -> str:
+    """One line for one problem; for several, a count on the first line and then each problem on its own line.
+    A problem in a setting the overrides gave names `overrides_source` (e.g. '--set') instead of the file."""
+    problems = _problems(err)
+
+    def origin(loc):
+        return overrides_source if overrides and overrides_source and given_by(loc, overrides) else source
+
+    if len(problems) == 1:
+        loc, text = problems[0]
+        return f"{origin(loc)}: {text}"
+    origins = {origin(loc) for loc, _ in problems}
+    if len(origins) == 1:
+        return f"{origins.pop()}: {len(problems)} problems:\n" + "\n".join(f"  {text}" for _, text in problems)
+    return f"{source}: {len(problems)} problems:\n" + "\n".join(
+        f"  {text}" + (f" (from {overrides_source})" if origin(loc) != source else "") for loc, text in problems)
 
 
 def load_config(ref: str | Path, overrides: dict | None = None, overrides_source: str | None = None) -> PipelineConfig:
     """Load a config by path, or by built-in name (``seed_sine``), with optional `overrides` deep-merged into the
     YAML before validation (the monitoring flow retrains this way on new data; the CLI's --set too). Raises
-    ConfigError with one line; it names `overrides_source` (e.g. '--set') instead of the file when the setting at
-    fault came from the overrides."""
+    ConfigError naming every problem: one line for one, else a count and then one line each; a problem names
+    `overrides_source` (e.g. '--set') instead of the file when the setting at fault came from the overrides."""
     ref = str(ref)
     path = Path(ref)
     if path.is_file():
@@ -391,9 +487,7 @@ def load_config(ref: str | Path, overrides: dict | None = None, overrides_source
         raw = merge(raw, overrides)
     try:
         cfg = PipelineConfig.model_validate(raw)
-    except ValidationError as e:
-        if overrides and overrides_source and given_by(e.errors()[0]["loc"], overrides):
-            source = overrides_source
-        raise ConfigError(_format_validation_error(source, e)) from None
+    except ValidationError as e:  # every problem, one a line, not only the first
+        raise ConfigError(_format_validation_error(source, e, overrides, overrides_source)) from None
     cfg.base_dir = str(base)
     return cfg

@@ -128,8 +128,51 @@ BUILTINS = {"seed_sine": seed_sine, "greensboro_weather": greensboro_weather, "s
             "miami_weather": miami_weather, "japanese_vowels": japanese_vowels, "rotten_tomatoes": rotten_tomatoes}
 
 
+def check_unique_columns(names: list, source: str) -> None:
+    """A header that names a column twice is an error naming the file and the column (pandas would silently read the
+    second 'x' as 'x.1'). Blank names are left alone (pandas calls them 'Unnamed: i')."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name is None or (isinstance(name, float) and np.isnan(name)) or str(name) == "":
+            continue
+        if str(name) in seen:
+            raise DataValidationError(f"duplicate column name in the header (columns {seen[str(name)]} and {i}); "
+                                      "column names must be unique", source=source, column=str(name))
+        seen[str(name)] = i
+
+
+def read_csv(data: str | Path | bytes, source: str) -> pd.DataFrame:
+    """A user's CSV (a path, or the file's bytes), as the pipeline reads every one: leading spaces after a comma
+    skipped, and a header naming a column twice refused (check_unique_columns) instead of read as 'x' and 'x.1'.
+    Parse errors propagate as pandas raises them."""
+    import io
+
+    def src():
+        return io.BytesIO(data) if isinstance(data, bytes) else data
+
+    frame = pd.read_csv(src(), skipinitialspace=True)
+    header = pd.read_csv(src(), skipinitialspace=True, header=None, nrows=1, dtype=str, keep_default_na=False)
+    check_unique_columns(header.iloc[0].tolist() if len(header) else list(frame.columns), source)
+    return frame
+
+
+def read_parquet(data: str | Path | bytes, source: str) -> pd.DataFrame:
+    """A user's Parquet file (a path, or its bytes); a schema naming a column twice is refused by name (pyarrow
+    would fail with 'Multiple matches for FieldRef')."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    def src():
+        return io.BytesIO(data) if isinstance(data, bytes) else data
+
+    check_unique_columns(pq.read_schema(src()).names, source)
+    return pd.read_parquet(src())
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file. Raises DataValidationError naming the file when it cannot be read."""
+    """Read a CSV or Parquet file. Raises DataValidationError naming the file when it cannot be read, or when its
+    header names a column twice."""
     path = Path(path)
     if not path.exists():
         raise DataValidationError("file not found", source=str(path))
@@ -140,9 +183,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            frame = read_parquet(path, str(path))
         elif suffix in (".csv", ".txt", ".gz", ".bz2", ".zip"):
-            frame = pd.read_csv(path, skipinitialspace=True)
+            frame = read_csv(path, str(path))
         else:
             raise DataValidationError(f"unsupported file type '{suffix}' (use .csv or .parquet)", source=str(path))
     except DataValidationError:

@@ -50,13 +50,13 @@ def read_reference(folder: str | Path) -> tuple[pd.DataFrame, dict]:
 
 # ---- batches and the series -----------------------------------------------------------------------------------
 def read_batch(frame: pd.DataFrame, source: str, time_column: str, columns: list[str], missing: str,
-               after=None) -> pd.DataFrame:
+               after=None, timezone: str | None = None) -> pd.DataFrame:
     """Validate a batch like training data and return it as (time, columns...) float64. `after`: the last time
     already seen; a batch must continue the series, not rewrite it."""
     if frame.shape[0] == 0:
         raise DataValidationError("no data rows", source=source)
     check_columns(frame, source, time_column, columns)
-    t = parse_time(frame, source, time_column)
+    t = parse_time(frame, source, time_column, timezone)  # timezone: data.timezone, as in training
     values = numeric_columns(frame, source, columns, missing)
     if after is not None:
         first = t.iloc[0]
@@ -185,7 +185,8 @@ class ForecastingMonitor(TaskMonitor):
 
     def read_batch(self, raw: pd.DataFrame, source: str, cfg, state: pd.DataFrame) -> pd.DataFrame:
         tcol = self.meta["time_column"]
-        return read_batch(raw, source, tcol, self.meta["columns"], cfg.data.missing, after=state[tcol].iloc[-1])
+        return read_batch(raw, source, tcol, self.meta["columns"], cfg.data.missing, after=state[tcol].iloc[-1],
+                          timezone=cfg.data.timezone)
 
     def judge(self, cfg, state: pd.DataFrame, batch: pd.DataFrame) -> Outcome:
         """Evidently drift over window features (the series' last window supplies the first ones) and the champion's

@@ -29,8 +29,10 @@ class ForecastingTask(Task):
     # ---- data -------------------------------------------------------------------------------------------------
     def read(self, frame, source):
         d = self.cfg.data
-        frame = before_test_end(frame, source, d.time_column, self.cfg.split.test_end)  # rows from test_end: unused
-        return validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing)
+        # rows from test_end: unused
+        frame = before_test_end(frame, source, d.time_column, self.cfg.split.test_end, d.timezone)
+        return validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing,
+                               freq=d.freq, timezone=d.timezone)
 
     def prepare(self, checked, source) -> PreparedSeries:
         cfg, s = self.cfg, self.cfg.split

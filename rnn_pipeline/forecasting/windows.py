@@ -61,15 +61,16 @@ def end_position(time: pd.Series, test_end) -> int:
     return end
 
 
-def before_test_end(frame: pd.DataFrame, source: str, time_column: str, test_end) -> pd.DataFrame:
+def before_test_end(frame: pd.DataFrame, source: str, time_column: str, test_end,
+                    timezone: str | None = None) -> pd.DataFrame:
     """The rows of a raw frame before `test_end` (all of them when it is None), so that nothing at or after it is
-    even validated or used to fill a gap (interpolation reads the next value)."""
+    even validated or used to fill a gap (interpolation reads the next value). `timezone`: data.timezone."""
     if test_end is None:
         return frame
     from rnn_pipeline.data.validation import check_columns, parse_time
 
     check_columns(frame, source, time_column, [])
-    return frame.iloc[: end_position(parse_time(frame, source, time_column), test_end)]
+    return frame.iloc[: end_position(parse_time(frame, source, time_column, timezone), test_end)]
 
 
 def split_points(time: pd.Series, val: float, test: float, window: int, horizon: int,
@@ -196,7 +197,7 @@ class PreparedSeries:
     target_columns: list[str]
     feature_columns: list[str]
     horizon: int
-    warnings: list[str] = field(default_factory=list)  # data warnings (extreme values) the run should report
+    warnings: list[str] = field(default_factory=list)  # data warnings (filled values, extreme values) to report
 
     @property
     def n_targets(self) -> int:
@@ -213,9 +214,11 @@ def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_co
                    outlier_threshold: float = 25.0) -> PreparedSeries:
     """Split chronologically, fit the scaler on the training rows only, scale everything with it. Rows at or after
     `test_end` are dropped first: they take no part in anything. Values far from their column's training median
-    are reported or refused as `outliers` says (validation.check_outliers), once the training split is known."""
+    are reported or refused as `outliers` says (validation.check_outliers), once the training split is known.
+    The data warnings start with validate_series' (``values.attrs["warnings"]``: values it filled)."""
     from rnn_pipeline.data.validation import check_length, check_outliers
 
+    filled = list(values.attrs.get("warnings", []))
     cut = ""
     if test_end is not None:
         end = end_position(time, test_end)
@@ -233,8 +236,8 @@ def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_co
                                       f"H + 1 = {horizon + 1}", source=source, value=test_end)
     check_split_sizes(points, source, max_window, horizon)
     arr = values[[*target_columns, *feature_columns]].to_numpy(dtype="float64")
-    warnings = check_outliers(arr, [*target_columns, *feature_columns], points.val_start, source, outlier_threshold,
-                              outliers)
+    warnings = filled + check_outliers(arr, [*target_columns, *feature_columns], points.val_start, source,
+                                       outlier_threshold, outliers)
     scaling = fit_scaler(scaler, arr[: points.val_start])
     train_std = arr[: points.val_start, : len(target_columns)].std(axis=0)
     for col, s in zip(target_columns, train_std):

@@ -8,7 +8,6 @@ sequence step; or a .json list of texts or of sequences.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.parse
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rnn_pipeline.classification.bundle import ClassifierBundle
-from rnn_pipeline.data.datasets import read_table
+from rnn_pipeline.data.datasets import read_csv, read_parquet, read_table
 from rnn_pipeline.db import safe_url
 from rnn_pipeline.errors import DataValidationError, first_line
 from rnn_pipeline.forecasting.bundle import ForecastBundle
@@ -71,8 +70,10 @@ def _parse_bytes(data: bytes, suffix: str, source: str) -> pd.DataFrame | list:
         if suffix == ".json":
             return json.loads(data)
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(io.BytesIO(data))
-        return pd.read_csv(io.BytesIO(data), skipinitialspace=True)
+            return read_parquet(data, source)
+        return read_csv(data, source)  # a header naming a column twice is refused, as for training files
+    except DataValidationError:
+        raise
     except Exception as e:
         raise DataValidationError(f"cannot be parsed as {suffix[1:].upper()}: {first_line(e)}", source=source) from None
 
