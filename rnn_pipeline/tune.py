@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import mlflow
 import optuna
 from mlflow.entities import Metric
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from rnn_pipeline import faults, tasks
@@ -133,8 +134,11 @@ def open_study(storage_url: str, study_name: str, cfg: PipelineConfig, exclusive
     this study), trials left RUNNING are marked FAIL at once instead of after the grace period."""
     with warnings.catch_warnings():  # heartbeats are flagged experimental; they have been stable since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # a trial failed for its stopped heartbeat is tried once more with the same parameters, by whichever process
+        # shares the study next
         storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                             grace_period=GRACE_SECONDS)
+                                             grace_period=GRACE_SECONDS,
+                                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True,
                                 pruner=make_pruner(cfg.tuning.pruner, cfg.tuning.max_epochs))
     # A fresh sampler with the plain seed would replay the first draws on resume (duplicate trials); offsetting

@@ -223,3 +223,21 @@ def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_pat
     given = PipelineConfig.model_validate({"name": "g", "data": {"builtin": "seed_sine"},
                                            "tuning": {"space": {"hidden": [8]}}})
     assert tune.search_space(given, data).architecture is None  # a given space is taken as it is
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_shared_study_leaves_live_trials_alone_and_an_exclusive_one_fails_them(tmp_path):
+    """Running trials send heartbeats: a process opening a study it shares (exclusive=False) leaves another process's
+    running trial alone (Optuna fails it only once its heartbeat stops); the holder of the model's training lock
+    (exclusive=True) knows no other process runs a trial of it, and fails a leftover one at once."""
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    cfg = PipelineConfig.model_validate({"name": "hb", "data": {"builtin": "seed_sine"}})
+    study = tune.open_study(url, "hb", cfg)
+    running = study.ask()  # another process's trial, still running
+    study.tell(study.ask(), 1.0)
+    assert study._storage._backend.get_heartbeat_interval() == tune.HEARTBEAT_SECONDS
+    shared = tune.open_study(url, "hb", cfg, exclusive=False)
+    assert shared.trials[running.number].state == optuna.trial.TrialState.RUNNING
+    alone = tune.open_study(url, "hb", cfg, exclusive=True)
+    states = [t.state for t in alone.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
