@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Strict(BaseModel):  # the base of every section, config.py's too: unknown keys are errors
+class _Strict(BaseModel):  # the base of every section (config.py's and config_data.py's too): unknown keys are errors
     model_config = ConfigDict(extra="forbid")
 
 

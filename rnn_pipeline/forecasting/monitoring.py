@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.data.validation import check_columns, numeric_columns, parse_time
+from rnn_pipeline.data.timesteps import parse_time
+from rnn_pipeline.data.validation import check_columns, numeric_columns
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 from rnn_pipeline.monitoring import drift as monitor

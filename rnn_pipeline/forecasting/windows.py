@@ -67,7 +67,8 @@ def before_test_end(frame: pd.DataFrame, source: str, time_column: str, test_end
     even validated or used to fill a gap (interpolation reads the next value). `timezone`: data.timezone."""
     if test_end is None:
         return frame
-    from rnn_pipeline.data.validation import check_columns, parse_time
+    from rnn_pipeline.data.timesteps import parse_time
+    from rnn_pipeline.data.validation import check_columns
 
     check_columns(frame, source, time_column, [])
     return frame.iloc[: end_position(parse_time(frame, source, time_column, timezone), test_end)]
