@@ -37,7 +37,7 @@ run: setup
 # The full suite (what CI runs), spread over the CPUs: most of a flow test's time is spent waiting on a subprocess, a
 # server or SQLite, so two workers on two cores finish in about half the time of one.
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not faults" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not faults" tests
 
 # The inner loop: everything but the end-to-end flow and CLI runs (marked slow).
 test-fast: setup

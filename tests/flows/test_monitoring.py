@@ -15,7 +15,8 @@ from conftest import REPO
 from rnn_pipeline.data.datasets import sine_stream
 from rnn_pipeline.monitoring.store import MonitoringStore
 
-pytestmark = pytest.mark.slow
+# its module-scoped champion is trained once: the module's tests stay on one xdist worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_monitoring")]
 NAME = "mon"
 
 

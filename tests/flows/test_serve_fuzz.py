@@ -27,7 +27,8 @@ from conftest import write_config
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
 
-pytestmark = pytest.mark.slow
+# its module-scoped champion is trained once: the module's tests stay on one xdist worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_serve_fuzz")]
 NAME = "fuzz"
 EXAMPLES = 25
 COLUMNS, WINDOW, HORIZON = ["value"], 20, 2  # the tiny forecaster's shape (asserted against /metadata)
