@@ -35,9 +35,11 @@ run: setup
 	$(VENV)/bin/rnn-pipeline train --config $(CONFIG)
 
 # The full suite (what CI runs), spread over the CPUs: most of a flow test's time is spent waiting on a subprocess, a
-# server or SQLite, so two workers on two cores finish in about half the time of one.
+# server or SQLite, so two workers on two cores finish in about half the time of one. One worker per test file
+# (loadfile): a module's shared champion is trained once, and tests that build on an earlier one in their file keep
+# their order (xdist's loadgroup does not group under pytest 9.2).
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not faults" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not faults" tests
 
 # The inner loop: everything but the end-to-end flow and CLI runs (marked slow).
 test-fast: setup

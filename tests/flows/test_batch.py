@@ -17,8 +17,7 @@ from conftest import REPO, write_config
 from rnn_pipeline.data.datasets import seed_sine
 from rnn_pipeline.serving.inference_log import InferenceLog
 
-# its module-scoped champion is trained once: the module's tests stay on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_batch")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

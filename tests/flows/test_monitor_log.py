@@ -13,8 +13,7 @@ from rnn_pipeline.serving.app import ModelHolder, create_app
 from rnn_pipeline.serving.inference_log import InferenceLog
 from rnn_pipeline.tracking import mlflow_stores
 
-# its module-scoped champion is trained once: the module's tests stay on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_monitor_log")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ from conftest import REPO, write_config
 from rnn_pipeline.serving.inference_log import InferenceLog
 from rnn_pipeline.tracking import mlflow_stores
 
-# its module-scoped champion is trained once: the module's tests stay on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_serve")]
+pytestmark = pytest.mark.slow
 HISTORY = [math.sin(0.1 * t) + 0.5 * math.cos(0.05 * t) for t in range(60)]
 
 
