@@ -10,10 +10,34 @@ from typing import Annotated, Optional
 import typer
 
 from flows import cli_services
-from flows.runtime import quiet_libraries, set_environment, stop_children, stop_on_sigterm
+from flows.runtime import hide_from_console, quiet_libraries, set_environment, stop_children, stop_on_sigterm
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, register and serve recurrent neural networks on sequence data.")
+
+class _Command(typer.core.TyperCommand):
+    """A command whose boolean options read as flags in --help (`--wait`, `--access-log / --no-access-log`, `--help`)
+    instead of `--wait <bool>`: a flag takes no value, so it shows none."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Group(typer.core.TyperGroup, _Command):
+    """The root command (its --debug, --version and --help are flags too)."""
+
+
+class _App(typer.Typer):
+    """Every command is a _Command, including those flows/cli_services.py adds."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(add_completion=False, no_args_is_help=True, cls=_Group,
+           help="Train, register and serve recurrent neural networks on sequence data.")
 STATE = {"debug": False}
 WAIT_SECONDS = 24 * 3600  # train --wait: how long to wait for another training run of the same model
 
@@ -47,8 +71,22 @@ def _one_line_pipeline_errors() -> None:
         logging.getLogger(name).addFilter(_Filter())
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("rnn-pipeline")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            v = "unknown (not installed)"
+        typer.echo(f"rnn-pipeline {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False):
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
     STATE["debug"] = debug
 
 
@@ -73,6 +111,8 @@ def train(config: Annotated[str, typer.Option("--config", "-c", help="Config fil
 
     _one_line_pipeline_errors()
     quiet_libraries()
+    # the flow logs its run summary for Prefect (the run's logs, deployments); here it is printed once, below
+    hide_from_console("run_summary")
     try:
         summary = training_flow(config, overrides or None, wait=WAIT_SECONDS if wait else 0.0)
         typer.echo(summary_table(summary))

@@ -28,16 +28,67 @@ def set_environment(root: Path) -> None:
     logging.getLogger("rnn_pipeline").setLevel(logging.INFO)
 
 
+# Warnings that say nothing to a user of this pipeline, matched anywhere in the text. MLflow's type-hint advice is
+# raised each time the pyfunc class is defined (logging the model, every load) inside its own
+# `warnings.catch_warnings(); simplefilter("once", UserWarning)` (mlflow.utils.annotations.filter_user_warnings_once),
+# which puts a filter in front of any "ignore" one: filters cannot silence it, so it is dropped where warnings are
+# shown (warnings.showwarning) and, when warnings go to logging, on the `py.warnings` logger.
+NOISE = ("Add type hints to the `predict` method",)
+
+
+def _is_noise(text: str) -> bool:
+    return any(n in text for n in NOISE)
+
+
+def _quiet_showwarning(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not _is_noise(str(message)):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.quiets = show
+    return showwarning
+
+
 def quiet_libraries() -> None:
     """After the heavy imports (some of them install warning filters of their own): drop the noise that says
-    nothing to a user of this pipeline."""
+    nothing to a user of this pipeline. Idempotent."""
+    import logging
     import warnings
 
     import optuna
 
     warnings.filterwarnings("ignore", message=".*is experimental.*")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+    if not hasattr(warnings.showwarning, "quiets"):
+        warnings.showwarning = _quiet_showwarning(warnings.showwarning)
+    py_warnings = logging.getLogger("py.warnings")
+    if not any(getattr(f, "quiets", False) for f in py_warnings.filters):
+        py_warnings.addFilter(_NoiseFilter())
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines say more
+
+
+class _NoiseFilter:
+    quiets = True
+
+    def filter(self, record) -> bool:
+        return not _is_noise(record.getMessage())
+
+
+def hide_from_console(marker: str) -> None:
+    """Drop log records carrying `extra={marker: True}` from the console handlers (the root logger's), and only
+    there: Prefect's API handler, on the flow-run logger, still sends them to the run's logs in the Prefect UI. The
+    CLI uses it for lines it prints itself (the training flow's run summary). Idempotent."""
+    import logging
+
+    class _Hide(logging.Filter):
+        hides = marker
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not getattr(record, marker, False)
+
+    for h in logging.getLogger().handlers:
+        if not any(getattr(f, "hides", None) == marker for f in h.filters):
+            h.addFilter(_Hide())
 
 
 def stop_on_sigterm() -> None:

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from rnn_pipeline import faults, registry, tasks, tune
@@ -21,7 +25,7 @@ from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.data import datasets
 from rnn_pipeline.locks import Lock, describe
 from rnn_pipeline.monitoring.drift import REFERENCE_DIR
-from rnn_pipeline.tracking import experiment_for, git_commit, mlflow_stores, versions
+from rnn_pipeline.tracking import experiment_for, git_commit, log_dataset, mlflow_stores, versions
 from rnn_pipeline.train import pick_device, setup_torch
 
 LOCK_TTL_SECONDS = 120  # the holder's heartbeat refreshes it every 30 s; a lock not refreshed for 2 minutes is stale
@@ -66,8 +70,8 @@ def gate_task(t: tasks.Task, model_uri, cfg, data, key: str, floor: dict[str, fl
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(model_uri, cfg, decision, key: str, run_id, tags):
-    return registry.register(model_uri, cfg.model_name, decision, key, run_id, tags)
+def register_task(model_uri, cfg, decision, key: str, run_id, tags, description=None, model_description=None):
+    return registry.register(model_uri, cfg.model_name, decision, key, run_id, tags, description, model_description)
 
 
 def log_artifacts(t: tasks.Task, tmp: Path, ev: dict, data, bundle, fitted, tuned, digest: str):
@@ -94,7 +98,59 @@ def summary_table(s: dict) -> str:
     return tasks.for_name(s.get("task", "forecasting"), None).summary_table(s)
 
 
-@flow(name="rnn-training")
+def run_name(model: str, version: str | None = None, reason: str | None = None, state: str | None = None) -> str:
+    """The parent MLflow run's name: `seed_sine v3 (manual)` once registered, `seed_sine (training…)` before,
+    `seed_sine (failed)` for a run that stopped on an error."""
+    return (f"{model} v{version} ({reason})" if version else f"{model} ({state or 'training…'})")[:250]
+
+
+def artifact_key(model: str) -> str:
+    """The Prefect artifact key of a model's training summary (lowercase letters, digits and dashes only)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", f"training-{model}".lower())).strip("-")
+
+
+def _flow_run_name() -> str:
+    """A training flow run's name in Prefect: the config (its file's stem) and the trigger, `seed_sine (manual)`."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return f"{Path(str(params.get('config') or 'training')).stem} ({params.get('reason') or 'manual'})"
+
+
+@contextmanager
+def _named_if_failed(model: str):
+    """Rename the active run `<model> (failed)` (or `(interrupted)`) when the block raises; the error goes on."""
+    try:
+        yield
+    except BaseException as e:
+        with suppress(Exception):  # a broken store must not hide the original error
+            mlflow.set_tag("mlflow.runName", run_name(model, state="failed" if isinstance(e, Exception)
+                                                      else "interrupted"))
+        raise
+
+
+def model_about(t: tasks.Task, cfg: PipelineConfig, data, source: str) -> str:
+    """The registered model's description: what it is (task, targets or classes, config, data)."""
+    if getattr(data, "classes", None) is not None:
+        what = (f"Classifies {getattr(data, 'kind', 'items')} into {len(data.classes)} classes: "
+                + ", ".join(f"`{c}`" for c in data.classes[:30]) + (" …" if len(data.classes) > 30 else "") + ".")
+    elif getattr(data, "target_columns", None) is not None:
+        what = (f"Forecasts {', '.join(f'`{c}`' for c in data.target_columns)} {data.horizon} step(s) ahead"
+                + (f", with {', '.join(f'`{c}`' for c in data.feature_columns)} as extra inputs"
+                   if data.feature_columns else "")
+                + ".")
+    else:
+        what = f"A {t.name} model."
+    return (f"**{cfg.model_name}**: an RNN ({t.name}) trained by rnn-pipeline from config `{cfg.name}` on "
+            f"`{source}`.\n\n{what}")
+
+
+def _dataset_uri(cfg: PipelineConfig, source: str) -> str:
+    """Where the data came from: `builtin:<name>`, or the data file's absolute path."""
+    return source if source.startswith("builtin:") else str((Path(cfg.base_dir) / source).resolve())
+
+
+@flow(name="rnn-training", flow_run_name=_flow_run_name)
 def training_flow(config: str, overrides: dict | None = None, reason: str = "manual", wait: float = 0.0) -> dict:
     """Train, evaluate, register and gate one model from a config (path or built-in name). `overrides` are deep-merged
     into the config (the monitoring flow retrains on new data this way); `reason` is tagged on the run. One training
@@ -138,7 +194,8 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
                        "incomplete (%s)", cfg.model_name, len(cleaned["failed_runs"]),
                        len(cleaned["incomplete_versions"]), cleaned)
     with mlflow_stores(st.mlflow_uri), mlflow.start_run(experiment_id=experiment_id,
-                                                         run_name=f"train-{cfg.name}") as run:
+                                                         run_name=run_name(cfg.model_name)) as run, \
+            _named_if_failed(cfg.model_name):
         run_id = run.info.run_id
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_params({"config": config, "seed": cfg.seed, "data_source": source, "data_digest": digest[:16],
@@ -152,6 +209,13 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
                            "data_warnings": len(data_warnings)})
         if data_warnings:  # the values themselves, in a tag (a param holds 6000 characters at most)
             mlflow.set_tag("data.warnings", "\n".join(data_warnings)[:7500])
+        if isinstance(frame, pd.DataFrame):  # the run's Dataset: the ingested frame, under the run's data digest
+            try:
+                uri = _dataset_uri(cfg, source)
+                log_dataset(frame, uri.removeprefix("builtin:") if uri.startswith("builtin:") else Path(uri).name,
+                            uri, digest[:16])  # MLflow keeps 36 characters of a digest; the tag has all of it
+            except Exception as e:  # what the UI shows of the data must not stop a training run
+                logger.warning("the dataset was not logged to MLflow: %s: %s", type(e).__name__, e)
 
         t0 = time.perf_counter()
         tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
@@ -165,8 +229,10 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         fitted = fit_best(tuned.best_params, data, cfg, device)
         timings["final_fit"] = time.perf_counter() - t0
         client = mlflow.MlflowClient()
-        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, h[k], int(time.time() * 1000), h["epoch"])
-                                          for h in fitted.history for k in ("train_loss", "val_loss", "lr")])
+        now = int(time.time() * 1000)  # val_loss per epoch and best_val_loss: the trial runs' names for the same
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, h[k], now, h["epoch"])
+                                          for h in fitted.history for k in ("train_loss", "val_loss", "lr")]
+                         + [mlflow.entities.Metric("best_val_loss", fitted.best_val, now, 0)])
         bundle = t.bundle(fitted.model, data, tuned.best_params)
 
         t0 = time.perf_counter()
@@ -181,14 +247,19 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         # the floor's scores come from the evaluation: the same test windows the gate scores the challenger on
         decision = gate_task(t, model_uri, cfg, data, gate_key, {b: ev["baselines"][b][gate_key] for b in floor})
         scores = t.tag_scores(gate_key)
-        version = register_task(model_uri, cfg, decision, gate_key, run_id,
-                                {"data_digest": digest[:16], "config": cfg.name, "trigger": reason, "task": t.name,
-                                 **{f"test_{k}": f"{ev['metrics'][k]:.8g}" for k in scores},
-                                 "reference": f"runs:/{run_id}/{REFERENCE_DIR}"})
+        version_tags = {"data_digest": digest[:16], "config": cfg.name, "trigger": reason, "task": t.name,
+                        **{f"test_{k}": f"{ev['metrics'][k]:.8g}" for k in scores},
+                        "reference": f"runs:/{run_id}/{REFERENCE_DIR}"}
+        description = registry.version_description(decision, gate_key, run_id, metrics=ev["metrics"],
+                                                   baselines=ev["baselines"], tags=version_tags,
+                                                   data=f"`{source}`")
+        version = register_task(model_uri, cfg, decision, gate_key, run_id, version_tags, description,
+                                model_about(t, cfg, data, source))
         timings["register"] = time.perf_counter() - t0
         champion = registry.current_champion(client, cfg.model_name)
         mlflow.set_tags({"registered_version": version, "gate.decision": decision.label,
-                         "gate.reason": decision.reason})
+                         "gate.reason": decision.reason,
+                         "mlflow.runName": run_name(cfg.model_name, version, reason)})
 
         timings["training_compute"] = tuned.trial_seconds + fitted.seconds
         summary = {
@@ -210,5 +281,13 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         summary["wall_seconds"] = time.perf_counter() - t_start
         mlflow.log_dict(summary, "summary.json")
     st.last_run_file.write_text(json.dumps(summary, indent=2, default=str))
-    logger.info("run summary\n%s", t.summary_table(summary))
+    table = t.summary_table(summary)
+    logger.info("run summary\n%s", table, extra={"run_summary": True})  # the CLI prints it itself (hide_from_console)
+    try:  # the flow run's Artifacts tab (and the Artifacts page, by key: the model's latest summary)
+        create_markdown_artifact(
+            markdown=f"### {run_name(cfg.model_name, version, reason)}\n\n```\n{table}\n```\n\n"
+                     f"MLflow run `{run_id}` (experiment `{experiment_id}`)",
+            key=artifact_key(cfg.model_name), description=f"training summary of {cfg.model_name} v{version}")
+    except Exception as e:  # the model is registered: a summary the UI could not take must not fail the run
+        logger.warning("the summary artifact was not created: %s: %s", type(e).__name__, e)
     return summary

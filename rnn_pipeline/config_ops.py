@@ -67,6 +67,9 @@ class MonitoringConfig(_Strict):
     training_cron: str | None = Field(None, description="deploy: also retrain from the config on this cron")
     lock_ttl_seconds: int = Field(600, ge=60, description="a monitoring lock whose heartbeat (refreshed every quarter "
                                   "of this) stopped this long ago is stale and taken over")
+    keep_reports: int | None = Field(50, ge=1, description="after each pass keep the newest this many HTML reports "
+                                     "of the model in <root>/reports/<name>/ and delete older ones (their store rows "
+                                     "keep the path); null keeps every report")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @model_validator(mode="after")

@@ -191,21 +191,26 @@ def _rollback(client, name: str, version: str | None, created_model: bool, previ
 
 
 def register(model_uri: str, name: str, decision: GateDecision, metric: str, run_id: str,
-             tags: dict[str, str] | None = None) -> str:
+             tags: dict[str, str] | None = None, description: str | None = None,
+             model_description: str | None = None) -> str:
     """Create the version, tag it with the scores and the decision, alias it challenger and, if it won, champion.
-    If anything fails after the version exists, the version is deleted again: no half-registered model."""
+    If anything fails after the version exists, the version is deleted again: no half-registered model.
+    `description`: the version's markdown (default: version_description from the decision and `tags`);
+    `model_description`: what the model is, the registered model's description, to which the current champion and
+    why is added on every registration (model_markdown)."""
     client = mlflow.MlflowClient()
     created_model = False
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="RNN model registered by rnn-pipeline")
+        client.create_registered_model(name, description=model_description or DEFAULT_MODEL_DESCRIPTION)
         created_model = True
     previous_challenger = alias_version(client, name, CHALLENGER)
     version = None
+    if description is None:
+        description = version_description(decision, metric, run_id, tags=tags)
     try:
-        version = str(client.create_model_version(name, model_uri, run_id=run_id,
-                                                  description=f"{decision.label}: {decision.reason}").version)
+        version = str(client.create_model_version(name, model_uri, run_id=run_id, description=description).version)
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
                     "gate.champion_version": decision.champion_version or "",
@@ -227,13 +232,91 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
         log.error("registration of %s failed part-way: rolling back", name)
         _rollback(client, name, version, created_model, previous_challenger)
         raise
+    try:  # the registered model's description names the champion now; only words, so a failure here undoes nothing
+        client.update_registered_model(name, description=model_markdown(client, name, model_description, version,
+                                                                         decision))
+    except Exception as e:
+        log.warning("the description of registered model %s was not updated: %s", name, e)
     return version
+
+
+DEFAULT_MODEL_DESCRIPTION = "RNN model registered by rnn-pipeline."
+
+
+def _num(v) -> str:
+    """4 significant digits, for the description tables (the tags and the runs keep every digit)."""
+    try:
+        return "–" if v is None or v == "" else f"{float(v):.4g}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def metric_table(metric: str, metrics: dict[str, float], baselines: dict[str, dict[str, float]],
+                 decision: GateDecision) -> str:
+    """A markdown table: each metric (the gate's `metric` first) for this version, every baseline (the gate's floor
+    marked) and the champion it was gated against (scored on the same test items: the gate metric only)."""
+    rows = list(dict.fromkeys([metric, *metrics]))
+    mine = {**metrics, metric: metrics.get(metric, decision.challenger_score)}
+    cols = [("this version", mine),
+            *((b, baselines.get(b) or ({metric: f["score"]} if (f := decision.floor.get(b)) else {}))
+              for b in dict.fromkeys([*baselines, *decision.floor]))]
+    if decision.champion_version is not None:
+        cols.append((f"champion v{decision.champion_version}", {metric: decision.champion_score}))
+    heads = [f"{c} (floor)" if c in decision.floor else c for c, _ in cols]
+    lines = ["| metric | " + " | ".join(heads) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {'**' + m + '**' if m == metric else m} | " + " | ".join(_num(v.get(m)) for _, v in cols) + " |"
+              for m in rows]
+    return "\n".join(lines)
+
+
+def version_description(decision: GateDecision, metric: str, run_id: str, *, metrics: dict[str, float] | None = None,
+                        baselines: dict[str, dict[str, float]] | None = None, tags: dict[str, str] | None = None,
+                        data: str | None = None) -> str:
+    """A version's markdown description: the gate's decision and reason, its test metrics against the baselines and
+    the champion (4 significant digits), the data (`data`: its source; the digest from `tags`), and what triggered the
+    run (trigger, config and run link, from `tags`). `metrics` default to the `test_*` tags."""
+    tags = tags or {}
+    if metrics is None:
+        metrics = {}
+        for k, v in tags.items():
+            try:
+                if k.startswith("test_"):
+                    metrics[k[5:]] = float(v)
+            except ValueError:
+                pass
+    direction = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    lines = [f"**Gate: {decision.label.replace('_', ' ')}** — {decision.reason}", "",
+             f"Gate metric `{metric}` ({direction} is better), scored on the run's test set:", "",
+             metric_table(metric, metrics, baselines or {}, decision), ""]
+    about_data = [*([data] if data else []), *([f"digest `{tags['data_digest']}`"] if tags.get("data_digest") else [])]
+    if about_data:
+        lines += ["**Data:** " + ", ".join(about_data), ""]
+    trigger = [f"`{tags.get('trigger', 'unknown')}`", *([f"config `{tags['config']}`"] if tags.get("config") else []),
+               f"run `runs:/{run_id}`"]
+    lines.append("**Trigger:** " + " · ".join(trigger))
+    return "\n".join(lines)
+
+
+def model_markdown(client: mlflow.MlflowClient, name: str, about: str | None, version: str,
+                   decision: GateDecision) -> str:
+    """The registered model's description: what it is (`about`), the champion now and why, the latest version."""
+    champ = alias_version(client, name, CHAMPION)
+    if champ is None:
+        now = "**Champion:** none yet."
+    elif champ == version:
+        now = f"**Champion: v{champ}** — {decision.reason}"
+    else:
+        why = (client.get_model_version(name, champ).tags or {}).get("gate.reason", "")
+        now = f"**Champion: v{champ}**" + (f" — {why}" if why else "")
+    latest = f"**Latest: v{version}** ({decision.label.replace('_', ' ')}) — {decision.reason}"
+    return "\n\n".join([about or DEFAULT_MODEL_DESCRIPTION, now, *([latest] if champ != version else [])])
 
 
 def reconcile(client: mlflow.MlflowClient, name: str, experiment_id: str | None) -> dict[str, list[str]]:
     """Clean up what a crashed training run of model `name` left behind. Call it while holding the model's training
     lock (rnn_pipeline.locks), so that no live run owns any of it:
-    - its parent run and trial runs still RUNNING are marked FAILED, tagged `failure_reason`;
+    - its parent run and trial runs still RUNNING are marked FAILED, tagged `failure_reason` (a parent run still
+      under its provisional name `<model> (training…)` is renamed `<model> (interrupted)`);
     - versions without a gate decision (registration killed part-way) are tagged `incomplete` and lose any alias.
     Returns what was done, for the log: {"failed_runs": [...], "incomplete_versions": [...]}."""
     done: dict[str, list[str]] = {"failed_runs": [], "incomplete_versions": []}
@@ -246,6 +329,8 @@ def reconcile(client: mlflow.MlflowClient, name: str, experiment_id: str | None)
                 client.set_tag(r.info.run_id, "failure_reason",
                                f"interrupted: its process stopped without finishing (found by the next training run "
                                f"of '{name}' at {when})")
+                if r.info.run_id in parents and (r.info.run_name or "").endswith("(training…)"):
+                    client.set_tag(r.info.run_id, "mlflow.runName", f"{name} (interrupted)")  # was provisional
                 client.set_terminated(r.info.run_id, "FAILED")
                 done["failed_runs"].append(r.info.run_id)
     try:

@@ -6,6 +6,7 @@ study goes on."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -250,19 +251,29 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
                       sum(t.state == TrialState.FAIL for t in trials), done, time.perf_counter() - t0, spent[0])
 
 
+TRIAL_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}  # MLflow has no PRUNED status
+
+
 def _log_trial(client: mlflow.MlflowClient, experiment_id, parent_run_id, study_name, number, params, curve, state,
                value, error, seconds) -> None:
-    """One nested run per trial, written in one batch (per-epoch calls would dominate a small trial)."""
-    run = client.create_run(experiment_id, run_name=f"trial-{number:03d}",
+    """One nested run per trial, written in one batch when the trial ends (per-epoch calls would dominate a small
+    trial), with the trial's true start and end times (its duration is the training time) and its state as the
+    run's status: FINISHED (complete), KILLED (pruned: the nearest MLflow has) or FAILED, also in the name and the
+    `trial_state` tag. `val_loss` per epoch and `best_val_loss` are the names the parent run uses for its final fit."""
+    end = int(time.time() * 1000)
+    start = end - math.ceil(seconds * 1000)
+    run = client.create_run(experiment_id, start_time=start,
+                            run_name=f"trial-{number:03d}" + ("" if state == "complete" else f" ({state})"),
                             tags={"mlflow.parentRunId": parent_run_id, "trial_state": state,
                                   "optuna_study": study_name, "optuna_trial": str(number)})
-    now = int(time.time() * 1000)
-    metrics = [Metric("val_loss", v, now, e) for e, v in curve]
+    metrics = [Metric("val_loss", v, end, e) for e, v in curve]
     if value is not None and state == "complete":
-        metrics.append(Metric("best_val_loss", value, now, 0))
-    metrics.append(Metric("trial_seconds", seconds, now, 0))
+        metrics.append(Metric("best_val_loss", value, end, 0))
+    elif curve and state == "pruned":  # the best it reached before it was stopped
+        metrics.append(Metric("best_val_loss", min(v for _, v in curve), end, 0))
+    metrics.append(Metric("trial_seconds", seconds, end, 0))
     client.log_batch(run.info.run_id, metrics=metrics,
                      params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
     if error:
         client.set_tag(run.info.run_id, "error", error[:4000])
-    client.set_terminated(run.info.run_id, "FAILED" if state == "failed" else "FINISHED")
+    client.set_terminated(run.info.run_id, TRIAL_STATUS.get(state, "FAILED"), end_time=end)

@@ -153,6 +153,20 @@ class ClassifierBundle:
         """One prediction on a neutral input: a model that cannot answer is never swapped in."""
         self.predict_proba(["warm up"] if self.kind == "text" else [np.zeros((1, len(self.input_columns)))])
 
+    def request_example(self) -> tuple[str, dict]:
+        """A valid POST /predict body for this model (the OpenAPI example: /docs' "Try it out" answers 200 with it)
+        and a line saying what it is: two texts, or one short sequence of the model's channels (values inside the
+        range it was scaled on)."""
+        if self.kind == "text":
+            return ("two texts -> each one's label and class probabilities",
+                    {"texts": ["The first text to classify.", "And a second, shorter one."]})
+        steps = min(5, self.encoder.max_length)
+        wave = 0.5 + 0.25 * np.sin(2 * np.pi * np.arange(steps) / steps)
+        sc = self.encoder.scaling
+        seq = [[float(f"{v:.4g}") for v in sc.offset + sc.scale * w] for w in wave]
+        return (f"one sequence of {steps} steps, each step the values of {', '.join(self.input_columns)} "
+                "-> its label and class probabilities", {"sequences": [seq]})
+
     def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, list]:
         """A table in the training format, or a parsed JSON list -> (ids, raw items). Encoding them once here makes
         a sequence that is too long (too_long: error) fail before anything is scored."""

@@ -132,6 +132,17 @@ class ForecastBundle:
         """One prediction on a neutral input: a model that cannot answer is never swapped in."""
         self.predict_windows(np.zeros((1, self.window, len(self.input_columns))))
 
+    def request_example(self) -> tuple[str, dict]:
+        """A valid POST /predict body for this model (the OpenAPI example: /docs' "Try it out" answers 200 with it)
+        and a line saying what it is: one history of exactly `window` steps of every input column, a gentle wave
+        inside the range the model was scaled on."""
+        wave = 0.5 + 0.25 * np.sin(2 * np.pi * np.arange(self.window) / max(self.window, 2))
+        history = {c: [float(f"{v:.4g}") for v in self.scaling.offset[j] + self.scaling.scale[j] * wave]
+                   for j, c in enumerate(self.input_columns)}
+        return (f"one history of {self.window} steps (the model's window) of {', '.join(self.input_columns)}, "
+                f"oldest first -> the next {self.horizon} step(s) of {', '.join(self.target_columns)}",
+                {"series": [{"history": history}]})
+
     def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, np.ndarray]:
         """A table in the training format -> (ids, (N, L, F) windows)."""
         if not isinstance(data, pd.DataFrame):

@@ -29,16 +29,24 @@ def headline(metric: str, n_targets: int) -> str:
     return f"std_{metric}" if n_targets > 1 and metric in STD_KEYS else metric
 
 
+def mape_applies(y_true: np.ndarray) -> bool:
+    """MAPE divides each error by its actual value: it means something only when no actual is zero and they all have
+    the same sign (a series crossing zero has actuals arbitrarily close to it, and errors blown up without bound)."""
+    t = np.asarray(y_true).reshape(-1)
+    return len(t) > 0 and bool(np.all(t > 0) or np.all(t < 0))
+
+
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, mase_scale: float) -> dict[str, float]:
-    """All metrics over every (window, step, target). y: (N, H, T) in original units."""
+    """All metrics over every (window, step, target). y: (N, H, T) in original units. `mape` is left out when the
+    actuals include zero or cross it (mape_applies): every reader takes it as optional."""
     t, p = y_true.reshape(-1), y_pred.reshape(-1)
     mse = float(mean_squared_error(t, p))
     mae = float(mean_absolute_error(t, p))
     denom = np.abs(t) + np.abs(p)
     smape = float(np.mean(np.where(denom > 0, 2 * np.abs(p - t) / np.where(denom > 0, denom, 1), 0.0)) * 100)
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": mae, "r2": float(r2_score(t, p)),
-            "mape": float(mean_absolute_percentage_error(t, p) * 100), "smape": smape,
-            "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
+    mape = {"mape": float(mean_absolute_percentage_error(t, p) * 100)} if mape_applies(t) else {}
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": mae, "r2": float(r2_score(t, p)), **mape,
+            "smape": smape, "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
 
 
 def target_scaler(data: PreparedSeries) -> StandardScaler:

@@ -68,11 +68,12 @@ class DriftResult:
     threshold: float | None = None
     snapshot: object = None
 
-    def save_html(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.snapshot.save_html(str(path))
-        return path
+    def save_html(self, path: str | Path, header=None, share_lib: bool = False) -> Path:
+        """The Evidently report as HTML; `header` (rnn_pipeline.monitoring.report.ReportHeader) on top, and with
+        `share_lib` Evidently's bundle beside the file instead of inside it (see rnn_pipeline.monitoring.report)."""
+        from rnn_pipeline.monitoring.report import save_report
+
+        return save_report(self.snapshot, path, header, share_lib=share_lib)
 
 
 def calibrate_thresholds(reference: pd.DataFrame, block: int, k: float = 1.5, floor: float = 0.1,

@@ -19,6 +19,7 @@ import pandas as pd
 from rnn_pipeline import faults, registry
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.errors import DataValidationError, PipelineError
+from rnn_pipeline.monitoring import report as report_mod
 from rnn_pipeline.monitoring.champion import Champion, incoming_folder, monitor_class, retrain_overrides, work_folder
 from rnn_pipeline.monitoring.store import MonitoringStore
 from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, fmt
@@ -117,7 +118,15 @@ def record_and_act(ctx: Context, judged: Judged, retrain: Callable[[str], dict],
     name, v = judged.name, outcome.verdict
     for w in outcome.warnings:
         logger.warning("%s", w)
-    report = outcome.drift.save_html(ctx.stores.reports / ctx.cfg.name / f"{judged.stem}-{judged.digest[:8]}.html")
+    source = "the inference log" if ctx.cfg.monitoring.source == "inference_log" else "a batch file"
+    try:
+        header = report_mod.header_for(ctx.cfg, champ.version, name, outcome, getattr(champ.monitor, "meta", None),
+                                       source)
+    except Exception as e:  # the report and the records still come; the header only explains them
+        logger.warning("report header for %s left out: %s: %s", name, type(e).__name__, e)
+        header = None
+    report = outcome.drift.save_html(ctx.stores.reports / ctx.cfg.name / f"{judged.stem}-{judged.digest[:8]}.html",
+                                     header, share_lib=True)
     run_id = log_run(ctx, name, judged.digest, outcome, v, report, None)
     row = {**ctx.base(name, judged.digest), "status": "judged", **outcome.fields(), **judged.fields,
            "data_path": judged.data_path and str(judged.data_path), "report_path": str(report),
@@ -186,7 +195,8 @@ def retrain(ctx: Context, state, batch_name: str, verdict: str, run_training: Ca
 
 def log_run(ctx: Context, batch: str, digest: str, outcome: Outcome | None, verdict: str, report: Path | None,
             message: str | None) -> str:
-    """The monitoring run of one batch in MLflow: verdict, thresholds, drift scores and the report."""
+    """The monitoring run of one batch in MLflow: verdict, thresholds, drift scores, and where the report is (tag
+    `report_path`: the HTML report is kept once, in the reports folder, where monitoring.keep_reports prunes it)."""
     cfg = ctx.cfg
     with mlflow.start_run(experiment_id=ctx.experiment_id, run_name=f"monitor-{batch}") as run:
         mlflow.set_tags({"verdict": verdict, "batch": batch, "batch_digest": digest, "model_name": cfg.model_name,
@@ -199,7 +209,7 @@ def log_run(ctx: Context, batch: str, digest: str, outcome: Outcome | None, verd
         if message:
             mlflow.set_tag("message", message[:4000])
         if report is not None:
-            mlflow.log_artifact(str(report), "report")
+            mlflow.set_tag("report_path", str(report))
         return run.info.run_id
 
 

@@ -5,6 +5,10 @@
 - `POST /actuals`: actual values or labels for earlier prediction ids (all or none).
 - `GET /health`, `GET /metadata`, `GET /stats`, OpenAPI at `/docs` and `/openapi.json`.
 
+The OpenAPI document is the served model's: its description names the model, version and alias, and POST
+/predict's example is a valid request for that model (the bundle's `request_example`), so /docs' "Try it out"
+answers 200. Both follow a hot swap (the document is rebuilt when the served version changes).
+
 With `serving.api_key_env`, POST /predict and POST /actuals (every request but a GET, HEAD or OPTIONS) need the API
 key (auth.py); the GETs stay open.
 
@@ -17,6 +21,7 @@ never 500. Predictions and actuals go to the inference log.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from rnn_pipeline.serving import inference_log as ilog
 from rnn_pipeline.serving.auth import KeyCheck, KeyGuard, resolve_api_key
 from rnn_pipeline.serving.holder import ModelHolder, Served, parse_uri, settle_gc
 from rnn_pipeline.serving.middleware import Guard, Stats
-from rnn_pipeline.serving.schemas import ActualsRequest, ActualsResponse, PredictRequest, PredictResponse, Problem
+from rnn_pipeline.serving.schemas import ActualsRequest, ActualsResponse, Invalid, PredictRequest, PredictResponse, Problem
 
 __all__ = ["Limits", "ModelHolder", "Served", "create_app", "limits_json", "parse_uri", "settle_gc"]
 
@@ -42,7 +47,13 @@ __all__ = ["Limits", "ModelHolder", "Served", "create_app", "limits_json", "pars
 # one schema, one set of defaults. `Limits(max_items=20)` is a ServingConfig with every other setting at its default.
 Limits = ServingConfig
 
-BAD = {413: {"model": Problem, "description": "too large"}, 422: {"model": Problem, "description": "invalid"},
+# the bodies the app really answers with: Problem ({"detail": "..."}) from HTTPException and the Guard middleware;
+# Invalid for 422 (a list of issues from _invalid, or one message from a DataValidationError or _problem(422))
+BAD = {400: {"model": Problem, "description": "Content-Length is not a number"},
+       413: {"model": Problem, "description": "too large: the body (serving.max_body_bytes) or the number of items "
+                                              "(serving.max_items)"},
+       422: {"model": Invalid, "description": "invalid: the body's shape or types (a list of issues), or what the "
+                                              "model cannot answer (one message)"},
        503: {"model": Problem, "description": "no model loaded"}}
 UNAUTHORIZED = {401: {"model": Problem, "description": "API key missing or not valid (serving.api_key_env)"}}
 
@@ -143,6 +154,64 @@ def _metadata(svc: Service) -> dict:
             "limits": limits_json(svc.serving), "inference_log": svc.store is not None, **s.bundle.describe()}
 
 
+# ---- the OpenAPI document: the served model's ---------------------------------------------------------------------
+DESCRIPTION = ("Predictions from a registered RNN (forecasts in original units, or labels with class probabilities); "
+               "actuals for earlier predictions feed monitoring.")
+
+
+def describe_served(s: Served | None, holder: ModelHolder) -> str:
+    """The OpenAPI description's paragraph on the model: name, version, alias (and that it is followed), task."""
+    if s is None:
+        return "**Model**: none loaded (503)."
+    what = f"`{s.name}` version **{s.version}**" if s.name else f"`{s.uri}`"
+    if s.alias:
+        what += (f" (alias `{s.alias}`: the service follows the alias, checking every {holder.poll_seconds:g} s, and "
+                 "swaps in the version it points at without a restart; this page follows it)")
+    elif s.name:
+        what += " (a fixed version)"
+    b, d = s.bundle, s.bundle.describe()
+    if b.task == "forecasting":
+        task = (f"forecasting {', '.join(d['target_columns'])} {d['horizon']} step(s) ahead from histories of "
+                f"{', '.join(d['input_columns'])}, at least {d['window']} steps (send `series`)")
+    else:
+        task = f"classifying {b.reads} into {', '.join(map(str, d['classes']))} (send `{b.reads}`)"
+    return f"**Model**: {what}: {task}. GET /metadata has the rest."
+
+
+def _openapi(app: FastAPI, svc: Service):
+    """app.openapi: FastAPI's document with the served model's description and POST /predict example, rebuilt when
+    the holder swaps in another version (hot swap)."""
+    lock = threading.Lock()
+    built: dict = {"served": None, "schema": None}
+
+    def openapi() -> dict:
+        s = getattr(svc.holder, "current", None)  # a stand-in holder without a model: the model-free document
+        with lock:
+            if s is not built["served"]:
+                app.description = f"{DESCRIPTION}\n\n{describe_served(s, svc.holder)}"
+                app.openapi_schema = None
+            schema = FastAPI.openapi(app)
+            if schema is not built["schema"]:
+                _put_example(schema, s)
+                built.update(served=s, schema=schema)
+            return schema
+
+    return openapi
+
+
+def _put_example(schema: dict, s: Served | None) -> None:
+    """POST /predict's one example: a valid request for the served model (the default of /docs' "Try it out")."""
+    if s is None:
+        return
+    body = schema.get("paths", {}).get("/predict", {}).get("post", {}).get("requestBody", {})
+    media = body.get("content", {}).get("application/json")
+    if media is None:
+        return
+    line, value = s.bundle.request_example()
+    label = f"{s.name} v{s.version}" if s.name else "the served model"
+    media["examples"] = {s.bundle.reads: {"summary": f"{label}: {line}", "value": value}}
+
+
 # ---- the app ------------------------------------------------------------------------------------------------------
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's default echoes each offending input, which may be huge or a NaN that JSON cannot carry."""
@@ -192,11 +261,11 @@ def _routes(app: FastAPI, svc: Service, check: KeyCheck | None) -> None:
             """Actual values (forecasting) or labels (classification) for earlier predictions: all or none."""
             return _record_actuals(svc, req)
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "no model loaded: the same body, status 'no model'"}})
     def health():
         return _health(svc)
 
-    @app.get("/metadata")
+    @app.get("/metadata", responses={503: {"model": Problem, "description": "no model loaded"}})
     def metadata():
         return _metadata(svc)
 
@@ -216,12 +285,12 @@ def create_app(holder: ModelHolder, serving: ServingConfig = ServingConfig(), st
     svc = Service(holder, serving, store)
     flush = serving.log_flush_seconds if flush_seconds is None else flush_seconds
     app = FastAPIOffline(title="rnn-pipeline model service", lifespan=_lifespan(svc, flush, fallback),
-                         description="Predictions from a registered RNN (forecasts in original units, or labels with "
-                                     "class probabilities); actuals for earlier predictions feed monitoring.")
+                         description=f"{DESCRIPTION}\n\n{describe_served(getattr(holder, 'current', None), holder)}")
     if check is not None:  # inside Guard (added last, outermost): the body limit first, and 401s are counted
         app.add_middleware(KeyGuard, check=check)
     app.add_middleware(Guard, max_body_bytes=serving.max_body_bytes, stats=svc.stats)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(DataValidationError, _data_error)
     _routes(app, svc, check)
+    app.openapi = _openapi(app, svc)
     return app

@@ -19,8 +19,8 @@ Number = Annotated[float, Strict()]  # a JSON number: true/false and "1.5" are r
 class SeriesInput(_Strict):
     history: dict[str, list[Number]] = Field(
         ..., description="the recent history, oldest first: one list per input column of the model (its targets "
-                         "and features), all of the same length, at least the model's window",
-        examples=[{"value": [0.1, 0.2, 0.3]}])
+                         "and features), all of the same length, at least the model's window (GET /metadata: "
+                         "input_columns, window); /docs' example is one for the served model")
 
 
 class PredictRequest(_Strict):
@@ -46,9 +46,12 @@ class PredictRequest(_Strict):
 
 
 class ModelRef(BaseModel):
-    name: str | None
-    version: str | None
-    alias: str | None
+    """The model version that answered; name, version and alias are left out when it has none (a model loaded from a
+    path or runs:/ URI has no name, one loaded by version no alias)."""
+
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
     uri: str
 
 
@@ -86,4 +89,22 @@ class ActualsResponse(BaseModel):
 
 
 class Problem(BaseModel):
+    """Every error the service answers (400, 401, 404, 409, 413, 503, and a 422 about the content): one message."""
+
     detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One problem with the request's shape or types, as the service reports it (at most 20)."""
+
+    loc: list[str | int] = Field(..., description="where: e.g. ['body', 'series', 0, 'history', 'value', 3]")
+    msg: str
+    type: str
+    input: str = Field(..., description="the offending input, repr()'d and cut to 80 characters")
+
+
+class Invalid(BaseModel):
+    """422: a body of the wrong shape or types (a list of issues), or a request the model cannot answer (one message:
+    a missing column, too short a history, texts sent to a forecaster, a forecast that is not finite, ...)."""
+
+    detail: str | list[ValidationIssue]
