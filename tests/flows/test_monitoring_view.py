@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
-from test_monitoring import NAME, add_batch, monitoring_config
+from test_monitoring import NAME, add_batch, history, monitoring_config
 
 from rnn_pipeline.monitoring import publish
 from rnn_pipeline.monitoring.report import DASHBOARD, ReportHeader, inject_after_body, lib_name, prune_reports, save_report
@@ -60,14 +60,6 @@ def artifacts(key, run_id):
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
                                                                     flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-
-
-def history(folder):
-    store = MonitoringStore(f"sqlite:///{folder / 'state' / 'monitoring.db'}")
-    try:
-        return store.history(NAME)
-    finally:
-        store.dispose()
 
 
 def test_a_pass_shows_its_verdicts_in_reports_prefect_and_the_dashboard(env):
