@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import mlflow
 import pandas as pd
 import pytest
-from test_monitoring import NAME, add_batch, history, monitoring_config
+from test_monitoring import NAME, add_batch, history, monitoring_config, trained  # noqa: F401  (trained: fixture)
 
 from rnn_pipeline.monitoring import publish
 from rnn_pipeline.monitoring.report import DASHBOARD, ReportHeader, inject_after_body, lib_name, prune_reports, save_report
@@ -19,18 +19,8 @@ from rnn_pipeline.monitoring.store import MonitoringStore
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_harness):
-    from flows.training import training_flow
-
-    folder = tmp_path_factory.mktemp("mon-view-base")
-    summary = training_flow(monitoring_config(folder, folder / "state"))
-    assert summary["promoted"]
-    return folder / "state"
-
-
 @pytest.fixture
-def env(tmp_path, trained):
+def env(tmp_path, trained):  # noqa: F811  (the fixture imported above)
     shutil.copytree(trained, tmp_path / "state")
     (tmp_path / "incoming").mkdir()
 
