@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from rnn_pipeline import stores as stores_mod
+from rnn_pipeline import tasks
 from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError, PipelineError
@@ -166,7 +167,7 @@ def _after_pass(cfg: PipelineConfig, st, store: MonitoringStore, logger) -> str 
             logger.info("removed %d older report(s) from %s (monitoring.keep_reports: %s)", len(gone), folder,
                         cfg.monitoring.keep_reports)
         path = write_dashboard(store, cfg.model_name, folder, drift_share=cfg.monitoring.drift_share,
-                               error_ratio=None if cfg.task == "classification" else cfg.monitoring.error_ratio,
+                               error_ratio=tasks.for_config(cfg).monitor.error_threshold(cfg),
                                title=f"Monitoring: {cfg.model_name}"
                                + (f" (config {cfg.name})" if cfg.name != cfg.model_name else ""))
         return str(path)

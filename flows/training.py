@@ -131,18 +131,8 @@ def _named_if_failed(model: str):
 
 def model_about(t: tasks.Task, cfg: PipelineConfig, data, source: str) -> str:
     """The registered model's description: what it is (task, targets or classes, config, data)."""
-    if getattr(data, "classes", None) is not None:
-        what = (f"Classifies {getattr(data, 'kind', 'items')} into {len(data.classes)} classes: "
-                + ", ".join(f"`{c}`" for c in data.classes[:30]) + (" …" if len(data.classes) > 30 else "") + ".")
-    elif getattr(data, "target_columns", None) is not None:
-        what = (f"Forecasts {', '.join(f'`{c}`' for c in data.target_columns)} {data.horizon} step(s) ahead"
-                + (f", with {', '.join(f'`{c}`' for c in data.feature_columns)} as extra inputs"
-                   if data.feature_columns else "")
-                + ".")
-    else:
-        what = f"A {t.name} model."
     return (f"**{cfg.model_name}**: an RNN ({t.name}) trained by rnn-pipeline from config `{cfg.name}` on "
-            f"`{source}`.\n\n{what}")
+            f"`{source}`.\n\n{t.about(data)}")
 
 
 def _dataset_uri(cfg: PipelineConfig, source: str) -> str:

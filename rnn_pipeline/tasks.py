@@ -55,6 +55,10 @@ class Task:
         """One log line about the prepared data."""
         raise NotImplementedError
 
+    def about(self, data) -> str:
+        """One markdown sentence saying what a model trained on `data` does (the registered model's description)."""
+        return f"A {self.name} model."
+
     def digest(self, data) -> str:
         """A hash of exactly the data the model learns from and is tested on."""
         raise NotImplementedError

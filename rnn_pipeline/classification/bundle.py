@@ -144,6 +144,10 @@ class ClassifierBundle:
                          + [ColSpec("double", c) for c in self.output_columns[1:]])
         return ModelSignature(inputs=Schema([ident, *cols]), outputs=outputs)
 
+    def about(self) -> str:
+        """What the model does and what a request sends, in one phrase (the service's /docs description)."""
+        return f"classifying {self.reads} into {', '.join(map(str, self.classes))} (send `{self.reads}`)"
+
     def describe(self) -> dict:
         """What a client needs to know to call the model (GET /metadata)."""
         return {"task": self.task, "input": self.kind, "input_columns": self.input_columns, "classes": self.classes,

@@ -157,6 +157,10 @@ class ClassificationMonitor(TaskMonitor):
     SCORE_COLUMNS = (("accuracy", "champion_accuracy"), ("f1", "champion_f1"))
 
     @staticmethod
+    def error_threshold(cfg) -> float | None:
+        return None  # a labelled batch is judged on its accuracy, not on an error ratio
+
+    @staticmethod
     def score_text(row: dict) -> str:
         acc = row.get("champion_accuracy")
         return "no labels" if acc is None else f"accuracy {acc:.3f} vs {row['reference_accuracy']:.3f} on test"

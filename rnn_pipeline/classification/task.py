@@ -34,6 +34,10 @@ class ClassificationTask(Task):
         return prepare_sequences(checked, source, cfg.features, val=cfg.split.val, test=cfg.split.test, seed=cfg.seed,
                                  imbalance=cfg.training.imbalance, noise_std=cfg.training.noise_std)
 
+    def about(self, data: PreparedSequences) -> str:
+        classes = ", ".join(f"`{c}`" for c in data.classes[:30]) + (" …" if len(data.classes) > 30 else "")
+        return f"Classifies {data.kind} items into {len(data.classes)} classes: {classes}."
+
     def describe(self, data: PreparedSequences, source: str) -> str:
         return (f"data {source}: {len(data.raw)} {data.kind} items, {len(data.classes)} classes; split "
                 f"{ {k: len(v) for k, v in data.split.items()} }; max length {data.encoder.max_length} "

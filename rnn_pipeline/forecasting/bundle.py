@@ -128,6 +128,11 @@ class ForecastBundle:
         return {"task": self.task, "input_columns": self.input_columns, "target_columns": self.target_columns,
                 "window": self.window, "horizon": self.horizon}
 
+    def about(self) -> str:
+        """What the model does and what a request sends, in one phrase (the service's /docs description)."""
+        return (f"forecasting {', '.join(self.target_columns)} {self.horizon} step(s) ahead from histories of "
+                f"{', '.join(self.input_columns)}, at least {self.window} steps (send `series`)")
+
     def warm_up(self) -> None:
         """One prediction on a neutral input: a model that cannot answer is never swapped in."""
         self.predict_windows(np.zeros((1, self.window, len(self.input_columns))))

@@ -47,6 +47,11 @@ class ForecastingTask(Task):
         return (f"data {source}: {data.points.n} rows, {data.values.shape[1]} columns; split at rows "
                 f"{data.points.val_start + 1} (validation) and {data.points.test_start + 1} (test)")
 
+    def about(self, data: PreparedSeries) -> str:
+        extra = (f", with {', '.join(f'`{c}`' for c in data.feature_columns)} as extra inputs"
+                 if data.feature_columns else "")
+        return f"Forecasts {', '.join(f'`{c}`' for c in data.target_columns)} {data.horizon} step(s) ahead{extra}."
+
     def digest(self, data: PreparedSeries) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([data.target_columns, data.feature_columns]).encode())

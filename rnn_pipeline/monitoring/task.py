@@ -77,6 +77,11 @@ class TaskMonitor(ABC):
         self.reference, self.meta, self.features = reference, meta, features
         self.bundle, self.version = bundle, version  # the champion's model and its registry version
 
+    @staticmethod
+    def error_threshold(cfg) -> float | None:
+        """The error-ratio threshold the dashboard marks (None where the task judges errors otherwise)."""
+        return cfg.monitoring.error_ratio
+
     @classmethod
     @abstractmethod
     def load(cls, folder: Path, cfg, bundle, version: str) -> TaskMonitor:

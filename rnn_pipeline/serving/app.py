@@ -169,13 +169,7 @@ def describe_served(s: Served | None, holder: ModelHolder) -> str:
                  "swaps in the version it points at without a restart; this page follows it)")
     elif s.name:
         what += " (a fixed version)"
-    b, d = s.bundle, s.bundle.describe()
-    if b.task == "forecasting":
-        task = (f"forecasting {', '.join(d['target_columns'])} {d['horizon']} step(s) ahead from histories of "
-                f"{', '.join(d['input_columns'])}, at least {d['window']} steps (send `series`)")
-    else:
-        task = f"classifying {b.reads} into {', '.join(map(str, d['classes']))} (send `{b.reads}`)"
-    return f"**Model**: {what}: {task}. GET /metadata has the rest."
+    return f"**Model**: {what}: {s.bundle.about()}. GET /metadata has the rest."
 
 
 def _openapi(app: FastAPI, svc: Service):
