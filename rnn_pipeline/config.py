@@ -53,6 +53,9 @@ class ModelConfig(_Strict):
                                                       "target channel")
     segment: int = Field(24, ge=1, description="forecasting, architecture 'segment': W, steps per segment (at most "
                                                "the window)")
+    highway: bool = Field(False, description="forecasting: add a linear map of the (normalised) window to the output "
+                                             "(LSTNet's highway), started at its Ridge fit on the training windows, "
+                                             "so the recurrent part learns what the linear forecast leaves")
     bidirectional: bool = Field(False, description="classification: read sequences both ways")
     pooling: Pooling = Field("last", description="classification: last valid state, or mean over valid steps")
     embedding_dim: int = Field(64, ge=1, description="text with encoding 'embedding'")
@@ -129,6 +132,7 @@ class SearchSpace(_Strict):
     channels: list[Channels] | None = None
     segment: IntRange | list[int] | None = None
     loss: list[Loss] | None = None
+    highway: list[bool] | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in self.__dict__.values())

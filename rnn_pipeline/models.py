@@ -95,6 +95,19 @@ class InstanceNorm(nn.Module):
             z = z * self.weight + self.bias
         return z, (loc, scale)
 
+    def to_network(self, y: torch.Tensor, stats, n_targets: int) -> torch.Tensor:
+        """restore's inverse: y (B, ..., T) in the input's space -> the normalised space."""
+        if stats is None:
+            return y
+        loc, scale = stats
+        shape = (loc.shape[0],) + (1,) * (y.dim() - 2) + (n_targets,)
+        y = y - loc[..., :n_targets].reshape(shape)
+        if scale is not None:
+            y = y / scale[..., :n_targets].reshape(shape)
+        if self.weight is not None:
+            y = y * (self.weight[:n_targets] + self.eps ** 2) + self.bias[:n_targets]
+        return y
+
     def restore(self, y: torch.Tensor, stats, n_targets: int) -> torch.Tensor:
         """y: (B, ..., T) in the normalised space -> the input's space. stats: what normalise returned."""
         if stats is None:
@@ -140,11 +153,9 @@ class Forecaster(nn.Module):
     def core(self, z: torch.Tensor, channel: torch.Tensor | None, all_steps: bool) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
-        """x: (B, L, F), targets first. Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every
-        step (direct core on unnormalised inputs only)."""
-        if all_steps and not (self.supports_all_steps and self.highway is None):
-            raise ValueError("all_steps needs architecture 'direct' with norm 'none'")
+    def network_inputs(self, x: torch.Tensor):
+        """x: (B, L, F) -> what the core and the highway read: the normalised window, with channels folded into the
+        batch in independent mode (B', L, C_in); the normalisation's statistics; the channel id of each row."""
         s = self.spec
         b, length, _ = x.shape
         z, stats = self.norm.normalise(x)
@@ -158,12 +169,61 @@ class Forecaster(nn.Module):
             z = torch.cat(parts, dim=-1)
             if self.n_channel_ids:
                 channel = torch.arange(t, device=x.device).repeat(b)
+        return z, stats, channel
+
+    def network_targets(self, y: torch.Tensor, stats) -> torch.Tensor:
+        """y: (B, H, T) in the input's space -> what the network must output for the forecast to be y (B', H, C_out):
+        restore's inverse, folded like the inputs."""
+        y = self.norm.to_network(y, stats, self.spec.n_targets)
+        if self.independent:
+            y = y.transpose(1, 2).reshape(-1, y.shape[1], 1)
+        return y
+
+    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
+        """x: (B, L, F), targets first. Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every
+        step (direct core on unnormalised inputs only)."""
+        if all_steps and not (self.supports_all_steps and self.highway is None):
+            raise ValueError("all_steps needs architecture 'direct' with norm 'none'")
+        s = self.spec
+        b = x.shape[0]
+        z, stats, channel = self.network_inputs(x)
         y = self.core(z, channel, all_steps)
         if self.highway is not None:
             y = y + self.highway(z.reshape(z.shape[0], -1)).unflatten(-1, (s.horizon, self.c_out))
         if self.independent:  # (B*T, [L,] H, 1) -> (B, [L,] H, T)
             y = y.reshape(b, s.n_targets, *y.shape[1:-1]).movedim(1, -1)
         return self.norm.restore(y, stats, s.n_targets)
+
+    def output_layer(self) -> nn.Linear:
+        """The core's last linear layer (zeroed when the model starts from its highway's linear fit)."""
+        return self.head if isinstance(self.head, nn.Linear) else self.head[-1]
+
+    @torch.no_grad()
+    def start_from_linear(self, x: torch.Tensor, y: torch.Tensor, alphas=(0.1, 1.0, 10.0, 100.0),
+                          max_values: int = 20_000_000) -> float:
+        """Start as a linear forecaster: the highway set to the Ridge fit (alpha by RidgeCV's leave-one-out) of the
+        network's targets on its inputs over the training windows x (B, L, F) -> y (B, H, T), in the network's
+        own space (normalised, channels folded), and the core's output layer zeroed, so the recurrent part learns
+        what the linear forecast leaves (LSTNet's design, started where a linear model ends). Rows beyond
+        `max_values` input values are left out (evenly spaced) to bound memory. Returns the chosen alpha."""
+        from sklearn.linear_model import RidgeCV
+
+        if self.highway is None:
+            raise ValueError("the model has no highway")
+        z, stats, _ = self.network_inputs(x)
+        t = self.network_targets(y, stats)
+        z, t = z.reshape(len(z), -1), t.reshape(len(t), -1)
+        if z.numel() > max_values:
+            keep = torch.linspace(0, len(z) - 1, max(2, max_values // z.shape[1])).long()
+            z, t = z[keep], t[keep]
+        ridge = RidgeCV(alphas=list(alphas)).fit(z.double().numpy(), t.double().numpy())
+        self.highway.weight.copy_(torch.from_numpy(ridge.coef_))
+        self.highway.bias.copy_(torch.from_numpy(ridge.intercept_))
+        self.highway.requires_grad_(False)
+        out = self.output_layer()
+        out.weight.zero_()
+        out.bias.zero_()
+        return float(ridge.alpha_)
 
 
 class DirectForecaster(Forecaster):

@@ -86,6 +86,12 @@ def fit(spec: ForecasterSpec | ClassifierSpec, train, val, *, lr: float, batch_s
     best_val, best_epoch, best_state, bad = math.inf, -1, None, 0
     history: list[dict] = []
     t_start = time.perf_counter()
+    if getattr(model, "highway", None) is not None:
+        # a forecaster with a highway starts as the linear forecast fitted in closed form on the training windows;
+        # that start is epoch 0, kept if no epoch of training beats it on validation
+        alpha = model.start_from_linear(*train.batch())
+        best_val, best_epoch, best_state = val.eval_loss(model), 0, copy.deepcopy(model.state_dict())
+        log.info("linear start (ridge alpha %g): val %.5f", alpha, best_val)
     for epoch in range(max_epochs):
         t0 = time.perf_counter()
         model.train()

@@ -83,7 +83,7 @@ class ForecastingTask(Task):
         m, cfg = self.cfg.model, self.cfg
         return ({"architecture": m.architecture, "norm": m.norm, "channels": m.channels},
                 {"window": cfg.features.window, "segment": m.segment, "affine": m.affine, "loss": cfg.training.loss,
-                 "channel_embedding": m.channel_embedding})
+                 "channel_embedding": m.channel_embedding, "highway": m.highway})
 
     def search_space(self, data=None) -> SearchSpace:
         return tuning.default_space(self.cfg, data) if self.cfg.tuning.space.is_empty() else self.cfg.tuning.space
@@ -91,7 +91,7 @@ class ForecastingTask(Task):
     def start_points(self, params):
         if not self.cfg.tuning.space.is_empty():
             return []
-        return [{**params, **tuning.RECIPE, "segment": min(tuning.RECIPE["segment"], self.cfg.features.window)}]
+        return tuning.start_points(params, self.cfg.features.window, len(self.cfg.data.target_columns))
 
     def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
         return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
@@ -100,7 +100,8 @@ class ForecastingTask(Task):
                          norm=params.get("norm", "none"), channels=params.get("channels", "mixed"),
                          segment=min(int(params.get("segment", 24)), int(params["window"])),
                          affine=bool(params.get("affine", False)),
-                         channel_embedding=bool(params.get("channel_embedding", True)))
+                         channel_embedding=bool(params.get("channel_embedding", True)),
+                         highway=bool(params.get("highway", False)), window=int(params["window"]))
 
     def train_sets(self, params, data: PreparedSeries):
         loss = params.get("loss", "mse")

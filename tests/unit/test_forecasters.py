@@ -150,6 +150,74 @@ def test_highway_adds_a_linear_forecast():
         make("segment", "last", "mixed", highway=True, window=0)
 
 
+def _linear_windows(n=400, window=12, horizon=3, n_features=3, seed=0):
+    """Windows of a noisy multi-channel random walk with a daily cycle: (N, L, F) inputs, (N, H, F) targets."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n + window + horizon)[:, None]
+    series = np.cumsum(rng.standard_normal((len(t), n_features)), 0) + 3 * np.sin(2 * np.pi * t / 24)
+    seq = np.lib.stride_tricks.sliding_window_view(series, window + horizon, axis=0).transpose(0, 2, 1)
+    seq = torch.tensor(seq, dtype=torch.float32)
+    return seq[:, :window], seq[:, window:]
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_mixed_linear_start_is_the_ridge_on_every_columns_normalised_lags(norm):
+    """Started from its highway, the model forecasts exactly what sklearn's Ridge fitted on the normalised windows
+    (every column's lags -> every target's H values) forecasts: the core adds nothing until it trains."""
+    from sklearn.linear_model import RidgeCV
+
+    x, y = _linear_windows()
+    m = make("segment", norm, "mixed", n_features=3, n_targets=3, horizon=3, window=12, highway=True)
+    alpha = m.start_from_linear(x, y, alphas=(0.1, 10.0))
+    z, stats = m.norm.normalise(x)
+    target = m.norm.to_network(y, stats, 3)
+    ridge = RidgeCV(alphas=[0.1, 10.0]).fit(z.reshape(len(z), -1).double(), target.reshape(len(z), -1).double())
+    assert alpha == ridge.alpha_
+    expected = m.norm.restore(torch.tensor(ridge.predict(z.reshape(len(z), -1).double()), dtype=torch.float32)
+                              .reshape(y.shape), stats, 3)
+    with torch.no_grad():
+        assert torch.allclose(m(x), expected, atol=1e-3)
+    assert not m.highway.weight.requires_grad  # the start stays; the recurrent part learns the rest
+
+
+def test_an_independent_linear_start_is_one_ridge_shared_by_every_channel():
+    """Channel-independent: one linear map of a channel's own (last-value-normalised) history, shared by all
+    channels (NLinear's 'shared' form), fitted on every channel's windows stacked."""
+    from sklearn.linear_model import RidgeCV
+
+    x, y = _linear_windows(n_features=3)
+    m = make("direct", "last", "independent", n_features=3, n_targets=3, horizon=3, window=12, highway=True)
+    m.start_from_linear(x, y, alphas=(1.0,))
+    last = x[:, -1:, :]
+    rows_x = (x - last).transpose(1, 2).reshape(-1, 12)  # window b, channel j -> row b * 3 + j
+    rows_y = (y - last).transpose(1, 2).reshape(-1, 3)
+    ridge = RidgeCV(alphas=[1.0]).fit(rows_x.double(), rows_y.double())
+    pred = torch.tensor(ridge.predict(rows_x.double()), dtype=torch.float32).reshape(len(x), 3, 3).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(m(x), pred + last, atol=1e-3)
+
+
+def test_training_from_a_linear_start_never_ends_below_it_on_validation():
+    """fit() scores the linear start as epoch 0: the model it returns is at least as good on validation (here a
+    learning rate far too high wrecks every epoch, so the start itself comes back, highway untouched)."""
+    from rnn_pipeline.forecasting.windows import WindowSet
+
+    x, y = _linear_windows(n=600, n_features=2)
+    series = torch.cat([x[:, 0], x[-1, 1:]], 0)  # the underlying (n, F) series again
+    idx = np.arange(12, len(series) - 3 + 1)
+    train, val = (WindowSet(series, 2, 12, 3, part) for part in (idx[:400], idx[400:]))
+    spec = ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=2, n_targets=2, horizon=3,
+                          architecture="segment", norm="last", channels="mixed", segment=4, highway=True, window=12)
+    wrecked = fit(spec, train, val, lr=5.0, batch_size=32, max_epochs=3, patience=5, clip_grad_norm=None)
+    assert wrecked.best_epoch == 0
+    start = build_forecaster(spec)
+    start.start_from_linear(*train.batch())
+    assert wrecked.best_val == pytest.approx(val.eval_loss(start), rel=1e-4)
+    assert torch.equal(wrecked.model.highway.weight, start.highway.weight)
+    good = fit(spec, train, val, lr=1e-3, batch_size=32, max_epochs=3, patience=5)
+    assert good.best_val <= wrecked.best_val + 1e-9
+
+
 def _three_channel_series(n=1200, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(n)

@@ -219,6 +219,12 @@ def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_pat
     assert {k: second[k] for k in tuning.RECIPE if k in second} == {**{k: v for k, v in tuning.RECIPE.items()
                                                                       if k in second}, "segment": 24}
     assert second["hidden"] == 256 and second["dropout"] == 0.5 and second["window"] == 50  # the recipe
+    assert second["highway"] is False and space.highway == [False, True]
+    third = res.study.trials[2].params  # the recipe started from the NLinear-style linear forecast
+    assert third["highway"] is True and third["norm"] == "last" and third["hidden"] == 256
+    several = tuning.start_points(tune.default_params(cfg), 50, n_targets=7)
+    assert [(p["norm"], p["channels"], p["highway"]) for p in several] == [
+        ("revin", "independent", False), ("last", "independent", True), ("none", "mixed", True)]
     assert res.n_complete + res.n_pruned == 3
     given = PipelineConfig.model_validate({"name": "g", "data": {"builtin": "seed_sine"},
                                            "tuning": {"space": {"hidden": [8]}}})
