@@ -17,7 +17,7 @@ CONFIG ?= seed_sine
 # Test processes (pytest-xdist): one per CPU by default; TEST_WORKERS=0 runs the suite in this process.
 TEST_WORKERS ?= auto
 
-.PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve
+.PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
 
 setup: $(STAMP)
 
@@ -49,6 +49,17 @@ test-fast: setup
 # PostgreSQL; about 4 minutes on 2 cores. CI runs them after `make test`.
 faults: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m faults tests
+
+# Debian's Chromium for the browser test (tests/flows/test_browser.py, part of `make test`; it skips, saying why, where
+# no Chromium is installed). apt, as root; nothing is downloaded by Playwright itself: it drives the system browser.
+browser:
+	@if command -v chromium >/dev/null; then echo "chromium: $$(chromium --version)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make browser: installing Debian's chromium needs root (sudo apt-get install chromium); the browser test skips until then"; fi
+
+# The README's pictures (docs/screenshots/*.png), taken by the browser test from the pages it checks.
+screenshots: setup browser
+	RNNP_SCREENSHOTS=docs/screenshots RNNP_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/flows/test_browser.py
 
 lint: setup
 	$(VENV)/bin/ruff check rnn_pipeline flows tests benchmarks
