@@ -12,8 +12,8 @@ MAX_WINDOW = 720  # the longest look-back the default space offers
 
 def default_space(cfg: PipelineConfig, data: PreparedSeries | None = None) -> SearchSpace:
     """The space searched when a forecasting config gives none: architecture, normalisation, channel mode (several
-    targets), L around the configured window, width, learning rate, loss, dropout and the linear highway. Windows that leave too few
-    windows in a split of `data` are left out."""
+    targets), L around the configured window, width, learning rate, loss, dropout and the linear highway. Windows
+    that leave too few windows in a split of `data` are left out."""
     window = cfg.features.window
     windows = sorted({max(1, window // 2), window, min(2 * window, max(MAX_WINDOW, window))})
     if data is not None:

@@ -7,7 +7,6 @@ Skipped, with the reason, where Chromium or Playwright is missing (`make browser
 RNNP_REQUIRE_BROWSER=1 (set by .ci/run) turns that skip into a failure. RNNP_SCREENSHOTS=<folder> saves each page as
 a PNG there (`make screenshots` writes the README's pictures in docs/screenshots)."""
 
-import json
 import os
 import re
 import shutil
@@ -125,8 +124,8 @@ def site(tmp_path_factory):
         client = mlflow.MlflowClient(uri, registry_uri=uri)
         flow_runs = httpx.post(prefect_url + "/api/flow_runs/filter", json={}, timeout=30).json()
         flows = {f["id"]: f["name"] for f in httpx.post(prefect_url + "/api/flows/filter", json={}, timeout=30).json()}
-        yield {"flows": flows, "folder": folder, "state": state, "client": client, "prefect": prefect_url, "mlflow": mlflow_url,
-               "service": service_url, "flow_runs": flow_runs}
+        yield {"flows": flows, "folder": folder, "state": state, "client": client, "prefect": prefect_url,
+               "mlflow": mlflow_url, "service": service_url, "flow_runs": flow_runs}
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
