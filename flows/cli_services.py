@@ -101,6 +101,9 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
     if st.artifact_location:
         cmd += ["--default-artifact-root", st.artifact_location]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (tracking {st.mlflow_uri}; Ctrl-C stops it)")
+    view = _runs_view(st.mlflow_uri, cfg.name)
+    if view:
+        typer.echo(f"  runs of '{cfg.name}', with the pipeline's columns: http://127.0.0.1:{port}/{view}")
     stop_on_sigterm()
     proc = subprocess.Popen(cmd, start_new_session=True)  # its workers in their own group, stopped with it below
     code = 0
@@ -112,3 +115,15 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
         stop_children()
     raise typer.Exit(code)
 
+
+def _runs_view(uri: str, experiment: str) -> str | None:
+    """The address fragment of the experiment's saved runs view (tracking.save_runs_view), when it has one."""
+    import mlflow
+
+    from rnn_pipeline.tracking import VIEW_TAG, view_fragment
+
+    try:
+        exp = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # a store that is not there yet: the UI still starts
+        return None
+    return view_fragment(exp.experiment_id) if exp is not None and VIEW_TAG in (exp.tags or {}) else None

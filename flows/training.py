@@ -25,7 +25,7 @@ from rnn_pipeline.config import PipelineConfig, load_config
 from rnn_pipeline.data import datasets
 from rnn_pipeline.locks import Lock, describe
 from rnn_pipeline.monitoring.drift import REFERENCE_DIR
-from rnn_pipeline.tracking import experiment_for, git_commit, log_dataset, mlflow_stores, versions
+from rnn_pipeline.tracking import experiment_for, git_commit, log_dataset, mlflow_stores, save_runs_view, versions
 from rnn_pipeline.train import pick_device, setup_torch
 
 LOCK_TTL_SECONDS = 120  # the holder's heartbeat refreshes it every 30 s; a lock not refreshed for 2 minutes is stale
@@ -250,6 +250,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         mlflow.set_tags({"registered_version": version, "gate.decision": decision.label,
                          "gate.reason": decision.reason,
                          "mlflow.runName": run_name(cfg.model_name, version, reason)})
+        save_runs_view(client, experiment_id, client.get_run(run_id))
 
         timings["training_compute"] = tuned.trial_seconds + fitted.seconds
         summary = {

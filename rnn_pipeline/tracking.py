@@ -53,6 +53,56 @@ def experiment_for(name: str, artifact_location: str | None) -> str:
                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
+# The runs table's saved view (MLflow's "Views" menu; an experiment tag holding the view's state, as the UI's own
+# "Save as new view" writes it): the columns a user compares runs by, instead of none
+VIEW_ID = "rnn-pipeline"
+VIEW_NAME = "Pipeline: scores, baselines and gate"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+VIEW_PARAMS = ("architecture", "hidden", "window", "pooling")
+VIEW_TAGS = ("gate.decision",)
+
+
+def runs_view_columns(run) -> list[str]:
+    """The saved view's columns for an experiment whose latest parent run is `run`: its gate metric on the test set,
+    its skill against each baseline (1 - its error over the baseline's: above 0 beats it), the tuned architecture and
+    the gate's decision. Few, so that they fit beside the run names (the version description has the full table).
+    MLflow's column keys: metrics.`name`, params.`name`, tags.`name`."""
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    names = [f"test_{params.get('gate.metric', '')}", *sorted(m for m in metrics if m.startswith("skill_vs_"))]
+    columns = [f"metrics.`{m}`" for m in names if m in metrics]
+    columns += [f"params.`best.{p}`" for p in VIEW_PARAMS if f"best.{p}" in params]
+    columns += [f"tags.`{t}`" for t in VIEW_TAGS if t in tags]
+    return columns
+
+
+def save_runs_view(client: mlflow.MlflowClient, experiment_id: str, run) -> str:
+    """Write (or refresh) the pipeline's saved view of the runs table from `run`'s keys, newest first; a view of that
+    id that a user saved by hand under another name is left alone. Returns the view's URL fragment (for the UI
+    address: `#/experiments/<id>/runs?viewStateShareKey=rnn-pipeline`)."""
+    import json
+    import time
+
+    old = client.get_experiment(experiment_id).tags.get(VIEW_TAG)
+    created = int(time.time() * 1000)
+    if old:
+        try:
+            envelope = json.loads(old)
+            if envelope.get("name") != VIEW_NAME:
+                return view_fragment(experiment_id)
+            created = int(envelope.get("createdAt", created))
+        except (ValueError, AttributeError):
+            pass
+    state = {"selectedColumns": runs_view_columns(run), "orderByKey": "attributes.start_time", "orderByAsc": False}
+    envelope = {"name": VIEW_NAME, "createdAt": created, "updatedAt": int(time.time() * 1000),
+                "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(envelope))
+    return view_fragment(experiment_id)
+
+
+def view_fragment(experiment_id: str) -> str:
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}"
+
+
 SCHEMA_SAMPLE_ROWS = 10_000
 
 

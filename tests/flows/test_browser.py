@@ -148,7 +148,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context = browser.new_context(viewport={"width": 1600, "height": 900})
     pg = context.new_page()
     pg.set_default_timeout(WAIT_MS)
     yield pg
@@ -159,6 +159,14 @@ def shot(page, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+
+
+def without_assistant(page) -> None:
+    """Close MLflow 3's assistant panel (it opens beside every page and takes a quarter of the width), as a user
+    would with its X, before a screenshot."""
+    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count() and close.first.is_visible():
+        close.first.click()
 
 
 def see(page, text: str | re.Pattern) -> None:
@@ -184,6 +192,7 @@ def test_the_mlflow_model_page_shows_the_champion_and_why(site, page):
     body = page.inner_text("body")
     assert champion.tags["gate.reason"][:40] in body
     assert "persistence" in body  # the baselines beside the version's own figures
+    without_assistant(page)
     shot(page, "mlflow-model-version")
 
 
@@ -199,18 +208,35 @@ def test_the_mlflow_run_page_shows_a_named_run_its_metrics_and_dataset(site, pag
     # metric values are shown rounded, as MLflow's UI does: the first digits of the logged test MSE are there
     mse = run.data.metrics["test_mse"]
     assert f"{mse:.3g}"[:4] in body or f"{mse:.4f}"[:5] in body, (mse, body[:2000])
+    without_assistant(page)
     shot(page, "mlflow-run")
 
 
-def test_the_mlflow_runs_page_opens_on_the_runs_of_a_model_training_experiment(site, page):
+def test_the_mlflow_runs_page_opens_on_the_pipelines_saved_view_with_scores_and_gate_columns(site, page):
+    """The runs table of a model-training experiment (not the GenAI overview), through the saved view the pipeline
+    writes: the run names, the test metric beside the baselines', the tuned architecture and the gate's decision."""
+    from rnn_pipeline.tracking import VIEW_NAME, view_fragment
+
     c = site["client"]
-    exp = c.get_experiment_by_name(NAME) or c.search_experiments()[-1]
-    page.goto(f"{site['mlflow']}/#/experiments/{exp.experiment_id}/runs")
-    runs = c.search_runs([exp.experiment_id])
-    for r in runs[:2]:
+    exp = c.get_experiment_by_name(NAME)
+    page.goto(f"{site['mlflow']}/{view_fragment(exp.experiment_id)}")
+    runs = c.search_runs([exp.experiment_id], "tags.gate.decision != ''")
+    for r in runs:
         see(page, r.info.run_name)
-    body = page.inner_text("body")
-    assert "Traces" not in body.split("\n")[0]  # not the GenAI overview
+    see(page, VIEW_NAME)
+    without_assistant(page)
+    for column in ("test_mse", "skill_vs_persistence", "best.hidden"):
+        see(page, column)
+    # the table draws only the columns in sight: scroll it to its right end, as a user would, for the gate's column
+    page.locator(".ag-body-horizontal-scroll-viewport").first.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+    see(page, "gate.decision")
+    see(page, "promoted")  # v1's decision, in its column
+    page.get_by_role("button", name="Exit shared view").first.click()  # as a user would, then the plain table again
+    see(page, runs[0].info.run_name)
+    page.goto(f"{site['mlflow']}/{view_fragment(exp.experiment_id)}")
+    see(page, "test_mse")
+    without_assistant(page)
+    page.locator('[data-component-id="mlflow.experiment_page.shared_view.dismiss"]').first.click()
     shot(page, "mlflow-runs")
 
 

@@ -190,3 +190,31 @@ def test_reconcile_renames_a_parent_run_left_under_its_provisional_name(tmp_path
     assert reconcile(c, "m", exp)["failed_runs"] == [run.info.run_id]
     after = c.get_run(run.info.run_id).info
     assert after.run_name == "m (interrupted)" and after.status == "FAILED"
+
+
+def test_the_runs_table_gets_a_saved_view_with_the_columns_that_compare_runs(trained):
+    """MLflow's runs table shows no metric column by default: the training run saves a view (the experiment tag the
+    UI's "Save as new view" writes) with the gate metric, the skills against the baselines, the tuned architecture
+    and the gate's decision; a user's own view under that id is left alone."""
+    import json
+
+    from rnn_pipeline.tracking import VIEW_NAME, VIEW_TAG, save_runs_view
+
+    c, run = trained["client"], trained["run"]
+    exp_id = run.info.experiment_id
+    envelope = json.loads(c.get_experiment(exp_id).tags[VIEW_TAG])
+    assert envelope["name"] == VIEW_NAME and envelope["createdAt"] <= envelope["updatedAt"]
+    state = json.loads(envelope["state"])
+    cols = state["selectedColumns"]
+    assert cols[0] == "metrics.`test_mse`"
+    assert {"metrics.`skill_vs_persistence`", "metrics.`skill_vs_ridge`", "params.`best.hidden`",
+            "tags.`gate.decision`"} <= set(cols)
+    assert len(cols) <= 12  # few enough to fit beside the run names
+    assert all(c.split(".", 1)[1].strip("`") in {**run.data.metrics, **run.data.params, **run.data.tags}
+               for c in cols)  # every column is a key the run logged
+    assert state["orderByKey"] == "attributes.start_time" and state["orderByAsc"] is False
+
+    mine = json.dumps({"name": "my view", "createdAt": 1, "updatedAt": 1, "state": "{}"})
+    c.set_experiment_tag(exp_id, VIEW_TAG, mine)
+    save_runs_view(c, exp_id, run)
+    assert c.get_experiment(exp_id).tags[VIEW_TAG] == mine
