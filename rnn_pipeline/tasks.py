@@ -153,6 +153,9 @@ def summary_head(s: dict) -> list[str]:
             f"champion is now v{s['champion_version']}",
             f"best params: {s['best_params']}",
             f"trials: {s['n_trials']} ({s['n_pruned']} pruned, {s['n_failed']} failed, {s['resumed_trials']} resumed)",
+            *(["final fit: no epoch beat the linear start on validation; the model forecasts as its highway's Ridge "
+               "(the recurrent part adds nothing on this data)"] if s.get("final_fit", {}).get("best_epoch") == 0
+              else []),
             *(f"DATA WARNING: {w}" for w in s.get("data_warnings", []))]
 
 

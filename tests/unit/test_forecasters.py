@@ -263,3 +263,12 @@ def test_unknown_options_are_refused():
     with pytest.raises(ValueError, match="architecture 'transformer'"):
         ForecasterSpec(cell="gru", hidden=4, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=1,
                   architecture="transformer")
+
+
+def test_the_summary_says_when_the_model_is_only_its_linear_start():
+    from rnn_pipeline.tasks import summary_head
+
+    s = {"model_name": "m", "model_version": "1", "promoted": True, "reason": "r", "champion_version": "1",
+         "best_params": {}, "n_trials": 1, "n_pruned": 0, "n_failed": 0, "resumed_trials": 0}
+    assert not any("linear start" in line for line in summary_head({**s, "final_fit": {"best_epoch": 3}}))
+    assert any("no epoch beat the linear start" in line for line in summary_head({**s, "final_fit": {"best_epoch": 0}}))
