@@ -88,6 +88,10 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
         # the UI on a port other than 4200 calls the API on that port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as r:
             assert json.loads(r.read())["api_url"] == f"http://127.0.0.1:{port}/api"
+        # the flow-run processes the deployment started write to this log (MLflow's line from logging the model is
+        # there) without MLflow's type-hint advice: the flows quiet the libraries themselves, not only the CLI
+        out = (tmp_path / "deploy.log").read_text()
+        assert "Validating input example" in out and "Add type hints" not in out, out[-3000:]
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children  # the server, its workers, flow-run processes
     finally:
