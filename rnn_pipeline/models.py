@@ -147,7 +147,8 @@ class Forecaster(nn.Module):
     @property
     def supports_all_steps(self) -> bool:
         """Whether every step's forecast can be trained (loss_steps='all'): only a direct core on unnormalised
-        inputs, since window statistics would leak the later steps into the earlier steps' forecasts."""
+        inputs without a highway, since window statistics would leak the later steps into the earlier steps'
+        forecasts (and the highway reads whole windows)."""
         return False
 
     def core(self, z: torch.Tensor, channel: torch.Tensor | None, all_steps: bool) -> torch.Tensor:
@@ -182,8 +183,8 @@ class Forecaster(nn.Module):
     def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
         """x: (B, L, F), targets first. Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every
         step (direct core on unnormalised inputs only)."""
-        if all_steps and not (self.supports_all_steps and self.highway is None):
-            raise ValueError("all_steps needs architecture 'direct' with norm 'none'")
+        if all_steps and not self.supports_all_steps:
+            raise ValueError("all_steps needs architecture 'direct' with norm 'none' and no highway")
         s = self.spec
         b = x.shape[0]
         z, stats, channel = self.network_inputs(x)
@@ -241,7 +242,7 @@ class DirectForecaster(Forecaster):
 
     @property
     def supports_all_steps(self) -> bool:
-        return self.spec.norm == "none"
+        return self.spec.norm == "none" and self.highway is None  # the highway maps a whole window only
 
     def core(self, z, channel, all_steps):
         h0 = None

@@ -272,3 +272,20 @@ def test_the_summary_says_when_the_model_is_only_its_linear_start():
          "best_params": {}, "n_trials": 1, "n_pruned": 0, "n_failed": 0, "resumed_trials": 0}
     assert not any("linear start" in line for line in summary_head({**s, "final_fit": {"best_epoch": 3}}))
     assert any("no epoch beat the linear start" in line for line in summary_head({**s, "final_fit": {"best_epoch": 0}}))
+
+
+def test_a_direct_model_with_a_highway_trains_on_the_last_step_under_loss_steps_all():
+    """loss_steps 'all' trains every step's forecast of a direct model on raw inputs; with a highway (which maps whole
+    windows) it falls back to the last step's forecast instead of failing the trial."""
+    from rnn_pipeline.forecasting.windows import WindowSet
+
+    x, _ = _linear_windows(n=200, n_features=1)
+    series = torch.cat([x[:, 0], x[-1, 1:]], 0)
+    idx = np.arange(12, len(series) - 3 + 1)
+    train, val = WindowSet(series, 1, 12, 3, idx[:150]), WindowSet(series, 1, 12, 3, idx[150:])
+    spec = ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=3,
+                          architecture="direct", norm="none", highway=True, window=12)
+    assert not build_forecaster(spec).supports_all_steps
+    res = fit(spec, train, val, lr=1e-3, batch_size=32, max_epochs=2, patience=5, loss_steps="all")
+    assert np.isfinite(res.best_val)
+    assert build_forecaster(ForecasterSpec(**{**spec.to_json(), "highway": False})).supports_all_steps
