@@ -21,6 +21,9 @@ from rnn_pipeline.models import ClassifierSpec, ForecasterSpec, build_model
 log = logging.getLogger(__name__)
 
 
+LOG_SECONDS = 15.0  # with log_every, an epoch line at least this often (and after the first epoch) on slow epochs
+
+
 class TrainingDiverged(PipelineError):
     """The loss became NaN or infinite."""
 
@@ -85,7 +88,7 @@ def fit(spec: ForecasterSpec | ClassifierSpec, train, val, *, lr: float, batch_s
     n = len(train)
     best_val, best_epoch, best_state, bad = math.inf, -1, None, 0
     history: list[dict] = []
-    t_start = time.perf_counter()
+    t_start = last_log = time.perf_counter()
     if getattr(model, "highway", None) is not None:
         # a forecaster with a highway starts as the linear forecast fitted in closed form on the training windows;
         # that start is epoch 0, kept if no epoch of training beats it on validation
@@ -118,7 +121,9 @@ def fit(spec: ForecasterSpec | ClassifierSpec, train, val, *, lr: float, batch_s
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-        if log_every and (epoch + 1) % log_every == 0:
+        if log_every and ((epoch + 1) % log_every == 0 or epoch == 0
+                          or time.perf_counter() - last_log >= LOG_SECONDS):
+            last_log = time.perf_counter()
             log.info("epoch %d/%d  train %.5f  val %.5f  best %.5f (epoch %d)  lr %.2g", epoch + 1, max_epochs,
                      train_loss, val_loss, best_val, best_epoch, opt.param_groups[0]["lr"])
         if on_epoch is not None:

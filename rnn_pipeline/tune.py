@@ -196,7 +196,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
         def on_epoch(epoch: int, val_loss: float) -> None:
             curve.append((epoch, val_loss))
             now = time.perf_counter()
-            if now - last_note[0] >= every:  # progress while a long trial runs, not only when it ends
+            if epoch == 1 or now - last_note[0] >= every:  # progress while a trial runs, not only when it ends
                 last_note[0] = now
                 log.info("trial %d epoch %d/%d  val %.5f  best %.5f  (%.0fs)", trial.number, epoch,
                          cfg.tuning.max_epochs, val_loss, min(v for _, v in curve), now - t_trial)

@@ -247,3 +247,19 @@ def test_a_shared_study_leaves_live_trials_alone_and_an_exclusive_one_fails_them
     alone = tune.open_study(url, "hb", cfg, exclusive=True)
     states = [t.state for t in alone.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_trial_and_the_final_fit_say_how_their_first_epoch_went(tmp_path, data, caplog):
+    """Progress while training runs: each trial logs its first epoch (then one line every progress_seconds), and a
+    fit with log_every logs its first epoch too (then every log_every epochs or LOG_SECONDS)."""
+    import logging
+
+    cfg = PipelineConfig.model_validate({"name": "p", "data": {"builtin": "seed_sine"}, "features": {"window": 50},
+                                         "model": {"hidden": 8, "architecture": "segment", "segment": 10},
+                                         "tuning": {"n_trials": 1, "max_epochs": 2, "space": {"hidden": [8]}}})
+    with caplog.at_level(logging.INFO, logger="rnn_pipeline"):
+        tune.tune(data, cfg, f"sqlite:///{tmp_path}/p.db", "p", "cpu")
+        tune.fit_model(tune.default_params(cfg), data, cfg, max_epochs=3, patience=3, device="cpu", log_every=10)
+    text = caplog.text
+    assert "trial 0 epoch 1/2" in text
+    assert "epoch 1/3" in text.replace("trial 0 epoch 1/2", "")
