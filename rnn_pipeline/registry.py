@@ -235,6 +235,10 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     try:  # the registered model's description names the champion now; only words, so a failure here undoes nothing
         client.update_registered_model(name, description=model_markdown(client, name, model_description, version,
                                                                          decision))
+        # and so does a tag, shown in the registered models list: its 'Aliased versions' column shows the alias of
+        # the newest version first, so a newer challenger hides the champion behind "+1"
+        champion = alias_version(client, name, CHAMPION)
+        client.set_registered_model_tag(name, CHAMPION, f"version {champion}" if champion else "none yet")
     except Exception as e:
         log.warning("the description of registered model %s was not updated: %s", name, e)
     return version

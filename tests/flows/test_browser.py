@@ -194,6 +194,11 @@ def test_the_mlflow_model_page_shows_the_champion_and_why(site, page):
     assert "persistence" in body  # the baselines beside the version's own figures
     without_assistant(page)
     shot(page, "mlflow-model-version")
+    # the registered models list: MLflow shows the newest version's alias first, a newer challenger hiding the
+    # champion behind "+1"; the model's tag 'champion' names it in the Tags column
+    page.goto(f"{site['mlflow']}/#/models")
+    see(page, NAME)
+    see(page, re.compile(rf"champion\W+version {champion.version}"))
 
 
 def test_the_mlflow_run_page_shows_a_named_run_its_metrics_and_dataset(site, page):
@@ -204,6 +209,7 @@ def test_the_mlflow_run_page_shows_a_named_run_its_metrics_and_dataset(site, pag
     page.goto(f"{site['mlflow']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     see(page, run.info.run_name)
     see(page, "test_mse")
+    see(page, "seed_sine")  # the logged dataset (the run's Datasets section)
     body = page.inner_text("body")
     # metric values are shown rounded, as MLflow's UI does: the first digits of the logged test MSE are there
     mse = run.data.metrics["test_mse"]
@@ -258,6 +264,7 @@ def test_a_drift_report_carries_model_version_batch_verdict_and_thresholds(site,
     body = page.inner_text("body")
     assert NAME in body and "b002.csv" in body and re.search(r"version\s*1|v1\b", body), body[:1500]
     assert "error ratio" in body.lower() and "threshold" in body.lower()
+    assert "value_step" in body and "from one step to the next" in body  # the legend of the window features
     shot(page, "drift-report")
 
 

@@ -84,6 +84,9 @@ def test_second_run_is_a_challenger_and_the_gate_says_why(state):
     assert float(v2.tags["gate.challenger_score"]) == pytest.approx(float(v2.tags["gate.champion_score"]))
     assert str(c.get_model_version_by_alias("tiny", "challenger").version) == "2"
     assert str(c.get_model_version_by_alias("tiny", "champion").version) == "1"
+    # the registered models list shows the newest version's alias first ("@challenger: Version 2 +1"): a tag there
+    # names the champion
+    assert c.get_registered_model("tiny").tags["champion"] == "version 1"
 
 
 def test_a_better_challenger_is_promoted(state):
@@ -98,6 +101,7 @@ def test_a_better_challenger_is_promoted(state):
     versions, aliases = snapshot(state["folder"])
     assert versions == before[0] + [int(s["model_version"])]
     assert aliases["champion"] == s["model_version"] == aliases["challenger"]
+    assert client_for(state["folder"]).get_registered_model("tiny").tags["champion"] == f"version {s['model_version']}"
 
 
 def test_a_model_below_the_floor_is_registered_as_challenger_only(state):
@@ -130,6 +134,7 @@ def test_a_model_below_the_floor_is_registered_as_challenger_only(state):
     assert v.tags["gate.decision"] == "below_floor" and v.tags["gate.reason"] == s["reason"]
     assert v.tags["gate.floor"] == "ridge" and "skill -" in v.tags["gate.floor.ridge"]
     assert {k: str(v) for k, v in c.get_registered_model("floored").aliases.items()} == {"challenger": "1"}
+    assert c.get_registered_model("floored").tags["champion"] == "none yet"
     run = c.get_run(s["mlflow_run_id"])
     assert run.data.tags["gate.decision"] == "below_floor" and run.data.tags["data.warnings"] == s["data_warnings"][0]
     assert run.data.params["data_warnings"] == "1" and run.data.params["gate.floor"] == "ridge"
