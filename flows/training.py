@@ -56,7 +56,7 @@ def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_
 @task(name="train-best", cache_policy=NO_CACHE)
 def fit_best(params, data, cfg, device):
     return tune.fit_model(params, data, cfg, max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
-                           device=device, log_every=10)
+                           device=device, log_every=10, max_seconds=cfg.training.max_seconds)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -68,6 +68,9 @@ class TrainingConfig(_Strict):
     optimizer: Optimizer = "adam"
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(20, ge=1, description="early stopping: epochs without validation improvement")
+    max_seconds: float | None = Field(1800.0, gt=0, description="stop the final fit after the epoch that passes this "
+                                                                "long (its best epoch so far is kept; logged); null: "
+                                                                "no limit")
     lr_patience: int = Field(5, ge=1, description="ReduceLROnPlateau patience")
     lr_factor: float = Field(0.5, gt=0, lt=1)
     clip_grad_norm: float | None = Field(1.0, gt=0)

@@ -263,3 +263,16 @@ def test_a_trial_and_the_final_fit_say_how_their_first_epoch_went(tmp_path, data
     text = caplog.text
     assert "trial 0 epoch 1/2" in text
     assert "epoch 1/3" in text.replace("trial 0 epoch 1/2", "")
+
+
+def test_the_final_fit_stops_at_training_max_seconds(data):
+    """The final fit is bounded like a trial: after the epoch that passes training.max_seconds it stops, keeping its
+    best epoch so far (a direct GRU-256 once ran its 200 epochs for over 20 minutes)."""
+    from flows.training import fit_best
+
+    cfg = PipelineConfig.model_validate({"name": "b", "data": {"builtin": "seed_sine"}, "features": {"window": 50},
+                                         "model": {"hidden": 8, "architecture": "segment", "segment": 10},
+                                         "training": {"max_epochs": 30, "patience": 30, "max_seconds": 1e-6}})
+    assert PipelineConfig.model_validate({"name": "d", "data": {"builtin": "seed_sine"}}).training.max_seconds == 1800
+    fitted = fit_best.fn(tune.default_params(cfg), data, cfg, "cpu")
+    assert fitted.epochs == 1 and fitted.best_epoch == 1
