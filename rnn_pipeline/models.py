@@ -217,7 +217,7 @@ class Forecaster(nn.Module):
         if z.numel() > max_values:
             keep = torch.linspace(0, len(z) - 1, max(2, max_values // z.shape[1])).long()
             z, t = z[keep], t[keep]
-        ridge = RidgeCV(alphas=list(alphas)).fit(z.double().numpy(), t.double().numpy())
+        ridge = RidgeCV(alphas=list(alphas)).fit(z.double().cpu().numpy(), t.double().cpu().numpy())
         self.highway.weight.copy_(torch.from_numpy(ridge.coef_))
         self.highway.bias.copy_(torch.from_numpy(ridge.intercept_))
         self.highway.requires_grad_(False)
