@@ -55,11 +55,16 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):].split("?", 1)[0])
 
 
+DEFAULT_ROOT = Path(".rnn_pipeline")  # stores.root's default; `make clean` deletes it
+
+
 def check(stores: Stores) -> None:
     """Before any work: every SQLite store that exists opens and passes SQLite's integrity check, and the MLflow store
     is not missing beside the state of earlier runs (a deleted mlflow.db would otherwise be recreated silently, a new
     v1 promoted and the registry's history lost). One line naming the file, otherwise."""
-    fresh = f"move it away, or start over with `make clean` (deletes {stores.root})"
+    fresh = (f"move it away, or start over by deleting {stores.root}"
+             + (" (`make clean`)" if stores.root.resolve() == DEFAULT_ROOT.resolve() else
+                f" (`make clean` deletes only the default {DEFAULT_ROOT})"))
     for what, url in (("MLflow store", stores.mlflow_uri), ("Optuna store", stores.optuna_url),
                       ("monitoring store", stores.monitoring_url)):
         path = sqlite_file(url)
@@ -83,4 +88,4 @@ def check(stores: Stores) -> None:
         if earlier:
             raise PipelineError(f"MLflow store {mlflow_db} is missing, but {', '.join(map(str, earlier))} hold(s) the "
                                 f"state of earlier runs: its registry history (versions, aliases) would be lost. "
-                                f"Restore the file, or {fresh}")
+                                f"Restore it from a backup, or {fresh}")

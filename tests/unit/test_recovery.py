@@ -85,8 +85,10 @@ def test_store_checks_name_the_damaged_or_missing_file(tmp_path):
     check(st)  # healthy stores
 
     (tmp_path / "monitoring.db").write_bytes(b"this is not a database, just text " * 200)
-    with pytest.raises(PipelineError, match=r"monitoring store .*monitoring\.db cannot be read .*make clean"):
+    with pytest.raises(PipelineError, match=r"monitoring store .*monitoring\.db cannot be read .*make clean") as e:
         check(st)
+    # the way to start over names this root; `make clean` only deletes the default one, and the message says so
+    assert f"start over by deleting {tmp_path}" in str(e.value) and "deletes only the default .rnn_pipeline" in str(e.value)
     (tmp_path / "monitoring.db").unlink()
 
     damaged = bytearray((tmp_path / "mlflow.db").read_bytes())  # one bad page in the middle of the file
