@@ -6,6 +6,6 @@ user's own settings win."""
 
 import os as _os
 
-for _key, _value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "DO_NOT_TRACK": "1"}.items():
+OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+for _key, _value in OFFLINE.items():
     _os.environ.setdefault(_key, _value)

@@ -10,15 +10,15 @@ from pathlib import Path
 
 def set_environment(root: Path) -> None:
     """Quiet, local, offline defaults for the libraries; a user's own settings win."""
+    from flows import OFFLINE
+
     defaults = {
+        **OFFLINE,
         "PREFECT_HOME": str(root / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_pipeline",
         "PREFECT_UI_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DO_NOT_TRACK": "1",
         "GIT_PYTHON_REFRESH": "quiet",
     }
     for k, v in defaults.items():

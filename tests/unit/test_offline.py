@@ -7,7 +7,7 @@ import sys
 
 from conftest import REPO
 
-OFF = ("PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+OFF = ("PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")  # as flows.OFFLINE sets
 
 
 def _settings(env: dict) -> str:
