@@ -9,11 +9,9 @@ from pathlib import Path
 
 
 def set_environment(root: Path) -> None:
-    """Quiet, local, offline defaults for the libraries; a user's own settings win."""
-    from flows import OFFLINE
-
+    """Quiet, local defaults for the libraries, on top of the offline ones importing `flows` set (flows.OFFLINE); a
+    user's own settings win."""
     defaults = {
-        **OFFLINE,
         "PREFECT_HOME": str(root / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "rnn_pipeline",

@@ -55,7 +55,7 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):].split("?", 1)[0])
 
 
-DEFAULT_ROOT = Path(".rnn_pipeline")  # stores.root's default; `make clean` deletes it
+DEFAULT_ROOT = Path(StoresConfig.model_fields["root"].default)  # `make clean` deletes it
 
 
 def check(stores: Stores) -> None:
