@@ -8,11 +8,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rnn_pipeline.errors import PipelineError, first_line
 
+# How long a SQLite connection waits for another process's write lock before "database is locked": two monitoring
+# passes, a training run and a service share these files, and a commit on a loaded machine can outlast SQLite's 5 s.
+SQLITE_BUSY_TIMEOUT_S = 60.0
+
 
 def open_database(url: str, tables: sa.MetaData, what: str, migrate=None) -> sa.engine.Engine:
     """An engine on `url` with `tables` created (and `migrate(engine)` run); one line naming the store if not."""
     try:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        sqlite = sa.engine.make_url(url).get_backend_name() == "sqlite"
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True,
+                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {})
         tables.create_all(engine)
         if migrate is not None:
             migrate(engine)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnn_pipeline import db
 from rnn_pipeline.config import StoresConfig
 from rnn_pipeline.errors import PipelineError
 
@@ -71,11 +72,17 @@ def check(stores: Stores) -> None:
         if path is None or not path.exists():
             continue
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # another pass or run may be writing it: wait for its lock, as the stores' own connections do
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=db.SQLITE_BUSY_TIMEOUT_S)
             try:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
             finally:
                 conn.close()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):  # busy, not damaged: nothing to restore or delete
+                raise PipelineError(f"{what} {path} stayed locked by another process for {db.SQLITE_BUSY_TIMEOUT_S:.0f} s "
+                                    f"({e}): try again when the other run has finished") from None
+            raise PipelineError(f"{what} {path} cannot be read ({e}): restore it from a backup, or {fresh}") from None
         except sqlite3.DatabaseError as e:
             raise PipelineError(f"{what} {path} cannot be read ({e}): restore it from a backup, or {fresh}") from None
         if problems != ["ok"]:

@@ -103,6 +103,45 @@ def test_store_checks_name_the_damaged_or_missing_file(tmp_path):
         check(st)
 
 
+def test_a_store_that_another_process_is_writing_is_waited_for_not_called_damaged(tmp_path, monkeypatch):
+    """A monitoring pass started beside another one found the store mid-write: the check waits for the writer's lock
+    and passes; a lock held past the wait says so and tries nothing, where it once said "restore it from a backup, or
+    start over by deleting" a healthy store."""
+    import sqlite3
+    import threading
+
+    from rnn_pipeline import db
+    from rnn_pipeline.monitoring.store import MonitoringStore
+
+    st = _stores(tmp_path)
+    shutil.copyfile(migrated_mlflow_store(), tmp_path / "mlflow.db")
+    writer = sqlite3.connect(tmp_path / "monitoring.db", isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN EXCLUSIVE")  # no reader gets in until it ends
+    writer.execute("INSERT INTO t VALUES (1)")
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    with pytest.raises(PipelineError, match=r"monitoring store .*monitoring\.db stayed locked by another process") as e:
+        check(st)
+    assert "backup" not in str(e.value) and "deleting" not in str(e.value)
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 60.0)
+    timer = threading.Timer(0.5, writer.execute, ["COMMIT"])  # the writer finishes while the check waits
+    timer.start()
+    try:
+        check(st)
+    finally:
+        timer.join()
+        writer.close()
+    assert sqlite3.connect(tmp_path / "monitoring.db").execute("SELECT x FROM t").fetchall() == [(1,)]
+    # the stores' own connections wait as long (SQLite's default is 5 s)
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+    finally:
+        store.dispose()
+
+
 def test_reconcile_fails_orphaned_runs_and_marks_versions_without_a_decision(tmp_path):
     import mlflow
 
