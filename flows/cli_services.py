@@ -5,6 +5,7 @@ the libraries with its `quiet_libraries` (looked up on that module when a comman
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -87,7 +88,9 @@ def _free_port() -> int:
 
 
 def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose stores to show.")] = "seed_sine",
-       port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 5000):
+       port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 5000,
+       workers: Annotated[int, typer.Option(min=1, help="Server worker processes: 1 serves one person; MLflow's "
+                                                         "own default, 4, suits a shared UI.")] = 1):
     """Open the MLflow UI on this pipeline's tracking store, bound to 127.0.0.1."""
     cfg, st = _cli._load(config)
     if port:
@@ -97,7 +100,8 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
                 port = 0
     port = port or _free_port()
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    cmd = [exe, "ui", "--backend-store-uri", st.mlflow_uri, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [exe, "ui", "--backend-store-uri", st.mlflow_uri, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers)]
     if st.artifact_location:
         cmd += ["--default-artifact-root", st.artifact_location]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (tracking {st.mlflow_uri}; Ctrl-C stops it)")
@@ -105,7 +109,9 @@ def ui(config: Annotated[str, typer.Option("--config", "-c", help="Config whose 
     if view:
         typer.echo(f"  runs of '{cfg.name}', with the pipeline's columns: http://127.0.0.1:{port}/{view}")
     stop_on_sigterm()
-    proc = subprocess.Popen(cmd, start_new_session=True)  # its workers in their own group, stopped with it below
+    # MLflow's job runner (a second server process) runs GenAI jobs (judges, scorers) that this pipeline never starts
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its workers in their own group, stopped below
     code = 0
     try:
         code = proc.wait()
