@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -344,26 +345,53 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
 cli_services.register(app, sys.modules[__name__])  # serve, ui (after the commands above: --help lists them in order)
 
 
+# After Ctrl-C, how long the interpreter may take to shut down before the process ends anyway: a library thread
+# interrupted mid-call (Prefect's log and event workers, a client waiting on a lock the main thread held) can keep a
+# non-daemon thread or an exit handler waiting forever, and a user who pressed Ctrl-C must get the prompt back.
+# What was finished is already stored (trials in Optuna; a run's MLflow records are reconciled by the next run).
+INTERRUPTED_EXIT_GRACE_S = 20.0
+
+
+def _exit(code: int) -> NoReturn:
+    """sys.exit(code); after an interrupt (130), bounded by INTERRUPTED_EXIT_GRACE_S once the interpreter shuts down.
+    The watchdog acts only when the main thread has ended (the interpreter is shutting down and stuck), so main()
+    called in-process (tests, a notebook) is never cut short."""
+    if code == 130:
+        def hard_exit() -> None:
+            if not threading.main_thread().is_alive():
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:  # a closed stream: nothing left to say
+                        pass
+                os._exit(code)
+
+        timer = threading.Timer(INTERRUPTED_EXIT_GRACE_S, hard_exit)
+        timer.name, timer.daemon = "rnn-pipeline-exit-watchdog", True
+        timer.start()
+    sys.exit(code)
+
+
 def main() -> None:
     from rnn_pipeline.errors import PipelineError
 
     try:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising it
         if isinstance(code, int) and code:
-            sys.exit(code)
+            _exit(code)
     except PipelineError as e:
         if STATE["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        _exit(e.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        _exit(130)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _exit(130)
     except Exception as e:  # click usage errors come through here in standalone_mode=False
         import click
 
@@ -374,6 +402,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
         sys.exit(1)
+
 
 if __name__ == "__main__":
     main()

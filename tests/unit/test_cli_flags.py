@@ -1,8 +1,10 @@
 """The CLI's surface: `--version`, boolean options shown as flags in every command's help, MLflow's type-hint advice
-silenced however MLflow raises it, and log lines the CLI prints itself kept off the console."""
+silenced however MLflow raises it, log lines the CLI prints itself kept off the console, and an exit after Ctrl-C that
+a stuck library thread cannot hold up."""
 
 import logging
 import re
+import subprocess
 import sys
 import warnings
 from importlib.metadata import version
@@ -10,6 +12,7 @@ from importlib.metadata import version
 import click
 import pytest
 import typer
+from conftest import REPO
 from typer.testing import CliRunner
 
 from flows import cli, runtime
@@ -94,3 +97,27 @@ def test_hide_from_console_drops_marked_records_from_the_root_handlers_only():
         flow.removeHandler(api)
     assert console.lines == ["a plain line"]
     assert api.lines == ["the table", "a plain line"]  # the Prefect UI still gets the summary
+
+
+def test_after_ctrl_c_a_stuck_shutdown_still_ends_the_process():
+    """A non-daemon thread that never ends (as a library thread interrupted mid-call can be) once held `train` after
+    Ctrl-C past its message: the process ends with 130 after the grace period all the same."""
+    code = ("import threading, flows.cli as c; c.INTERRUPTED_EXIT_GRACE_S = 0.5; "
+            "threading.Thread(target=threading.Event().wait).start(); c._exit(130)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 130, out.stderr[-2000:]
+
+
+def test_the_exit_watchdog_never_ends_a_process_whose_main_thread_goes_on():
+    """main() called in-process (tests, a notebook): the interrupt's exit is an ordinary SystemExit, and its watchdog
+    leaves the process alone."""
+    import threading
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "INTERRUPTED_EXIT_GRACE_S", 0.05)
+        with pytest.raises(SystemExit) as e:
+            cli._exit(130)
+    assert e.value.code == 130
+    for t in [t for t in threading.enumerate() if t.name == "rnn-pipeline-exit-watchdog"]:
+        t.join(timeout=30)  # it ran, and we are still here
+        assert not t.is_alive()
