@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -80,12 +82,54 @@ def tiny_config(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server for every in-process flow test (it costs seconds to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_db_template(tmp_path_factory) -> Path:
+    """A Prefect server database with its schema migrated, made once per test run and shared by the xdist workers
+    (under a file lock). A Prefect server on a fresh database spends about 7 s of CPU in migrations, and the suite
+    starts several: the test harness in each worker, the servers of test_browser and of `deploy` in test_deploy, the
+    CLI's temporary server in test_cli. Each starts on a copy of this file instead (put_prefect_db)."""
+    from filelock import FileLock
 
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above each worker's
+    path = shared / "prefect-template.db"
+    with FileLock(str(path) + ".lock", timeout=600):
+        if not path.exists():
+            part = shared / "prefect-template.part.db"
+            part.unlink(missing_ok=True)
+            env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{part}"}
+            out = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+            part.rename(path)
+    return path
+
+
+def put_prefect_db(template: Path, prefect_home: Path) -> None:
+    """A migrated database where a Prefect server with PREFECT_HOME=`prefect_home` looks for its own (unless one is
+    there already)."""
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    if not (prefect_home / "prefect.db").exists():
+        shutil.copyfile(template, prefect_home / "prefect.db")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_db_template):
+    """One Prefect test server for every in-process flow test (it costs seconds to start), on a copy of the migrated
+    database: the harness makes a temporary folder for its `prefect-test.db`, and the copy is put there first (with
+    another Prefect's file name the copy goes unused, and the server migrates a fresh database as before)."""
+    import prefect.testing.utilities as harness
+
+    made = harness.mkdtemp
+
+    def folder_with_db(*args, **kwargs):
+        folder = made(*args, **kwargs)
+        shutil.copyfile(prefect_db_template, Path(folder) / "prefect-test.db")
+        return folder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "mkdtemp", folder_with_db)
+        with harness.prefect_test_harness(server_startup_timeout=90):
+            yield
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +140,36 @@ def server_env(prefect_harness):
     from prefect.settings import PREFECT_API_URL
 
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`rnn-pipeline ARGS...` in this process (main(), as the console script calls it): (exit code, stdout, stderr).
+    A subprocess costs seconds of imports; tests/e2e runs the CLI as a user does, in processes of its own. The
+    environment the command sets (MLFLOW_TRACKING_URI among others, as a process of its own would) is put back
+    afterwards, so that later tests do not inherit its stores; in a test under the session's Prefect server
+    (prefect_harness), its flows report there."""
+    from flows import cli as cli_module
+
+    def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+        capsys.readouterr()
+        saved, here = dict(os.environ), Path.cwd()
+        monkeypatch.setattr(sys, "argv", ["rnn-pipeline", *map(str, args)])
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            cli_module.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(here)
+            os.environ.clear()
+            os.environ.update(saved)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
 
 
 PG_HOST, PG_PORT = os.environ.get("RNNP_TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("RNNP_TEST_PG_PORT", "5432"))

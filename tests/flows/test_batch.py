@@ -3,16 +3,14 @@ from a file, a URL or a database table, all or nothing; actuals for them come ba
 
 import functools
 import http.server
-import os
-import subprocess
-import sys
+import io
 import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import REPO, write_config
+from conftest import write_config
 
 from rnn_pipeline.data.datasets import seed_sine
 from rnn_pipeline.serving.inference_log import InferenceLog
@@ -36,15 +34,6 @@ def trained(tmp_path_factory, prefect_harness):
     return folder, cfg
 
 
-def _cli(*args):
-    """The CLI in a subprocess, its flows reporting to the session's Prefect test server (see conftest.server_env;
-    every test here runs under it through the `trained` fixture)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
-
-
 def _log(folder):
     store = InferenceLog(f"sqlite:///{folder / 'state' / 'monitoring.db'}")
     try:
@@ -53,21 +42,22 @@ def _log(folder):
         store.dispose()
 
 
-def test_predict_batch_writes_parquet_and_the_log_and_actuals_come_back(trained):
+def test_predict_batch_writes_parquet_and_the_log_and_actuals_come_back(trained, cli):
+    """The commands in-process (the `cli` fixture), their flows reporting to the session's Prefect test server."""
     folder, cfg = trained
     out = folder / "scored.parquet"
-    r = _cli("predict-batch", "--config", str(cfg), "--input", str(folder / "histories.csv"), "--output", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "30 predictions of bat v1" in r.stdout
+    code, stdout, stderr = cli("predict-batch", "--config", cfg, "--input", folder / "histories.csv", "--output", out)
+    assert code == 0, stderr
+    assert "30 predictions of bat v1" in stdout
     got = pd.read_parquet(out)
     assert got.columns.tolist() == ["prediction_id", "window_id", "value_h1", "value_h2", "model_version"]
     assert got["window_id"].tolist() == [f"w{w}" for w in range(30)] and set(got["model_version"]) == {"1"}
     assert got["prediction_id"].is_unique
     # the same numbers as `rnn-pipeline predict` (the registered pyfunc) on the same file, up to float32 rounding:
     # chunks of 7 windows and one batch of 30 sum in a different order (~1e-7 at this scale, also near zero)
-    p = _cli("predict", "--config", str(cfg), "--input", str(folder / "histories.csv"))
-    assert p.returncode == 0, p.stderr
-    want = pd.read_csv(__import__("io").StringIO(p.stdout))
+    code, stdout, stderr = cli("predict", "--config", cfg, "--input", folder / "histories.csv")
+    assert code == 0, stderr
+    want = pd.read_csv(io.StringIO(stdout))
     np.testing.assert_allclose(got[["value_h1", "value_h2"]].to_numpy(), want[["value_h1", "value_h2"]].to_numpy(),
                                rtol=1e-6, atol=1e-6)
     logged = _log(folder).set_index("prediction_id").loc[got["prediction_id"]]
@@ -75,11 +65,11 @@ def test_predict_batch_writes_parquet_and_the_log_and_actuals_come_back(trained)
 
     actual = got[["prediction_id"]].assign(value_h1=0.5, value_h2=-0.5)
     actual.to_csv(folder / "actuals.csv", index=False)
-    a = _cli("actuals", "--config", str(cfg), "--input", str(folder / "actuals.csv"))
-    assert a.returncode == 0 and "recorded 30 actual(s)" in a.stdout, a.stderr
+    code, stdout, stderr = cli("actuals", "--config", cfg, "--input", folder / "actuals.csv")
+    assert code == 0 and "recorded 30 actual(s)" in stdout, stderr
     assert _log(folder).set_index("prediction_id").loc[got["prediction_id"], "actual"].notna().all()
-    again = _cli("actuals", "--config", str(cfg), "--input", str(folder / "actuals.csv"))
-    assert again.returncode == 2 and "already have an actual" in again.stderr
+    code, _, stderr = cli("actuals", "--config", cfg, "--input", folder / "actuals.csv")
+    assert code == 2 and "already have an actual" in stderr
 
 
 def _scores(folder, cfg, source, table=None):

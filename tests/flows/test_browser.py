@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from conftest import REPO
+from conftest import REPO, put_prefect_db
 from test_monitoring import NAME, add_batch, monitoring_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -75,7 +75,7 @@ def _cli(args: list[str], env: dict, folder: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, prefect_db_template):
     """Train (v1), then one monitoring pass over an ordinary batch and a shifted one (degraded: retrain), all through
     the CLI against a Prefect server with its UI; then the MLflow UI and the service. Every process is stopped after."""
     folder = tmp_path_factory.mktemp("browser")
@@ -97,6 +97,7 @@ def site(tmp_path_factory):
         server_env = {**base_env, "PREFECT_HOME": str(folder / "prefect"), "PREFECT_UI_ENABLED": "true",
                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL":
                       f"http://127.0.0.1:{prefect_port}/api"}
+        put_prefect_db(prefect_db_template, folder / "prefect")  # migrated already (conftest)
         prefect = str(Path(sys.executable).parent / "prefect")
         proc, log = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
                           server_env, "prefect-server")
@@ -105,19 +106,20 @@ def site(tmp_path_factory):
         env = {**base_env, "PREFECT_API_URL": prefect_url + "/api", "PREFECT_HOME": str(folder / "client")}
 
         _cli(["train", "--config", cfg], env, folder, "train")
+        # the MLflow UI starts while the monitoring pass runs, and the service beside it after (bounded waits on both)
+        ui_port = _free_port()
+        ui, ui_log = start([sys.executable, "-m", "flows.cli", "ui", "--config", cfg, "--port", str(ui_port)],
+                           base_env, "mlflow-ui")
+        mlflow_url = f"http://127.0.0.1:{ui_port}"
         add_batch(folder, "b001.csv", 1000)
         add_batch(folder, "b002.csv", 1250, amplitude=1.6, frequency=2.0)
         _cli(["monitor", "--config", cfg], env, folder, "monitor")
 
-        ui_port = _free_port()
-        proc, log = start([sys.executable, "-m", "flows.cli", "ui", "--config", cfg, "--port", str(ui_port)], base_env,
-                          "mlflow-ui")
-        mlflow_url = f"http://127.0.0.1:{ui_port}"
-        _wait_http(mlflow_url + "/health", proc, log)
         svc_port = _free_port()
         proc, log = start([sys.executable, "-m", "flows.cli", "serve", "--config", cfg, "--port", str(svc_port)],
                           base_env, "serve")
         service_url = f"http://127.0.0.1:{svc_port}"
+        _wait_http(mlflow_url + "/health", ui, ui_log)
         _wait_http(service_url + "/health", proc, log)
 
         uri = f"sqlite:///{state / 'mlflow.db'}"
@@ -126,14 +128,17 @@ def site(tmp_path_factory):
         flows = {f["id"]: f["name"] for f in httpx.post(prefect_url + "/api/flows/filter", json={}, timeout=30).json()}
         yield {"flows": flows, "folder": folder, "state": state, "client": client, "prefect": prefect_url,
                "mlflow": mlflow_url, "service": service_url, "flow_runs": flow_runs}
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # all stopped at once, then waited for (bounded)
+        live = [p for p in procs if p.poll() is None]
+        for proc in live:
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 60
+        for proc in live:
+            try:
+                proc.wait(max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ gate, and bad input that changes nothing in the registry."""
 
 import io
 import json
-import subprocess
-import sys
 import textwrap
 
 import mlflow
@@ -32,7 +30,7 @@ def _versions(root, name):
     return versions, {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
 
 
-def test_japanese_vowels_builtin_trains_registers_and_predicts_json_sequences(tmp_path, prefect_harness):
+def test_japanese_vowels_builtin_trains_registers_and_predicts_json_sequences(tmp_path, prefect_harness, cli):
     """The built-in config on the fixed 370-utterance test set, shortened (a few epochs of a small model): the
     accuracy of the config as shipped (>= 0.97 over several seeds) is measured by benchmarks/classification.py."""
     s = training_flow("japanese_vowels", {"stores": {"root": str(tmp_path / "state")}, "model": {"hidden": 32},
@@ -53,9 +51,9 @@ def test_japanese_vowels_builtin_trains_registers_and_predicts_json_sequences(tm
     cfg = tmp_path / "jv.yaml"
     cfg.write_text(f"name: japanese_vowels\ntask: classification\ndata: {{builtin: japanese_vowels}}\n"
                    f"stores: {{root: '{tmp_path / 'state'}'}}\n")
-    out = _cli(["predict", "--config", str(cfg), "--input", str(tmp_path / "seqs.json")], tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = pd.read_csv(io.StringIO(out.stdout))
+    code, stdout, stderr = cli("predict", "--config", cfg, "--input", tmp_path / "seqs.json")  # in-process
+    assert code == 0, stderr[-2000:]
+    got = pd.read_csv(io.StringIO(stdout))
     logged = pd.read_csv(_registry(tmp_path / "state").download_artifacts(
         s["mlflow_run_id"], "predictions/test_predictions.csv", str(tmp_path))).set_index("id").loc[ids]
     assert got.label.astype(str).tolist() == logged.predicted.astype(str).tolist()
@@ -63,15 +61,10 @@ def test_japanese_vowels_builtin_trains_registers_and_predicts_json_sequences(tm
                                atol=1e-6)
     seqs[1][3] = seqs[1][3][:5]
     (tmp_path / "seqs.json").write_text(json.dumps(seqs))
-    bad = _cli(["predict", "--config", str(cfg), "--input", str(tmp_path / "seqs.json")], tmp_path)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'seqs.json'}: sequence 1, step 3: "
+    code, _, stderr = cli("predict", "--config", cfg, "--input", tmp_path / "seqs.json")
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'seqs.json'}: sequence 1, step 3: "
                                                           "ragged: 5 values, the model reads 12 channels")
-
-
-def _cli(args, cwd):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
 
 
 def _text_file(path, n=240, seed=0):
@@ -114,7 +107,7 @@ def _text_config(folder, extra=""):
     return path
 
 
-def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefect_harness):
+def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefect_harness, cli):
     cfg = _text_config(tmp_path)
     s = training_flow(str(cfg))
     root = tmp_path / "state"
@@ -133,19 +126,17 @@ def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefe
     mv = client.get_model_version("reviews", "1")
     assert mv.tags["task"] == "classification" and float(mv.tags["test_accuracy"]) == s["metrics"]["accuracy"]
 
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--config", str(cfg), "--text",
-                          "The plot was not good", "--text", "A good film"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = [ln for ln in out.stdout.strip().splitlines()]
+    code, stdout, stderr = cli("predict", "--config", cfg, "--text", "The plot was not good", "--text", "A good film",
+                               cwd=tmp_path)  # in-process
+    assert code == 0, stderr[-2000:]
+    lines = [ln for ln in stdout.strip().splitlines()]
     assert lines[0] == "sequence_id,label,prob_mixed,prob_negative,prob_positive"
     rows = [ln.split(",") for ln in lines[1:]]
     assert [r[1] for r in rows] == ["negative", "positive"]
     assert all(abs(sum(map(float, r[2:])) - 1) < 1e-5 for r in rows)
 
-    empty = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--config", str(cfg), "--text", "   "],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert empty.returncode != 0 and "empty text" in empty.stderr.strip().splitlines()[-1]
+    code, _, stderr = cli("predict", "--config", cfg, "--text", "   ", cwd=tmp_path)
+    assert code != 0 and "empty text" in stderr.strip().splitlines()[-1]
 
     # a weaker challenger (one epoch, two units) loses the gate on macro F1: the champion stays
     s2 = training_flow(str(cfg), {"model": {"hidden": 2}, "training": {"max_epochs": 1}, "tuning": {"n_trials": 0}})

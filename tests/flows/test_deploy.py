@@ -12,7 +12,7 @@ import urllib.request
 
 import psutil
 import pytest
-from conftest import REPO
+from conftest import REPO, put_prefect_db
 from test_monitoring import NAME, add_batch, history, monitoring_config, registry_state
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,8 @@ def api(port, path, body=None):
         return json.loads(r.read())
 
 
-def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(tmp_path, prefect_harness):
+def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(tmp_path, prefect_harness,
+                                                                               prefect_db_template):
     from flows.training import training_flow
 
     cfg = monitoring_config(tmp_path, tmp_path / "state", "")
@@ -42,6 +43,7 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
     (tmp_path / "incoming").mkdir()
     add_batch(tmp_path, "b001.csv", 1000, amplitude=1.6, frequency=2.0)
 
+    put_prefect_db(prefect_db_template, tmp_path / "state" / "prefect-server")  # deploy's server: migrated already
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "client-home"),
            # faster than the defaults (which schedule and poll every 60 / 10 s)

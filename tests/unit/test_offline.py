@@ -11,7 +11,8 @@ OFF = ("PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_T
 
 
 def _settings(env: dict) -> str:
-    code = ("import flows.training, os; from prefect.settings import get_current_settings as s; "
+    # `flows` is what a notebook's `import flows.training` (or .monitoring, .batch) runs first
+    code = ("import flows, os; from prefect.settings import get_current_settings as s; "
             "print(s().server.analytics_enabled, os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
