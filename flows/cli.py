@@ -345,9 +345,10 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
 cli_services.register(app, sys.modules[__name__])  # serve, ui (after the commands above: --help lists them in order)
 
 
-# After Ctrl-C, how long the interpreter may take to shut down before the process ends anyway: a library thread
-# interrupted mid-call (Prefect's log and event workers, a client waiting on a lock the main thread held) can keep a
-# non-daemon thread or an exit handler waiting forever, and a user who pressed Ctrl-C must get the prompt back.
+# After Ctrl-C, how long the interpreter may take to shut down before the process ends anyway. Seen in the suite: the
+# interrupt landed where Optuna's per-trial heartbeat thread (a non-daemon thread, heartbeat_interval set) was never
+# told to stop, and the interpreter waited for it forever after printing the message; a user who pressed Ctrl-C must
+# get the prompt back.
 # What was finished is already stored (trials in Optuna; a run's MLflow records are reconciled by the next run).
 INTERRUPTED_EXIT_GRACE_S = 20.0
 
