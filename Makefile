@@ -14,8 +14,12 @@ STAMP := $(VENV)/.installed
 # pip on this machine warns about every missing local index folder; keep the log readable.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CONFIG ?= seed_sine
-# Test processes (pytest-xdist): one per CPU by default; TEST_WORKERS=0 runs the suite in this process.
-TEST_WORKERS ?= auto
+# Test processes (pytest-xdist): one more than the CPUs (at most 8) by default, because flow tests spend much of their
+# time waiting on a subprocess, a server or SQLite (on 2 cores: 3 workers 6:00, 2 workers 7:08); TEST_WORKERS=0 runs
+# the suite in this process. The crash tests (make faults) time kills, and run one per CPU.
+CPUS := $(shell nproc 2>/dev/null || echo 2)
+TEST_WORKERS ?= $(shell echo $$(( $(CPUS) < 8 ? $(CPUS) + 1 : 8 )))
+FAULT_WORKERS ?= auto
 
 .PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
 
@@ -34,8 +38,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/rnn-pipeline train --config $(CONFIG)
 
-# The full suite (what CI runs), spread over the CPUs: most of a flow test's time is spent waiting on a subprocess, a
-# server or SQLite, so two workers on two cores finish in about half the time of one. One worker per test file
+# The full suite (what CI runs), spread over the CPUs (TEST_WORKERS above). One worker per test file
 # (loadfile): a module's shared champion is trained once, and tests that build on an earlier one in their file keep
 # their order (xdist's loadgroup does not group under pytest 9.2).
 test: setup
@@ -48,7 +51,7 @@ test-fast: setup
 # The crash tests: kill -9 at each phase, two runs at once, damaged stores, on SQLite and (when one is reachable)
 # PostgreSQL; about 4 minutes on 2 cores. CI runs them after `make test`.
 faults: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m faults tests
+	$(PY) -m pytest -q -n $(FAULT_WORKERS) -m faults tests
 
 # Debian's Chromium for the browser test (tests/flows/test_browser.py, part of `make test`; it skips, saying why, where
 # no Chromium is installed). apt, as root; nothing is downloaded by Playwright itself: it drives the system browser.

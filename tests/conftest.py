@@ -22,6 +22,11 @@ for k, v in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ[k] = v
+# One BLAS/OpenMP thread per test process (and the CLI processes tests start): pytest-xdist runs several test processes
+# on few cores, and math libraries that size their thread pools by the core count spin against each other. Training
+# itself already runs on training.threads (1).
+for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(k, "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
