@@ -14,11 +14,12 @@ STAMP := $(VENV)/.installed
 # pip on this machine warns about every missing local index folder; keep the log readable.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 CONFIG ?= seed_sine
-# Test processes (pytest-xdist): one more than the CPUs (at most 8) by default, because flow tests spend much of their
-# time waiting on a subprocess, a server or SQLite (on 2 cores: 3 workers 6:00, 2 workers 7:08); TEST_WORKERS=0 runs
-# the suite in this process. The crash tests (make faults) time kills, and run one per CPU.
+# Test processes (pytest-xdist): two per CPU (at most 8) by default, because flow tests spend much of their time
+# waiting on a subprocess, a server or SQLite (`make test` on 2 cores, one run each: 2 workers 7:08, 3 workers 6:00,
+# 4 workers 5:40, 5 workers 5:28); TEST_WORKERS=0 runs the suite in this process. The crash tests (make faults) time
+# kills, and run one per CPU.
 CPUS := $(shell nproc 2>/dev/null || echo 2)
-TEST_WORKERS ?= $(shell echo $$(( $(CPUS) < 8 ? $(CPUS) + 1 : 8 )))
+TEST_WORKERS ?= $(shell echo $$(( 2 * $(CPUS) < 8 ? 2 * $(CPUS) : 8 )))
 FAULT_WORKERS ?= auto
 
 .PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
