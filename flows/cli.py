@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from flows import cli_services
-from flows.runtime import hide_from_console, quiet_libraries, set_environment, stop_children, stop_on_sigterm
+from flows.runtime import exit_process, hide_from_console, quiet_libraries, set_environment, stop_children, stop_on_sigterm
 
 
 class _Command(typer.core.TyperCommand):
@@ -345,54 +344,26 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
 cli_services.register(app, sys.modules[__name__])  # serve, ui (after the commands above: --help lists them in order)
 
 
-# After Ctrl-C, how long the interpreter may take to shut down before the process ends anyway. Seen in the suite: the
-# interrupt landed where Optuna's per-trial heartbeat thread (a non-daemon thread, heartbeat_interval set) was never
-# told to stop, and the interpreter waited for it forever after printing the message; a user who pressed Ctrl-C must
-# get the prompt back.
-# What was finished is already stored (trials in Optuna; a run's MLflow records are reconciled by the next run).
-INTERRUPTED_EXIT_GRACE_S = 20.0
-
-
-def _exit(code: int) -> NoReturn:
-    """sys.exit(code); after an interrupt (130), bounded by INTERRUPTED_EXIT_GRACE_S once the interpreter shuts down.
-    The watchdog acts only when the main thread has ended (the interpreter is shutting down and stuck), so main()
-    called in-process (tests, a notebook) is never cut short."""
-    if code == 130:
-        def hard_exit() -> None:
-            if not threading.main_thread().is_alive():
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:  # a closed stream: nothing left to say
-                        pass
-                os._exit(code)
-
-        timer = threading.Timer(INTERRUPTED_EXIT_GRACE_S, hard_exit)
-        timer.name, timer.daemon = "rnn-pipeline-exit-watchdog", True
-        timer.start()
-    sys.exit(code)
-
-
 def main() -> None:
     from rnn_pipeline.errors import PipelineError
 
     try:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising it
         if isinstance(code, int) and code:
-            _exit(code)
+            exit_process(code)
     except PipelineError as e:
         if STATE["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except typer.Exit as e:
-        _exit(e.exit_code)
+        exit_process(e.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
-        _exit(130)
+        exit_process(130)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        _exit(130)
+        exit_process(130)
     except Exception as e:  # click usage errors come through here in standalone_mode=False
         import click
 

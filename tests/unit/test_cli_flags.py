@@ -102,8 +102,8 @@ def test_hide_from_console_drops_marked_records_from_the_root_handlers_only():
 def test_after_ctrl_c_a_stuck_shutdown_still_ends_the_process():
     """A non-daemon thread that never ends (as a library thread interrupted mid-call can be) once held `train` after
     Ctrl-C past its message: the process ends with 130 after the grace period all the same."""
-    code = ("import threading, flows.cli as c; c.INTERRUPTED_EXIT_GRACE_S = 0.5; "
-            "threading.Thread(target=threading.Event().wait).start(); c._exit(130)")
+    code = ("import threading, flows.runtime as r; r.INTERRUPTED_EXIT_GRACE_S = 0.5; "
+            "threading.Thread(target=threading.Event().wait).start(); r.exit_process(130)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 130, out.stderr[-2000:]
 
@@ -114,9 +114,9 @@ def test_the_exit_watchdog_never_ends_a_process_whose_main_thread_goes_on():
     import threading
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "INTERRUPTED_EXIT_GRACE_S", 0.05)
+        mp.setattr(runtime, "INTERRUPTED_EXIT_GRACE_S", 0.05)
         with pytest.raises(SystemExit) as e:
-            cli._exit(130)
+            runtime.exit_process(130)
     assert e.value.code == 130
     for t in [t for t in threading.enumerate() if t.name == "rnn-pipeline-exit-watchdog"]:
         t.join(timeout=30)  # it ran, and we are still here
