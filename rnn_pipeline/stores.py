@@ -78,12 +78,12 @@ def check(stores: Stores) -> None:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
             finally:
                 conn.close()
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):  # busy, not damaged: nothing to restore or delete
-                raise PipelineError(f"{what} {path} stayed locked by another process for {db.SQLITE_BUSY_TIMEOUT_S:.0f} s "
-                                    f"({e}): try again when the other run has finished") from None
-            raise PipelineError(f"{what} {path} cannot be read ({e}): restore it from a backup, or {fresh}") from None
         except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+                # busy, not damaged: nothing to restore or delete
+                raise PipelineError(f"{what} {path} stayed locked by another process for "
+                                    f"{db.SQLITE_BUSY_TIMEOUT_S:.0f} s ({e}): try again when the other run has "
+                                    f"finished") from None
             raise PipelineError(f"{what} {path} cannot be read ({e}): restore it from a backup, or {fresh}") from None
         if problems != ["ok"]:
             raise PipelineError(f"{what} {path} is damaged ({'; '.join(problems)[:300]}): restore it from a backup, "
