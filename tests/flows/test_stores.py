@@ -64,12 +64,12 @@ def test_training_flow_on_postgresql_stores(tmp_path, pg_databases, prefect_harn
 
 
 def test_monitoring_store_contract_on_postgresql(pg_databases):
-    from test_monitor_lib import store_contract
+    from contracts import store_contract
 
     store_contract(pg_databases[2])
 
 
 def test_inference_log_contract_on_postgresql(pg_databases):
-    from test_inference_log import log_contract
+    from contracts import log_contract
 
     log_contract(pg_databases[2])

@@ -3,12 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from contracts import store_contract
 
 from rnn_pipeline.data import datasets
 from rnn_pipeline.errors import DataValidationError, PipelineError
 from rnn_pipeline.forecasting import monitoring as forecasting
 from rnn_pipeline.monitoring import drift as monitor
-from rnn_pipeline.monitoring.store import LockHeld, MonitoringStore
+from rnn_pipeline.monitoring.store import MonitoringStore
 
 
 def test_window_features_match_a_direct_computation():
@@ -123,31 +124,6 @@ def test_list_batches_in_name_order(tmp_path):
     assert monitor.list_batches(tmp_path / "absent") == []
 
 
-def _row(digest, **kw):
-    return {"model_name": "m", "batch": f"{digest}.csv", "digest": digest, "status": "judged", "verdict": "ok",
-            "action": "none", "drift_share": 0.25, "feature_scores": {"x": {"score": 0.1, "drifted": False}}, **kw}
-
-
-def store_contract(url):
-    store = MonitoringStore(url)
-    try:
-        store.record(_row("d1"))
-        with pytest.raises(PipelineError, match="already judged"):
-            store.record(_row("d1", verdict="drift"))
-        row_id = store.record(_row("d2", verdict="drift", action="retrain started"))
-        store.update(row_id, action="retrain → promoted", new_version="2")
-        hist = store.history("m")
-        assert hist["verdict"].tolist() == ["ok", "drift"]
-        assert hist["action"].tolist() == ["none", "retrain → promoted"]
-        assert store.seen("m", "d2")["new_version"] == "2" and store.seen("m", "d3") is None
-        with store.lock("monitor:m", ttl_seconds=60):
-            with pytest.raises(LockHeld, match="another monitoring run is in progress"):
-                with store.lock("monitor:m", ttl_seconds=60):
-                    pass
-        with store.lock("monitor:m", ttl_seconds=60):  # released after the first holder
-            pass
-    finally:
-        store.dispose()
 
 
 def test_store_on_sqlite(tmp_path):
