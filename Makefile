@@ -41,9 +41,10 @@ run: setup
 
 # The full suite (what CI runs), spread over the CPUs (TEST_WORKERS above). One worker per test file
 # (loadfile): a module's shared champion is trained once, and tests that build on an earlier one in their file keep
-# their order (xdist's loadgroup does not group under pytest 9.2).
+# their order (xdist's loadgroup does not group under pytest 9.2). Files go out in collection order, the slowest
+# first (tests/conftest.py, SLOWEST_FIRST), so that no long file starts last.
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not faults" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not faults" tests
 
 # The inner loop: everything but the end-to-end flow and CLI runs (marked slow).
 test-fast: setup
