@@ -55,8 +55,7 @@ def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_
 
 @task(name="train-best", cache_policy=NO_CACHE)
 def fit_best(params, data, cfg, device):
-    return tune.fit_model(params, data, cfg, max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
-                           device=device, log_every=10, max_seconds=cfg.training.max_seconds)
+    return tune.fit_final(params, data, cfg, device=device, log_every=10)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -266,7 +265,8 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
             **t.summary(ev, data), "best_params": tuned.best_params,
             "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
             "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,
-            "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val},
+            "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val,
+                          "members": cfg.training.ensemble},
             "mlflow_run_id": run_id, "experiment_id": experiment_id, "data_digest": digest, "config": config,
             "overrides": json.loads(json.dumps(overrides or {}, default=str)),  # --set / monitoring, JSON-safe
             "timings": timings, "save_load_max_abs_diff": save_load_diff,

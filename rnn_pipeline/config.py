@@ -79,6 +79,8 @@ class TrainingConfig(_Strict):
         "last", description="'all' also trains every step's forecast after the burn-in (denser signal, no leak; "
                             "a direct model with norm 'none' only, others train on the last step)")
     burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
+    ensemble: int = Field(1, ge=1, le=20, description="forecasting: the final model is the mean of this many fits of "
+                                                      "the best parameters (seeds seed, seed+1, ...); trials fit one")
     threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     noise_std: float = Field(0.0, ge=0, description="classification, numeric sequences: Gaussian jitter (in scaled "
@@ -221,6 +223,8 @@ class PipelineConfig(_Strict):
             if forecast_only:
                 problems.append(f"tuning.space.{forecast_only[0]}: a forecasting setting; classification reads "
                                 "whole sequences")
+            if self.training.ensemble > 1:
+                problems.append("training.ensemble: forecasting only (a classifier is one network)")
         elif m is not None and m not in FORECAST_METRICS:
             problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
         return problems

@@ -16,7 +16,7 @@ channel handling wrap a recurrent core, so each is a setting, not a branch in th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ class ForecasterSpec:
     channel_embedding: bool = True  # channels 'independent' with several targets: a learned vector per channel
     highway: bool = False  # add a linear map of the (normalised) window to the output, as LSTNet does
     window: int = 0  # L; needed by the highway only
+    members: int = 1  # a seed ensemble: the mean of this many forecasters of this shape (training.ensemble)
 
     def __post_init__(self):
         for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES), ("norm", self.norm, NORMS),
@@ -298,8 +299,34 @@ class SegmentForecaster(Forecaster):
 FORECASTERS = {"direct": DirectForecaster, "segment": SegmentForecaster}
 
 
-def build_forecaster(spec: ForecasterSpec) -> Forecaster:
-    return FORECASTERS[spec.architecture](spec)
+class ForecastEnsemble(nn.Module):
+    """The mean forecast of `spec.members` forecasters of one shape, each trained alone (other seeds)."""
+
+    supports_all_steps = False  # trained member by member, never as a whole
+    highway = None
+
+    def __init__(self, spec: ForecasterSpec):
+        super().__init__()
+        self.spec = spec
+        self.members = nn.ModuleList(FORECASTERS[spec.architecture](replace(spec, members=1))
+                                     for _ in range(spec.members))
+
+    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
+        return torch.stack([m(x, all_steps) for m in self.members]).mean(0)
+
+
+def build_forecaster(spec: ForecasterSpec) -> Forecaster | ForecastEnsemble:
+    return ForecastEnsemble(spec) if spec.members > 1 else FORECASTERS[spec.architecture](spec)
+
+
+def ensemble_of(models: list[Forecaster]) -> Forecaster | ForecastEnsemble:
+    """Trained forecasters of one shape -> their mean (one model alone is returned as it is)."""
+    if len(models) == 1:
+        return models[0]
+    ens = ForecastEnsemble(replace(models[0].spec, members=len(models)))
+    for member, model in zip(ens.members, models):
+        member.load_state_dict(model.state_dict())
+    return ens.eval()
 
 
 # The name registered models and older code know: a direct forecaster (state-dict keys rnn.*, head.*).

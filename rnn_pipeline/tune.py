@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from rnn_pipeline import faults, tasks
 from rnn_pipeline.config import FloatRange, IntRange, PipelineConfig, SearchSpace
-from rnn_pipeline.train import fit
+from rnn_pipeline.models import ensemble_of
+from rnn_pipeline.train import FitResult, fit
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,15 +90,37 @@ def default_params(cfg: PipelineConfig) -> dict:
 
 
 def fit_model(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patience: int, device, on_epoch=None,
-               log_every: int = 0, max_seconds: float | None = None):
-    """Train one model with `params` on `data`'s training set, early-stopped on its validation set (train.fit)."""
+              log_every: int = 0, max_seconds: float | None = None, seed: int | None = None):
+    """Train one model with `params` on `data`'s training set, early-stopped on its validation set (train.fit);
+    `seed` defaults to the config's."""
     t = cfg.training
     task = tasks.for_config(cfg)
     return fit(task.spec(params, data), *task.train_sets(params, data), lr=params["lr"],
                batch_size=int(params["batch_size"]), optimizer=params["optimizer"],
                weight_decay=t.weight_decay, max_epochs=max_epochs, patience=patience, lr_patience=t.lr_patience,
                lr_factor=t.lr_factor, clip_grad_norm=t.clip_grad_norm, loss_steps=t.loss_steps, burn_in=t.burn_in,
-               seed=cfg.seed, device=device, on_epoch=on_epoch, log_every=log_every, max_seconds=max_seconds)
+               seed=cfg.seed if seed is None else seed, device=device, on_epoch=on_epoch, log_every=log_every,
+               max_seconds=max_seconds)
+
+
+def fit_final(params: dict, data, cfg: PipelineConfig, *, device, log_every: int = 0) -> FitResult:
+    """The final model: `training.ensemble` fits of the best parameters (seeds seed, seed+1, ...; each early-stopped on
+    validation, with the final fit's epochs and time limit), averaged when there are several. The result's history
+    is the first fit's; its best_val is the mean forecast's validation loss, and its epochs and seconds are the sums."""
+    t = cfg.training
+    fits = []
+    for i in range(t.ensemble):
+        if t.ensemble > 1:
+            log.info("final fit %d of %d (seed %d)", i + 1, t.ensemble, cfg.seed + i)
+        fits.append(fit_model(params, data, cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
+                              log_every=log_every, max_seconds=t.max_seconds, seed=cfg.seed + i))
+    if len(fits) == 1:
+        return fits[0]
+    model = ensemble_of([f.model for f in fits])
+    best_val = tasks.for_config(cfg).train_sets(params, data)[1].eval_loss(model)
+    log.info("ensemble of %d: val %.5f (members %s)", len(fits), best_val, ", ".join(f"{f.best_val:.5f}" for f in fits))
+    return FitResult(model, best_val, fits[0].best_epoch, sum(f.epochs for f in fits), fits[0].history,
+                     sum(f.seconds for f in fits))
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -29,6 +29,9 @@ def test_defaults_fill_everything_but_name_and_data(tmp_path):
     ("name: x\ndata: {path: d.csv, builtin: seed_sine}\n", "exactly one of 'builtin' or 'path'"),
     ("name: x\ndata: {path: d.csv}\ntuning: {space: {cell: [lstm, transformer]}}\n", "tuning.space.cell"),
     ("name: x\ndata: {path: d.csv}\nsplit: {val: 0.5, test: 0.45}\n", "at least 10% for training"),
+    ("name: x\ndata: {path: d.csv}\ntraining: {ensemble: 0}\n", "training.ensemble"),
+    ("name: x\ntask: classification\ndata: {builtin: japanese_vowels}\ntraining: {ensemble: 3}\n",
+     "training.ensemble: forecasting only"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, fragment):
     p = tmp_path / "bad.yaml"

@@ -17,9 +17,11 @@ from rnn_pipeline.models import (
     CHANNEL_MODES,
     NORMS,
     DirectForecaster,
+    ForecastEnsemble,
     ForecasterSpec,
     SegmentForecaster,
     build_forecaster,
+    ensemble_of,
 )
 from rnn_pipeline.train import fit, setup_torch
 
@@ -257,6 +259,57 @@ def test_a_model_registered_before_these_options_still_loads(tmp_path):
     bundle = ForecastBundle(m, Scaling(np.zeros(1), np.ones(1)), ["v"], [], 5, 2)
     files = bundle.save(tmp_path)
     assert load_bundle(files["preprocess"], files["weights"]).predict_windows(np.ones((1, 5, 1))).shape == (1, 2, 1)
+
+
+
+@pytest.mark.parametrize("arch,norm", [("direct", "none"), ("segment", "revin")])
+def test_an_ensemble_forecasts_the_mean_of_its_members_and_round_trips(tmp_path, arch, norm):
+    members = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        members.append(build_forecaster(ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=2,
+                                                        n_targets=1, horizon=3, architecture=arch, norm=norm,
+                                                        segment=4, window=12)).eval())
+    assert ensemble_of(members[:1]) is members[0]
+    ens = ensemble_of(members)
+    assert isinstance(ens, ForecastEnsemble) and ens.spec.members == 3 and ens.spec.hidden == 8
+    x = torch.randn(5, 12, 2)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in members]).mean(0)
+        assert not torch.allclose(members[0](x), members[1](x))  # the members differ
+        torch.testing.assert_close(ens(x), expected)
+    bundle = ForecastBundle(ens, Scaling(np.zeros(2), np.ones(2)), ["v"], ["f"], 12, 3)
+    files = bundle.save(tmp_path)
+    again = load_bundle(files["preprocess"], files["weights"])
+    assert isinstance(again.model, ForecastEnsemble) and again.model.spec == ens.spec
+    np.testing.assert_allclose(again.predict_windows(x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_final_fit_averages_fits_with_successive_seeds():
+    from rnn_pipeline import tasks, tune
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.data import datasets
+
+    cfg = load_config("seed_sine", {"training": {"ensemble": 3, "max_epochs": 4, "patience": 4},
+                                    "model": {"architecture": "direct", "hidden": 8}})
+    t = tasks.for_config(cfg)
+    frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
+    data = t.prepare(t.read(frame, source), source)
+    params = tune.default_params(cfg)
+    setup_torch(1, cfg.seed)
+    res = tune.fit_final(params, data, cfg, device="cpu")
+    assert isinstance(res.model, ForecastEnsemble) and len(res.model.members) == 3
+    val = t.train_sets(params, data)[1]
+    member_vals = [val.eval_loss(m) for m in res.model.members]
+    assert len(set(member_vals)) == 3  # seeds seed, seed+1, seed+2: three different fits
+    assert res.best_val == pytest.approx(val.eval_loss(res.model))
+    assert res.best_val <= np.mean(member_vals) + 1e-9  # the mean forecast never scores worse than the average member
+    assert res.epochs == 12 and len(res.history) == 4
+    # a single member is exactly the plain fit with the config's seed
+    one = tune.fit_final(params, data, cfg.model_copy(update={"training": cfg.training.model_copy(update={"ensemble": 1})}),
+                         device="cpu")
+    assert isinstance(one.model, DirectForecaster)
+    assert val.eval_loss(one.model) == pytest.approx(member_vals[0], rel=1e-6)
 
 
 def test_unknown_options_are_refused():
