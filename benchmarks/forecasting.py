@@ -13,7 +13,8 @@ Speed: one epoch over 8,500 windows at L = 336, H = 96 on one thread, for the se
 direct GRU-32 for reference (medians of several epochs).
 
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
-       [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--skip-speed] [--skip-accuracy]
+       [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--skip-speed]
+       [--skip-accuracy]
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
@@ -35,7 +36,7 @@ TARGET = "temp_air"
 
 
 def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, trials: int, trial_epochs: int,
-                root: Path, trial_seconds: float | None = None) -> str:
+                root: Path, trial_seconds: float | None = None, ensemble: int = 1) -> str:
     """What a user writes: the data, the split, L, H and n_trials; the rest is the pipeline's defaults."""
     from rnn_pipeline.data import datasets
 
@@ -47,15 +48,18 @@ def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, t
             f"split: {{val: 0.15, test: 0.15}}\n"
             f"tuning: {{n_trials: {trials}, max_epochs: {trial_epochs}"
             + (f", trial_seconds: {trial_seconds}" if trial_seconds else "") + "}\n"
-            f"stores: {{root: '{root}'}}\n")
+            + (f"training: {{ensemble: {ensemble}}}\n" if ensemble > 1 else "")
+            + f"stores: {{root: '{root}'}}\n")
 
 
-def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path, trial_seconds=None) -> dict:
+def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path, trial_seconds=None,
+            ensemble: int = 1) -> dict:
     from flows.training import training_flow
 
     root = work / f"{dataset}-{mode}-h{horizon}-s{seed}"
     cfg = work / f"{root.name}.yaml"
-    cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root, trial_seconds))
+    cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root, trial_seconds,
+                               ensemble))
     t0 = time.perf_counter()
     s = training_flow(str(cfg))
     row = {"dataset": dataset, "mode": mode, "horizon": horizon, "seed": seed, "wall_seconds": time.perf_counter() - t0,
@@ -147,6 +151,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--trial-epochs", type=int, default=60)
     ap.add_argument("--trial-seconds", type=float, default=None, help="tuning.trial_seconds (default: the config's)")
+    ap.add_argument("--ensemble", type=int, default=1, help="training.ensemble (default 1: the pipeline's default)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
@@ -168,7 +173,7 @@ def main() -> None:
                         for seed in map(int, args.seeds.split(",")):
                             print(f"[bench] {dataset} {mode} H={horizon} seed {seed} ...", flush=True)
                             row = run_one(dataset, mode, horizon, args.window, seed, args.trials,
-                                          args.trial_epochs, Path(tmp), args.trial_seconds)
+                                          args.trial_epochs, Path(tmp), args.trial_seconds, args.ensemble)
                             rows.append(row)
                             print(f"  rnn {row['rnn']['mse']:.4f}  " + "  ".join(
                                 f"{b} {row[b]['mse']:.4f}" for b in BASELINES if b in row)
