@@ -106,7 +106,8 @@ def fit_model(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patie
 def fit_final(params: dict, data, cfg: PipelineConfig, *, device, log_every: int = 0) -> FitResult:
     """The final model: `training.ensemble` fits of the best parameters (seeds seed, seed+1, ...; each early-stopped on
     validation, with the final fit's epochs and time limit), averaged when there are several. The result's history
-    is the first fit's; its best_val is the mean forecast's validation loss, and its epochs and seconds are the sums."""
+    is the first fit's; its best_val is the mean forecast's validation loss; its best_epoch the latest of the fits'
+    (0 only when every fit kept its linear start); its epochs and seconds are the sums."""
     t = cfg.training
     fits = []
     for i in range(t.ensemble):
@@ -119,7 +120,7 @@ def fit_final(params: dict, data, cfg: PipelineConfig, *, device, log_every: int
     model = ensemble_of([f.model for f in fits])
     best_val = tasks.for_config(cfg).train_sets(params, data)[1].eval_loss(model)
     log.info("ensemble of %d: val %.5f (members %s)", len(fits), best_val, ", ".join(f"{f.best_val:.5f}" for f in fits))
-    return FitResult(model, best_val, fits[0].best_epoch, sum(f.epochs for f in fits), fits[0].history,
+    return FitResult(model, best_val, max(f.best_epoch for f in fits), sum(f.epochs for f in fits), fits[0].history,
                      sum(f.seconds for f in fits))
 
 
