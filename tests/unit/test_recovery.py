@@ -171,3 +171,33 @@ def test_reconcile_fails_orphaned_runs_and_marks_versions_without_a_decision(tmp
     assert "incomplete" not in client.get_model_version("m", done).tags
     assert alias_version(client, "m", CHALLENGER) is None
     assert reconcile(client, "m", exp) == {"failed_runs": [], "incomplete_versions": []}  # idempotent
+
+
+def test_tables_created_by_another_process_at_the_same_moment_are_not_an_error(tmp_path, monkeypatch):
+    """Two runs opening a new PostgreSQL state store together: the second CREATE fails because the first one's table
+    appeared between the check and the create. Opening the store checks again rather than failing the run."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+
+    from rnn_pipeline import db
+
+    calls = []
+    real = sa.MetaData.create_all
+
+    def racing(self, engine, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:  # what PostgreSQL answers the loser of the race
+            raise IntegrityError("CREATE TABLE pipeline_locks", {}, Exception("duplicate key value violates unique "
+                                                                             "constraint pg_type_typname_nsp_index"))
+        return real(self, engine, *a, **kw)
+
+    monkeypatch.setattr(sa.MetaData, "create_all", racing)
+    engine = db.open_database(f"sqlite:///{tmp_path / 'state.db'}", locks.metadata, "state store")
+    assert len(calls) == 2 and sa.inspect(engine).has_table("pipeline_locks")
+    engine.dispose()
+
+    calls.clear()
+    monkeypatch.setattr(sa.MetaData, "create_all", lambda self, engine, *a, **kw: (_ for _ in ()).throw(
+        IntegrityError("CREATE TABLE x", {}, Exception("duplicate key"))))
+    with pytest.raises(PipelineError, match="state store .* cannot be opened"):  # a lasting failure is still one line
+        db.open_database(f"sqlite:///{tmp_path / 'other.db'}", locks.metadata, "state store")
