@@ -93,11 +93,18 @@ def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = 
         """) + textwrap.dedent(extra)
     path = folder / f"{name}.yaml"
     path.write_text(text)
-    store = folder / "state" / "mlflow.db"
-    if empty_store and not store.exists():
+    if empty_store:
+        put_mlflow_store(folder / "state")
+    return path
+
+
+def put_mlflow_store(root: Path) -> None:
+    """An empty, migrated MLflow store where a config with `stores.root: root` looks for its own (unless one is there
+    already): a new store spends seconds of CPU in MLflow's migrations."""
+    store = Path(root) / "mlflow.db"
+    if not store.exists():
         store.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(migrated_mlflow_store(), store)
-    return path
 
 
 @pytest.fixture

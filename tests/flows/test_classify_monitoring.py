@@ -1,13 +1,12 @@
 """The monitoring flow on classifiers: descriptor and predicted-label drift, accuracy on labelled batches, retraining
 on labelled batches only, and bad batches quarantined."""
 
-import shutil
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import migrated_mlflow_store
+from conftest import put_mlflow_store
 from test_classify_flow import _registry, _text_file
 
 from flows.monitoring import monitoring_flow
@@ -36,10 +35,7 @@ def _config(folder, name, data, extra=""):
         monitoring: {{incoming: "{folder / 'incoming'}", min_windows: 10}}
         """) + textwrap.dedent(data) + textwrap.dedent(extra))
     (folder / "incoming").mkdir(exist_ok=True)
-    store = folder / "state" / "mlflow.db"
-    if not store.exists():  # an empty, migrated MLflow store (conftest): a new store spends seconds in migrations
-        store.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(migrated_mlflow_store(), store)
+    put_mlflow_store(folder / "state")
     return str(path)
 
 

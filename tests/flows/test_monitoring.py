@@ -7,11 +7,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO, migrated_mlflow_store
+from conftest import REPO, put_mlflow_store
 
 from rnn_pipeline.data.datasets import sine_stream
 from rnn_pipeline.monitoring.store import MonitoringStore
@@ -39,10 +38,7 @@ def monitoring_config(folder, state, extra: str = "") -> str:
         """)
     path = folder / f"{NAME}.yaml"
     path.write_text(text + textwrap.dedent(extra))
-    store = Path(state) / "mlflow.db"
-    if not store.exists():  # an empty, migrated MLflow store (conftest): a new store spends seconds in migrations
-        store.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(migrated_mlflow_store(), store)
+    put_mlflow_store(state)
     return str(path)
 
 
