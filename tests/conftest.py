@@ -71,14 +71,17 @@ def migrated_mlflow_store() -> Path:
 
 def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = "builtin: seed_sine",
                  n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3, floor: str | None = "[]",
-                 empty_store: bool = True) -> Path:
+                 empty_store: bool = True, plots: bool = False) -> Path:
     """A small, fast config whose state lives under `folder/state`; with `empty_store`, that folder starts with an
-    empty (migrated) MLflow store (see migrated_mlflow_store).
+    empty (migrated) MLflow store (see migrated_mlflow_store). It logs no plots (`evaluation.plots: false`, about a
+    second of CPU per run) unless `plots`, or an `evaluation:` section in `extra`, says otherwise.
 
     Its models train 2-3 epochs: too few to be sure of beating persistence, so the gate's floor is off
     (`registry.floor: []`) for the tests about something else; `floor=None` keeps the default floor. A test whose
     `extra` has a `registry:` section of its own gives the floor there."""
     registry = f"registry: {{floor: {floor}}}\n" if floor is not None and "registry:" not in extra else ""
+    if not plots and "evaluation:" not in extra:
+        registry += "evaluation: {plots: false}\n"
     text = registry + textwrap.dedent(f"""\
         name: {name}
         seed: 7
@@ -180,12 +183,26 @@ def cli(monkeypatch, capsys):
     environment the command sets (MLFLOW_TRACKING_URI among others, as a process of its own would) is put back
     afterwards, so that later tests do not inherit its stores; in a test under the session's Prefect server
     (prefect_harness), its flows report there."""
+    import logging
+
     from flows import cli as cli_module
+
+    def console_handlers() -> list:
+        """Prefect's console handlers: made when Prefect first sets up logging, they write to the stderr of that
+        moment, which may be an earlier test's capture (closed by now). A process of its own has one stderr."""
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(v, logging.Logger)]
+        return list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}.values())
 
     def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
         capsys.readouterr()
         saved, here = dict(os.environ), Path.cwd()
         monkeypatch.setattr(sys, "argv", ["rnn-pipeline", *map(str, args)])
+        for h in console_handlers():  # to this test's stderr, as in a process of its own
+            monkeypatch.setattr(h, "stream", sys.stderr)
+            monkeypatch.setattr(h.console, "file", sys.stderr)
         try:
             if cwd is not None:
                 os.chdir(cwd)

@@ -98,7 +98,8 @@ class ClassificationTask(Task):
         return ("accuracy", "f1_macro")
 
     def artifacts(self, folder: Path, ev, data: PreparedSequences, bundle: ClassifierBundle, history, study, digest):
-        plots = evaluation.save_classification_plots(folder, ev, data.classes, history, study)
+        plots = (evaluation.save_classification_plots(folder, ev, data.classes, history, study)
+                 if self.cfg.evaluation.plots else [])
         index = ev["test_index"]
         reference = monitor_classify.write_reference(folder / "reference", data, bundle, ev["metrics"], self.cfg.data,
                                                      digest)

@@ -131,7 +131,8 @@ class ForecastingTask(Task):
         return tuple(dict.fromkeys(("mse", gate_key)))
 
     def artifacts(self, folder: Path, ev, data: PreparedSeries, bundle: ForecastBundle, history, study, digest):
-        plots = evaluation.save_plots(folder, ev, data.time.iloc[ev["first_targets"]].to_numpy(), history, study)
+        plots = (evaluation.save_plots(folder, ev, data.time.iloc[ev["first_targets"]].to_numpy(), history, study)
+                 if self.cfg.evaluation.plots else [])
         index = ev["first_targets"]
         meta = reference_meta(self.cfg.data.time_column, data.target_columns + data.feature_columns,
                                       data.n_targets, bundle.window, data.horizon, ev["metrics"]["mse"], data.time,

@@ -31,11 +31,6 @@ def run(args, cwd, timeout=300, **kw):
     return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-@pytest.fixture
-def env(server_env):
-    return server_env
-
-
 def test_train_then_predict_matches_the_in_memory_model(tmp_path, monkeypatch, cli, prefect_db_template):
     """On the embedded default (Prefect's temporary local server, as `make run`), with Prefect logging at INFO (the
     suite's WARNING would hide the flow's log lines and prove nothing about what reaches the console)."""
@@ -95,13 +90,16 @@ def test_train_then_predict_matches_the_in_memory_model(tmp_path, monkeypatch, c
     assert code == 2 and "cannot load model 'models:/nope@champion'" in err
 
 
-def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path, env):
+def test_bad_data_through_the_cli_is_one_error_line_without_traceback(tmp_path, prefect_harness, cli):
+    """In-process (the `cli` fixture: the same main() as the console script, without a process's seconds of imports);
+    what a process of its own prints is checked by test_train_then_predict_matches_the_in_memory_model."""
     (tmp_path / "d.csv").write_text("time,value\n1,2\n2,x\n")
     cfg = write_config(tmp_path, name="badcli", data="path: d.csv")
-    out = run(["train", "--config", str(cfg)], tmp_path, env=env)
-    assert out.returncode == 2
-    assert "error: d.csv, column 'value', row 2: non-numeric value (value: 'x')" in out.stderr
-    assert "Traceback" not in out.stderr
+    code, _, err = cli("train", "--config", cfg, cwd=tmp_path)
+    assert code == 2, err[-2000:]
+    assert "error: d.csv, column 'value', row 2: non-numeric value (value: 'x')" in err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert not (tmp_path / "state" / "optuna.db").exists()  # refused before anything was started
 
 
 def test_ui_serves_the_tracking_store_on_loopback(tmp_path):

@@ -34,7 +34,7 @@ def test_japanese_vowels_builtin_trains_registers_and_predicts_json_sequences(tm
     """The built-in config on the fixed 370-utterance test set, shortened (a few epochs of a small model): the
     accuracy of the config as shipped (>= 0.97 over several seeds) is measured by benchmarks/classification.py."""
     s = training_flow("japanese_vowels", {"stores": {"root": str(tmp_path / "state")}, "model": {"hidden": 32},
-                                          "training": {"max_epochs": 4}})
+                                          "training": {"max_epochs": 4}, "evaluation": {"plots": False}})
     assert s["n_test"] == 370 and s["task"] == "classification"
     assert s["metrics"]["accuracy"] > s["baselines"]["majority"]["accuracy"] + 0.3, s["metrics"]  # it learned
     assert "summary_logreg" in s["baselines"]
@@ -139,7 +139,8 @@ def test_text_config_registers_a_champion_that_predicts_raw_text(tmp_path, prefe
     assert code != 0 and "empty text" in stderr.strip().splitlines()[-1]
 
     # a weaker challenger (one epoch, two units) loses the gate on macro F1: the champion stays
-    s2 = training_flow(str(cfg), {"model": {"hidden": 2}, "training": {"max_epochs": 1}, "tuning": {"n_trials": 0}})
+    s2 = training_flow(str(cfg), {"model": {"hidden": 2}, "training": {"max_epochs": 1}, "tuning": {"n_trials": 0},
+                                 "evaluation": {"plots": False}})
     assert not s2["promoted"] and s2["champion_version"] == "1"
     assert "f1_macro" in s2["reason"] and "does not beat champion v1" in s2["reason"]
 
@@ -157,7 +158,8 @@ BAD_TRAINING_INPUTS = [
 def test_bad_training_input_is_refused_and_changes_nothing(tmp_path, prefect_harness):
     """One champion, then each bad file in turn through the flow: refused with its message, registry untouched."""
     cfg = _text_config(tmp_path, "")
-    s = training_flow(str(cfg), {"tuning": {"n_trials": 0}, "training": {"max_epochs": 2}})
+    s = training_flow(str(cfg), {"tuning": {"n_trials": 0}, "training": {"max_epochs": 2},
+                                  "evaluation": {"plots": False}})
     before = _versions(tmp_path / "state", "reviews")
     assert before == (["1"], {"challenger": "1", "champion": "1"}) and s["promoted"]
     good = pd.read_csv(tmp_path / "reviews.csv")

@@ -33,6 +33,7 @@ def _config(folder, name, data, extra=""):
         seed: 1
         stores: {{root: "{folder / 'state'}"}}
         monitoring: {{incoming: "{folder / 'incoming'}", min_windows: 10}}
+        evaluation: {{plots: false}}
         """) + textwrap.dedent(data) + textwrap.dedent(extra))
     (folder / "incoming").mkdir(exist_ok=True)
     put_mlflow_store(folder / "state")

@@ -2,12 +2,10 @@
 (through the CLI: one line, exit 2), or waits for it; a run of another model is not held up."""
 
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
-from conftest import REPO, write_config
+from conftest import write_config
 
 from rnn_pipeline.locks import Lock, LockHeld
 
@@ -20,7 +18,7 @@ def _holder(tmp_path, model: str) -> Lock:
                 what=f"training run of model '{model}'")
 
 
-def test_a_second_training_run_of_a_model_fails_at_once_or_waits(tmp_path, prefect_harness, server_env):
+def test_a_second_training_run_of_a_model_fails_at_once_or_waits(tmp_path, prefect_harness, cli):
     from flows.training import training_flow
 
     cfg = write_config(tmp_path, name="busy", n_trials=1, trial_epochs=1, epochs=1)
@@ -30,11 +28,10 @@ def test_a_second_training_run_of_a_model_fails_at_once_or_waits(tmp_path, prefe
             training_flow(str(cfg))
         assert not (tmp_path / "state" / "optuna.db").exists()  # nothing was started
 
-        out = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(cfg)], cwd=REPO,
-                             capture_output=True, text=True, timeout=300, env=server_env)
-        assert out.returncode == 2, out.stderr[-2000:]
-        assert "error: another training run of model 'busy' is in progress" in out.stderr
-        assert "--wait" in out.stderr and "Traceback" not in out.stderr
+        code, _, err = cli("train", "--config", cfg)  # in-process (a subprocess is seconds of imports)
+        assert code == 2, err[-2000:]
+        assert "error: another training run of model 'busy' is in progress" in err
+        assert "--wait" in err and "Traceback" not in err
 
         (tmp_path / "other").mkdir()
         other = write_config(tmp_path / "other", name="other", n_trials=1, trial_epochs=1, epochs=1)

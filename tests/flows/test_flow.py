@@ -21,7 +21,7 @@ def state(tmp_path_factory, prefect_harness):
     from flows.training import training_flow
 
     folder = tmp_path_factory.mktemp("flow")
-    cfg = write_config(folder, n_trials=3, trial_epochs=2, epochs=2)
+    cfg = write_config(folder, n_trials=3, trial_epochs=2, epochs=2, plots=True)
     summary = training_flow(str(cfg))
     return {"folder": folder, "config": cfg, "first": summary}
 
@@ -102,6 +102,7 @@ def test_a_better_challenger_is_promoted(state):
     assert versions == before[0] + [int(s["model_version"])]
     assert aliases["champion"] == s["model_version"] == aliases["challenger"]
     assert client_for(state["folder"]).get_registered_model("tiny").tags["champion"] == f"version {s['model_version']}"
+    assert client_for(state["folder"]).list_artifacts(s["mlflow_run_id"], "plots") == []  # evaluation.plots: false
 
 
 def test_a_model_below_the_floor_is_registered_as_challenger_only(state):

@@ -28,6 +28,7 @@ def monitoring_config(folder, state, extra: str = "") -> str:
         model: {{cell: gru, hidden: 16}}
         training: {{max_epochs: 25, patience: 5, loss_steps: all, lr: 0.01}}
         tuning: {{n_trials: 0}}
+        evaluation: {{plots: false}}
         stores: {{root: "{state}"}}
         monitoring:
           incoming: "{folder / 'incoming'}"

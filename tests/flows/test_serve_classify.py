@@ -25,6 +25,7 @@ def trained(tmp_path_factory, prefect_harness):
     cfg = _text_config(folder, extra="""\
         monitoring: {source: inference_log, min_windows: 10, drift_threshold: null, drift_method: psi,
                      retrain: {tuning: reuse}}
+        evaluation: {plots: false}
         """)
     assert training_flow(str(cfg))["promoted"]
     return folder, cfg

@@ -67,7 +67,10 @@ def test_pruner_prunes_bad_trials(tmp_path, data):
     assert res.n_pruned >= 1 and res.n_complete + res.n_pruned == 12
 
 
-RESUME_SCRIPT = textwrap.dedent("""
+RESUME_CONFIG = {"name": "r", "seed": 5, "data": {"builtin": "seed_sine"},
+                 "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none",
+                            "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}}
+RESUME_SCRIPT = textwrap.dedent(f"""
     import sys, time
     from types import SimpleNamespace
     from rnn_pipeline import tune
@@ -75,21 +78,20 @@ RESUME_SCRIPT = textwrap.dedent("""
     from rnn_pipeline.config import PipelineConfig
     from rnn_pipeline.forecasting.windows import prepare_series
     from rnn_pipeline.data.validation import validate_series
-    cfg = PipelineConfig.model_validate({"name": "r", "seed": 5, "data": {"builtin": "seed_sine"},
-        "tuning": {"n_trials": 6, "max_epochs": 3, "pruner": "none",
-                   "space": {"hidden": [4, 8, 12], "lr": [0.001, 0.003, 0.01]}}})
+    cfg = PipelineConfig.model_validate({RESUME_CONFIG!r})
     def slow(params, *a, **kw):  # what is tested is the study's storage, not training: a trial takes a fixed time
         time.sleep(float(sys.argv[2]))
         return SimpleNamespace(best_val=params["hidden"] * params["lr"])
     tune.fit_model = slow
     t, v = validate_series(datasets.seed_sine(), "s", "time", ["value"], [], "error")
     d = prepare_series(t, v, "s", ["value"], [], window=50, max_window=50, horizon=1, scaler="standard", val=0.15, test=0.2)
-    r = tune.tune(d, cfg, sys.argv[1], "resume-me", "cpu")
-    print("RESUMED", r.resumed_trials, "COMPLETE", r.n_complete)
+    tune.tune(d, cfg, sys.argv[1], "resume-me", "cpu")
 """)
 
 
-def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
+def test_killed_study_resumes_with_finished_trials_kept(tmp_path, data, monkeypatch):
+    """A process tuning the study is killed (-9) after two trials; the study is then resumed here (the same data as
+    the script's), as the next run's process would."""
     script = tmp_path / "run_tune.py"
     script.write_text(RESUME_SCRIPT)
     url = f"sqlite:///{tmp_path}/resume.db"
@@ -110,15 +112,15 @@ def test_killed_study_resumes_with_finished_trials_kept(tmp_path):
     assert len(done) >= 2, "the first run never finished two trials"
     before = {t.number: (t.params, t.value) for t in done}
 
-    out = subprocess.run([sys.executable, str(script), url, "0"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    monkeypatch.setattr(tune, "fit_model", lambda params, *a, **kw: SimpleNamespace(
+        best_val=params["hidden"] * params["lr"]))
+    res = tune.tune(data, PipelineConfig.model_validate(RESUME_CONFIG), url, "resume-me", "cpu")
     st = optuna.load_study(study_name="resume-me", storage=url)
     complete = {t.number: (t.params, t.value) for t in st.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
-    assert len(complete) == 6
+    assert len(complete) == 6 and res.n_complete == 6
     for number, pv in before.items():
         assert complete[number] == pv  # finished trials kept as they were
-    resumed = int(out.stdout.split("RESUMED")[1].split()[0])
-    assert resumed >= len(before)
+    assert res.resumed_trials >= len(before)
     # the trial that was running when killed is marked failed, not left running forever
     assert not [t for t in st.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
 
