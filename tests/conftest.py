@@ -6,7 +6,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +123,8 @@ def prefect_db_template(tmp_path_factory) -> Path:
     CLI's temporary server in test_cli. Each starts on a copy of this file instead (put_prefect_db)."""
     from filelock import FileLock
 
-    shared = _shared_folder(tmp_path_factory)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above each worker's
     path = shared / "prefect-template.db"
     with FileLock(str(path) + ".lock", timeout=600):
         if not path.exists():
@@ -146,93 +146,12 @@ def put_prefect_db(template: Path, prefect_home: Path) -> None:
         shutil.copyfile(template, prefect_home / "prefect.db")
 
 
-def _shared_folder(tmp_path_factory) -> Path:
-    """The run's temporary folder: above each xdist worker's own (which is what the controller's basetemp is)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-SHARED_SERVER = "prefect-server.json"
-
-
-def _shared_prefect_server(shared: Path, template: Path) -> str:
-    """The API URL of one Prefect server for every xdist worker of the run, started by the first worker that asks
-    (under a file lock), on a copy of the migrated database, as prefect_test_harness starts its own. A server per
-    worker cost each about 5 s of CPU to start and 0.02 s a second to idle; SQLite takes one server's writes.
-    The controller stops it when the run ends (pytest_sessionfinish)."""
-    import json
-    import socket
-    import urllib.request
-
-    import prefect
-    from filelock import FileLock
-
-    info = shared / SHARED_SERVER
-    with FileLock(str(info) + ".lock", timeout=600):
-        if info.exists():
-            return json.loads(info.read_text())["api_url"]
-        db = shared / "prefect-shared.db"
-        shutil.copyfile(template, db)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}"}
-        log_path = shared / "prefect-server.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                                     "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                                     "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/api"
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=10) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the shared Prefect test server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        info.write_text(json.dumps({"api_url": url, "pid": proc.pid}))
-        return url
-
-
-def pytest_sessionfinish(session):
-    """The controller (or a run without xdist workers) stops the shared Prefect server, if a worker started one."""
-    import json
-    import signal
-
-    if hasattr(session.config, "workerinput"):
-        return
-    info = session.config._tmp_path_factory.getbasetemp() / SHARED_SERVER
-    if info.exists():
-        try:
-            os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
-        except (ProcessLookupError, ValueError, KeyError):
-            pass
-
-
 @pytest.fixture(scope="session")
-def prefect_harness(prefect_db_template, tmp_path_factory):
+def prefect_harness(prefect_db_template):
     """One Prefect test server for every in-process flow test (it costs seconds to start), on a copy of the migrated
-    database. Under xdist the workers share one (_shared_prefect_server); alone, this process runs
-    prefect_test_harness, whose temporary folder gets the copy first (with another Prefect's file name the copy goes
-    unused, and the server migrates a fresh database as before)."""
-    import prefect.context
-    import prefect.settings
+    database: the harness makes a temporary folder for its `prefect-test.db`, and the copy is put there first (with
+    another Prefect's file name the copy goes unused, and the server migrates a fresh database as before)."""
     import prefect.testing.utilities as harness
-
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        url = _shared_prefect_server(_shared_folder(tmp_path_factory), prefect_db_template)
-        with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: url}):
-            # as the harness does: code in a context copied before (threads, the heartbeat) sees the same URL
-            with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
-                yield
-        return
 
     made = harness.mkdtemp
 
