@@ -91,15 +91,23 @@ def check_variance(values: pd.DataFrame, source: str, columns: list[str]) -> Non
                                       source=source, column=col)
 
 
+def _robust_spread(x: np.ndarray) -> float:
+    """The larger of 1.4826 MAD and IQR / 1.349: each estimates the std of normal data and ignores a few wild values."""
+    q1, q3 = np.percentile(x, [25, 75])
+    return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), float(q3 - q1) / 1.349)
+
+
 def check_outliers(values: np.ndarray, columns: list[str], train_rows: int, source: str, threshold: float,
                    policy: str) -> list[str]:
     """Values more than `threshold` robust deviations from their column's training median, anywhere in the series.
     A robust deviation is |x - median| / spread, over the first `train_rows` rows (the training split), where spread
-    is the larger of 1.4826 MAD and IQR / 1.349 (both estimate the std of normal data and ignore a few wild values;
-    the IQR keeps a column that is zero half the time, such as night-time irradiance, from flagging every sunny
-    hour); the std stands in when both are 0, and a column constant over training is skipped. `policy`: 'warn'
-    logs one warning per column (its first such row and value, and how many) and returns the messages; 'error'
-    raises DataValidationError on the first; 'ignore' checks nothing. values: (n, len(columns))."""
+    is the larger of 1.4826 MAD and IQR / 1.349 (both estimate the std of normal data and ignore a few wild values).
+    A column whose median value holds a quarter of its training rows or more (irradiance is zero at night, and on a
+    cloudy coast for most of the day) also measures that spread over its other values, and takes the larger: the
+    quartiles of a series that is mostly zero would flag every sunny hour. The std stands in when all are 0, and a
+    column constant over training is skipped. `policy`: 'warn' logs one warning per column (its first such row and
+    value, and how many) and returns the messages; 'error' raises DataValidationError on the first; 'ignore' checks
+    nothing. values: (n, len(columns))."""
     if policy == "ignore":
         return []
     found = []
@@ -107,8 +115,11 @@ def check_outliers(values: np.ndarray, columns: list[str], train_rows: int, sour
         x = values[:, j]
         train = x[:train_rows]
         median = float(np.median(train))
-        q1, q3 = np.percentile(train, [25, 75])
-        spread = max(1.4826 * float(np.median(np.abs(train - median))), float(q3 - q1) / 1.349) or float(np.std(train))
+        spread = _robust_spread(train)
+        off = train[train != median]
+        if len(off) <= 0.75 * len(train) and len(off) >= 4:
+            spread = max(spread, _robust_spread(off))
+        spread = spread or float(np.std(train))
         if spread == 0:
             continue
         dev = np.abs(x - median) / spread
