@@ -104,8 +104,8 @@ def check_outliers(values: np.ndarray, columns: list[str], train_rows: int, sour
     is the larger of 1.4826 MAD and IQR / 1.349 (both estimate the std of normal data and ignore a few wild values).
     A column whose median value holds a quarter of its training rows or more (irradiance is zero at night, and on a
     cloudy coast for most of the day) also measures that spread over its other values, and takes the larger: the
-    quartiles of a series that is mostly zero would flag every sunny hour. The std stands in when all are 0, and a
-    column constant over training is skipped. `policy`: 'warn' logs one warning per column (its first such row and
+    quartiles of a series that is mostly zero would flag every sunny hour. The std stands in when MAD and IQR are 0,
+    and a column constant over training is skipped. `policy`: 'warn' logs one warning per column (its first such row and
     value, and how many) and returns the messages; 'error' raises DataValidationError on the first; 'ignore' checks
     nothing. values: (n, len(columns))."""
     if policy == "ignore":
@@ -115,11 +115,10 @@ def check_outliers(values: np.ndarray, columns: list[str], train_rows: int, sour
         x = values[:, j]
         train = x[:train_rows]
         median = float(np.median(train))
-        spread = _robust_spread(train)
+        spread = _robust_spread(train) or float(np.std(train))
         off = train[train != median]
-        if len(off) <= 0.75 * len(train) and len(off) >= 4:
+        if 4 <= len(off) <= 0.75 * len(train):
             spread = max(spread, _robust_spread(off))
-        spread = spread or float(np.std(train))
         if spread == 0:
             continue
         dev = np.abs(x - median) / spread

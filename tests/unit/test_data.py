@@ -363,6 +363,19 @@ def test_outliers_are_measured_against_the_training_split_only():
     assert check_outliers(np.zeros((10, 1)), ["v"], 8, "f", 25.0, "error") == []  # constant: skipped
 
 
+def test_a_mostly_zero_column_is_measured_by_its_other_values_too():
+    """Zero 80% of the time, otherwise 100-110: MAD and IQR are 0, the std (about 42) measures it, as before, and
+    the tight spread of the other values never makes them look extreme."""
+    from rnn_pipeline.data.validation import check_outliers
+
+    rng = np.random.default_rng(0)
+    x = np.where(rng.random(1000) < 0.8, 0.0, rng.uniform(100, 110, 1000))[:, None]
+    assert check_outliers(x, ["v"], 700, "f", 25.0, "error") == []
+    x[900, 0] = 5000.0  # about 120 std out
+    with pytest.raises(DataValidationError, match="row 901: extreme value"):
+        check_outliers(x, ["v"], 700, "f", 25.0, "error")
+
+
 @pytest.mark.parametrize("name", ["greensboro_weather", "miami_weather", "sand_point_weather"])
 def test_the_built_in_weather_columns_raise_no_outlier_warning(name):
     """Irradiance is zero half the time (Sand Point's direct irradiance, 69% of training hours): its MAD alone, or
