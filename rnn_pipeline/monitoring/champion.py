@@ -17,9 +17,17 @@ from rnn_pipeline.monitoring.task import TaskMonitor
 from rnn_pipeline.stores import Stores
 
 # the tuned hyperparameters a 'reuse' retrain takes from the champion's run, by their types
+def _bool(v) -> bool:
+    return str(v) == "True"
+
+
 PARAM_TYPES = {"cell": str, "hidden": int, "layers": int, "dropout": float, "lr": float, "batch_size": int,
-               "window": int, "optimizer": str, "bidirectional": lambda v: str(v) == "True", "pooling": str,
-               "embedding_dim": int}
+               "window": int, "optimizer": str, "bidirectional": _bool, "pooling": str, "embedding_dim": int,
+               "architecture": str, "norm": str, "channels": str, "segment": int, "affine": _bool, "highway": _bool,
+               "channel_embedding": _bool, "loss": str}
+MODEL_KEYS = ("cell", "hidden", "layers", "dropout", "bidirectional", "pooling", "embedding_dim", "architecture", "norm",
+              "channels", "segment", "affine", "highway", "channel_embedding")
+TRAINING_KEYS = ("lr", "batch_size", "optimizer", "loss")
 
 
 def incoming_folder(cfg: PipelineConfig, st: Stores) -> Path:
@@ -90,9 +98,8 @@ def retrain_overrides(cfg: PipelineConfig, champ: Champion, data_path: Path) -> 
     out = champ.monitor.retrain_config(data_path)
     if r.tuning == "reuse" and champ.params:
         p = champ.params
-        out["model"] = {k: p[k] for k in ("cell", "hidden", "layers", "dropout", "bidirectional", "pooling",
-                                          "embedding_dim") if k in p}
-        out["training"] = {k: p[k] for k in ("lr", "batch_size", "optimizer") if k in p}
+        out["model"] = {k: p[k] for k in MODEL_KEYS if k in p}
+        out["training"] = {k: p[k] for k in TRAINING_KEYS if k in p}
         if "window" in p:
             out["features"] = {"window": p["window"]}
         out["tuning"] = {"n_trials": 0}

@@ -159,3 +159,25 @@ def test_monitoring_retrains_drop_the_split_times_including_test_end(tmp_path):
     merged = load_config(p, retrain_overrides(cfg, champ, tmp_path / "window.parquet"))
     s = merged.split
     assert (s.val_start, s.test_start, s.test_end, s.val) == (None, None, None, 0.2)
+
+
+def test_a_reuse_retrain_keeps_every_tuned_knob_of_the_champion_forecaster(tmp_path):
+    """The champion's run logs its best trial as `best.<knob>` params (strings); a 'reuse' retrain refits that
+    model: architecture, normalisation, channel mode, segment, highway and loss included, not the config's."""
+    from rnn_pipeline.forecasting.monitoring import ForecastingMonitor
+    from rnn_pipeline.monitoring.champion import PARAM_TYPES, retrain_overrides
+
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ndata: {builtin: seed_sine}\nmonitoring: {retrain: {tuning: reuse}}\n")
+    cfg = load_config(p)
+    logged = {"architecture": "direct", "norm": "last", "channels": "independent", "segment": "12",
+              "highway": "True", "affine": "False", "channel_embedding": "False", "loss": "mae", "hidden": "64",
+              "lr": "0.002", "window": "48", "cell": "lstm"}
+    params = {k: PARAM_TYPES[k](v) for k, v in logged.items()}
+    merged = load_config(p, retrain_overrides(cfg, SimpleNamespace(monitor=ForecastingMonitor, params=params),
+                                              tmp_path / "window.parquet"))
+    m, t = merged.model, merged.training
+    assert (m.architecture, m.norm, m.channels, m.segment, m.highway, m.affine, m.channel_embedding, m.hidden,
+            m.cell) == ("direct", "last", "independent", 12, True, False, False, 64, "lstm")
+    assert (t.loss, t.lr, merged.features.window, merged.tuning.n_trials) == ("mae", 0.002, 48, 0)
+    assert (cfg.model.architecture, cfg.model.norm, cfg.model.highway) != (m.architecture, m.norm, m.highway)
