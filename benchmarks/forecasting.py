@@ -13,8 +13,8 @@ Speed: one epoch over 8,500 windows at L = 336, H = 96 on one thread, for the se
 direct GRU-32 for reference (medians of several epochs).
 
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
-       [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--skip-speed]
-       [--skip-accuracy]
+       [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--ensemble-trials N]
+       [--skip-speed] [--skip-accuracy]
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
@@ -36,7 +36,8 @@ TARGET = "temp_air"
 
 
 def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, trials: int, trial_epochs: int,
-                root: Path, trial_seconds: float | None = None, ensemble: int = 1) -> str:
+                root: Path, trial_seconds: float | None = None, ensemble: int = 1,
+                ensemble_trials: int | None = None) -> str:
     """What a user writes: the data, the split, L, H and n_trials; the rest is the pipeline's defaults."""
     from rnn_pipeline.data import datasets
 
@@ -48,23 +49,27 @@ def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, t
             f"split: {{val: 0.15, test: 0.15}}\n"
             f"tuning: {{n_trials: {trials}, max_epochs: {trial_epochs}"
             + (f", trial_seconds: {trial_seconds}" if trial_seconds else "") + "}\n"
-            + (f"training: {{ensemble: {ensemble}}}\n" if ensemble > 1 else "")
+            + (f"training: {{ensemble: {ensemble}"
+               + (f", ensemble_trials: {ensemble_trials}" if ensemble_trials else "") + "}\n")
             + f"stores: {{root: '{root}'}}\n")
 
 
 def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path, trial_seconds=None,
-            ensemble: int = 1) -> dict:
+            ensemble: int = 1, ensemble_trials: int | None = None) -> dict:
     from flows.training import training_flow
 
     root = work / f"{dataset}-{mode}-h{horizon}-s{seed}"
     cfg = work / f"{root.name}.yaml"
     cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root, trial_seconds,
-                               ensemble))
+                               ensemble, ensemble_trials))
     t0 = time.perf_counter()
     s = training_flow(str(cfg))
     row = {"dataset": dataset, "mode": mode, "horizon": horizon, "seed": seed, "wall_seconds": time.perf_counter() - t0,
            "training_compute_seconds": s["timings"]["training_compute"], "best_params": s["best_params"],
            "promoted": s["promoted"], "reason": s["reason"],
+           "ensemble": [{"weight": m["weight"], "val_loss": m["val_loss"], **{k: m["params"].get(k) for k in
+                         ("architecture", "norm", "channels", "highway", "window", "hidden")}}
+                        for m in s["final_fit"].get("ensemble", [])],
            "rnn": {k: s["metrics"][f"std_{k}"] for k in ("mse", "mae")}}
     for name in BASELINES:
         if name in s["baselines"]:
@@ -152,6 +157,8 @@ def main() -> None:
     ap.add_argument("--trial-epochs", type=int, default=60)
     ap.add_argument("--trial-seconds", type=float, default=None, help="tuning.trial_seconds (default: the config's)")
     ap.add_argument("--ensemble", type=int, default=1, help="training.ensemble (default 1: the pipeline's default)")
+    ap.add_argument("--ensemble-trials", type=int, default=None,
+                    help="training.ensemble_trials (default: the pipeline's, 3)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
@@ -173,7 +180,8 @@ def main() -> None:
                         for seed in map(int, args.seeds.split(",")):
                             print(f"[bench] {dataset} {mode} H={horizon} seed {seed} ...", flush=True)
                             row = run_one(dataset, mode, horizon, args.window, seed, args.trials,
-                                          args.trial_epochs, Path(tmp), args.trial_seconds, args.ensemble)
+                                          args.trial_epochs, Path(tmp), args.trial_seconds, args.ensemble,
+                                          args.ensemble_trials)
                             rows.append(row)
                             print(f"  rnn {row['rnn']['mse']:.4f}  " + "  ".join(
                                 f"{b} {row[b]['mse']:.4f}" for b in BASELINES if b in row)

@@ -54,8 +54,8 @@ def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_
 
 
 @task(name="train-best", cache_policy=NO_CACHE)
-def fit_best(params, data, cfg, device):
-    return tune.fit_final(params, data, cfg, device=device, log_every=10)
+def fit_best(candidates, data, cfg, device):
+    return tune.fit_final(candidates, data, cfg, device=device, log_every=10)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -217,8 +217,14 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
 
         t0 = time.perf_counter()
         faults.point("final_fit")
-        fitted = fit_best(tuned.best_params, data, cfg, device)
+        candidates = tune.top_params(tuned.study if tuned.n_complete else None, cfg, tune.ensemble_trials(cfg))
+        fitted = fit_best(candidates, data, cfg, device)
         timings["final_fit"] = time.perf_counter() - t0
+        mix = [m for m in fitted.members if m["weight"] > 0]
+        if len(fitted.members) > 1:  # which trials' parameters the final model mixes, and how much of each
+            mlflow.log_params({"ensemble.candidates": len(fitted.members), "ensemble.mixed": len(mix)})
+            mlflow.set_tag("ensemble", json.dumps([{"weight": round(m["weight"], 4), "val_loss": round(m["val_loss"], 6),
+                                                    **m["params"]} for m in fitted.members], default=str)[:7500])
         client = mlflow.MlflowClient()
         now = int(time.time() * 1000)  # val_loss per epoch and best_val_loss: the trial runs' names for the same
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, h[k], now, h["epoch"])
@@ -266,7 +272,9 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
             "n_trials": tuned.n_complete + tuned.n_pruned, "n_complete": tuned.n_complete, "n_pruned": tuned.n_pruned,
             "n_failed": tuned.n_failed, "resumed_trials": tuned.resumed_trials, "study": study_name,
             "final_fit": {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val,
-                          "members": cfg.training.ensemble},
+                          "members": cfg.training.ensemble,
+                          "ensemble": [{"weight": m["weight"], "val_loss": m["val_loss"], "params": m["params"]}
+                                       for m in fitted.members]},
             "mlflow_run_id": run_id, "experiment_id": experiment_id, "data_digest": digest, "config": config,
             "overrides": json.loads(json.dumps(overrides or {}, default=str)),  # --set / monitoring, JSON-safe
             "timings": timings, "save_load_max_abs_diff": save_load_diff,

@@ -81,6 +81,10 @@ class TrainingConfig(_Strict):
     burn_in: float = Field(0.5, ge=0, lt=1, description="share of the window not scored when loss_steps='all'")
     ensemble: int = Field(1, ge=1, le=20, description="forecasting: the final model is the mean of this many fits of "
                                                       "the best parameters (seeds seed, seed+1, ...); trials fit one")
+    ensemble_trials: int | None = Field(
+        None, ge=1, le=10, description="forecasting: the final model mixes fits of the best trials' parameters (this "
+                                       "many distinct ones, the best first), weighted by greedy forward selection on "
+                                       "validation; 1 = the best trial alone. Default: 3 (classification: 1)")
     threads: int = Field(1, ge=1, description="torch CPU threads; 1 is fastest and stable for small RNNs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     noise_std: float = Field(0.0, ge=0, description="classification, numeric sequences: Gaussian jitter (in scaled "
@@ -227,6 +231,8 @@ class PipelineConfig(_Strict):
                                 "whole sequences")
             if self.training.ensemble > 1:
                 problems.append("training.ensemble: forecasting only (a classifier is one network)")
+            if (self.training.ensemble_trials or 1) > 1:
+                problems.append("training.ensemble_trials: forecasting only (a classifier is one network)")
         elif m is not None and m not in FORECAST_METRICS:
             problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
         return problems

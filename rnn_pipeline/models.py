@@ -16,7 +16,7 @@ channel handling wrap a recurrent core, so each is a setting, not a branch in th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -299,34 +299,13 @@ class SegmentForecaster(Forecaster):
 FORECASTERS = {"direct": DirectForecaster, "segment": SegmentForecaster}
 
 
-class ForecastEnsemble(nn.Module):
-    """The mean forecast of `spec.members` forecasters of one shape, each trained alone (other seeds)."""
+def build_forecaster(spec):
+    """A forecaster of `spec`: one network, or (a seed ensemble's `members` > 1, an EnsembleSpec) an ensemble."""
+    if isinstance(spec, ForecasterSpec) and spec.members == 1:
+        return FORECASTERS[spec.architecture](spec)
+    from rnn_pipeline.forecasting.ensemble import build
 
-    supports_all_steps = False  # trained member by member, never as a whole
-    highway = None
-
-    def __init__(self, spec: ForecasterSpec):
-        super().__init__()
-        self.spec = spec
-        self.members = nn.ModuleList(FORECASTERS[spec.architecture](replace(spec, members=1))
-                                     for _ in range(spec.members))
-
-    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
-        return torch.stack([m(x, all_steps) for m in self.members]).mean(0)
-
-
-def build_forecaster(spec: ForecasterSpec) -> Forecaster | ForecastEnsemble:
-    return ForecastEnsemble(spec) if spec.members > 1 else FORECASTERS[spec.architecture](spec)
-
-
-def ensemble_of(models: list[Forecaster]) -> Forecaster | ForecastEnsemble:
-    """Trained forecasters of one shape -> their mean (one model alone is returned as it is)."""
-    if len(models) == 1:
-        return models[0]
-    ens = ForecastEnsemble(replace(models[0].spec, members=len(models)))
-    for member, model in zip(ens.members, models):
-        member.load_state_dict(model.state_dict())
-    return ens.eval()
+    return build(spec)
 
 
 # The name registered models and older code know: a direct forecaster (state-dict keys rnn.*, head.*).

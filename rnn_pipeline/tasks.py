@@ -38,6 +38,7 @@ class Task:
 
     name: str
     monitor: type  # its monitoring (rnn_pipeline.monitoring.task.TaskMonitor): judging batches and the log, retraining
+    ensemble_trials = 1  # training.ensemble_trials' default: how many trials' parameters the final model may mix
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -106,6 +107,11 @@ class Task:
         """The self-contained model (weights + preprocessing) that is logged, served and scored."""
         raise NotImplementedError
 
+    def combine(self, models: list, data) -> tuple[object, list[float], float]:
+        """Trained models of several trials' parameters -> (their mix, each one's weight, its validation loss)
+        (tasks whose ensemble_trials is above 1)."""
+        raise NotImplementedError
+
     # ---- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, data, bundle, season: int | None) -> dict:
         raise NotImplementedError
@@ -156,7 +162,23 @@ def summary_head(s: dict) -> list[str]:
             *(["final fit: no epoch beat the linear start on validation; the model forecasts as its highway's Ridge "
                "(the recurrent part adds nothing on this data)"] if s.get("final_fit", {}).get("best_epoch") == 0
               else []),
+            *_ensemble_line(s.get("final_fit", {})),
             *(f"DATA WARNING: {w}" for w in s.get("data_warnings", []))]
+
+
+def _ensemble_line(fit: dict) -> list[str]:
+    """With several candidates (training.ensemble_trials): which the final model mixes, and what that gained."""
+    members = fit.get("ensemble", [])
+    if len(members) < 2:
+        return []
+    mixed = [i + 1 for i, m in enumerate(members) if m["weight"] > 0]
+    weights = ", ".join(f"#{i + 1} {m['weight']:.2f}" for i, m in enumerate(members) if m["weight"] > 0)
+    if len(mixed) == 1:
+        return [f"final model: candidate #{mixed[0]} of the {len(members)} best trials' refits alone (no mix beat it "
+                f"on validation)"]
+    return [f"final model: the weighted mean of {len(mixed)} of the {len(members)} best trials' refits ({weights}); "
+            f"validation loss {fit['best_val_loss']:.5g} against {min(m['val_loss'] for m in members):.5g} for the "
+            f"best alone"]
 
 
 def task_class(name: str) -> type[Task]:

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import optuna
@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from rnn_pipeline import faults, tasks
 from rnn_pipeline.config import FloatRange, IntRange, PipelineConfig, SearchSpace
-from rnn_pipeline.models import ensemble_of
+from rnn_pipeline.forecasting.ensemble import ensemble_of
 from rnn_pipeline.train import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -103,25 +103,67 @@ def fit_model(params: dict, data, cfg: PipelineConfig, *, max_epochs: int, patie
                max_seconds=max_seconds)
 
 
-def fit_final(params: dict, data, cfg: PipelineConfig, *, device, log_every: int = 0) -> FitResult:
-    """The final model: `training.ensemble` fits of the best parameters (seeds seed, seed+1, ...; each early-stopped on
-    validation, with the final fit's epochs and time limit), averaged when there are several. The result's history
-    is the first fit's; its best_val is the mean forecast's validation loss; its best_epoch the latest of the fits'
-    (0 only when every fit kept its linear start); its epochs and seconds are the sums."""
+def ensemble_trials(cfg: PipelineConfig) -> int:
+    """How many trials' parameters the final model may mix: training.ensemble_trials, or the task's default."""
+    n = cfg.training.ensemble_trials
+    return n if n is not None else tasks.for_config(cfg).ensemble_trials
+
+
+def top_params(study: optuna.Study | None, cfg: PipelineConfig, n: int) -> list[dict]:
+    """The parameters of the study's `n` best complete trials, distinct, best first, each over the config's defaults
+    (the defaults alone when the study has no complete trial)."""
+    out: list[dict] = []
+    trials = [] if study is None else [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                                       if t.value is not None and math.isfinite(t.value)]
+    for tr in sorted(trials, key=lambda t: (t.value, t.number)):
+        params = {**default_params(cfg), **tr.params}
+        if params not in out:
+            out.append(params)
+        if len(out) == n:
+            break
+    return out or [default_params(cfg)]
+
+
+@dataclass
+class FinalFit(FitResult):
+    """The final model and how it was made: `members` lists each candidate's parameters with its weight in the mix
+    (0: tried, not chosen) and its own validation loss (the mean of its seed fits)."""
+
+    members: list[dict] = field(default_factory=list)
+
+
+def fit_final(candidates: dict | list[dict], data, cfg: PipelineConfig, *, device, log_every: int = 0) -> FinalFit:
+    """The final model. Each candidate (the best trial's parameters first; see top_params) is fitted
+    `training.ensemble` times (seeds seed, seed+1, ...; each early-stopped on validation, with the final fit's epochs
+    and time limit) and averaged when there are several; with several candidates, the task mixes them, weighted by
+    greedy forward selection on validation (the best alone when no mix beats it). The result's history is the first
+    fit's; its best_val is the final model's validation loss; its best_epoch the latest of the fits' (0 only when
+    every fit kept its linear start); its epochs and seconds are the sums."""
     t = cfg.training
-    fits = []
-    for i in range(t.ensemble):
-        if t.ensemble > 1:
-            log.info("final fit %d of %d (seed %d)", i + 1, t.ensemble, cfg.seed + i)
-        fits.append(fit_model(params, data, cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
-                              log_every=log_every, max_seconds=t.max_seconds, seed=cfg.seed + i))
-    if len(fits) == 1:
-        return fits[0]
-    model = ensemble_of([f.model for f in fits])
-    best_val = tasks.for_config(cfg).train_sets(params, data)[1].eval_loss(model)
-    log.info("ensemble of %d: val %.5f (members %s)", len(fits), best_val, ", ".join(f"{f.best_val:.5f}" for f in fits))
-    return FitResult(model, best_val, max(f.best_epoch for f in fits), sum(f.epochs for f in fits), fits[0].history,
-                     sum(f.seconds for f in fits))
+    candidates = [candidates] if isinstance(candidates, dict) else list(candidates)
+    task = tasks.for_config(cfg)
+    fits, models, vals = [], [], []
+    for c, params in enumerate(candidates):
+        own = []
+        for i in range(t.ensemble):
+            if t.ensemble > 1 or len(candidates) > 1:
+                log.info("final fit %d of %d (candidate %d of %d, seed %d)", c * t.ensemble + i + 1,
+                         len(candidates) * t.ensemble, c + 1, len(candidates), cfg.seed + i)
+            own.append(fit_model(params, data, cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
+                                 log_every=log_every, max_seconds=t.max_seconds, seed=cfg.seed + i))
+        fits += own
+        models.append(ensemble_of([f.model for f in own]))
+        vals.append(own[0].best_val if len(own) == 1 else task.train_sets(params, data)[1].eval_loss(models[-1]))
+    if len(models) == 1:
+        model, weights, best_val = models[0], [1.0], vals[0]
+    else:
+        model, weights, best_val = task.combine(models, data)
+    if len(fits) > 1:
+        log.info("final model: val %.5f; candidates' val %s, weights %s", best_val,
+                 ", ".join(f"{v:.5f}" for v in vals), ", ".join(f"{w:.2f}" for w in weights))
+    members = [{"params": p, "weight": w, "val_loss": v} for p, w, v in zip(candidates, weights, vals)]
+    return FinalFit(model, best_val, max(f.best_epoch for f in fits), sum(f.epochs for f in fits), fits[0].history,
+                    sum(f.seconds for f in fits), members)
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -14,7 +14,8 @@ import torch
 from rnn_pipeline.bundle import WINDOW_ID, load_weights, save_files
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.models import Forecaster, ForecasterSpec, build_forecaster
+from rnn_pipeline.forecasting.ensemble import spec_from_json
+from rnn_pipeline.models import Forecaster, build_forecaster
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ForecastBundle:
 
     @classmethod
     def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
-        model = load_weights(build_forecaster(ForecasterSpec(**meta["model"])), weights_path)
+        model = load_weights(build_forecaster(spec_from_json(meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"])
 

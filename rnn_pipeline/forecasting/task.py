@@ -10,12 +10,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError, PipelineError
 from rnn_pipeline.forecasting import evaluation, tuning
 from rnn_pipeline.forecasting.bundle import ForecastBundle
+from rnn_pipeline.forecasting.ensemble import ensemble_of, greedy_selection, window_of
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
 from rnn_pipeline.forecasting.windows import PreparedSeries, before_test_end, lag_matrix, prepare_series, target_matrix
 from rnn_pipeline.models import ForecasterSpec
@@ -25,6 +27,7 @@ from rnn_pipeline.tasks import Artifacts, Task, log_common_metrics, summary_head
 class ForecastingTask(Task):
     name = "forecasting"
     monitor = ForecastingMonitor
+    ensemble_trials = 3
 
     # ---- data -------------------------------------------------------------------------------------------------
     def read(self, frame, source):
@@ -108,8 +111,25 @@ class ForecastingTask(Task):
         return data.windows("train", params["window"], loss), data.windows("val", params["window"], loss)
 
     def bundle(self, model, data: PreparedSeries, params) -> ForecastBundle:
-        return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns, int(params["window"]),
-                              data.horizon)
+        # an ensemble reads its longest member's window (the params are its best member's)
+        return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns,
+                              max(window_of(model), int(params["window"])), data.horizon)
+
+    def combine(self, models, data: PreparedSeries):
+        """The weighted mean of `models` chosen by greedy forward selection on the validation windows (at the
+        longest look-back among them, so that every model reads the same windows)."""
+        val = data.windows("val", max(window_of(m) for m in models))
+        preds, ys = [[] for _ in models], []
+        with torch.no_grad():
+            for i in range(0, len(val), 4096):
+                x, y = val.batch(torch.arange(i, min(i + 4096, len(val))))
+                ys.append(y.numpy())
+                for p, m in zip(preds, models):
+                    p.append(m.eval()(x[:, -window_of(m):]).numpy())
+        counts = greedy_selection([np.concatenate(p) for p in preds], np.concatenate(ys))
+        weights = [c / sum(counts) for c in counts]
+        model = ensemble_of(models, weights)
+        return model, weights, val.eval_loss(model)
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, data, bundle: ForecastBundle, season):

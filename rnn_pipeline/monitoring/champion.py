@@ -16,11 +16,12 @@ from rnn_pipeline.monitoring.drift import REFERENCE_META
 from rnn_pipeline.monitoring.task import TaskMonitor
 from rnn_pipeline.stores import Stores
 
-# the tuned hyperparameters a 'reuse' retrain takes from the champion's run, by their types
+
 def _bool(v) -> bool:
     return str(v) == "True"
 
 
+# the tuned hyperparameters a 'reuse' retrain takes from the champion's run, by their types
 PARAM_TYPES = {"cell": str, "hidden": int, "layers": int, "dropout": float, "lr": float, "batch_size": int,
                "window": int, "optimizer": str, "bidirectional": _bool, "pooling": str, "embedding_dim": int,
                "architecture": str, "norm": str, "channels": str, "segment": int, "affine": _bool, "highway": _bool,

@@ -70,6 +70,15 @@ def test_first_run_registers_a_champion_and_writes_the_summary(state):
     trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{s['mlflow_run_id']}'")
     assert len(trials) == 3 and all("val_loss" in t.data.metrics for t in trials)
     assert {t.data.tags["trial_state"] for t in trials} <= {"complete", "pruned"}
+    # the final model: refits of the best distinct complete trials (up to training.ensemble_trials, 3 by default),
+    # mixed by their validation forecasts; the mix is what was logged and reloaded (save_load_max_abs_diff above)
+    complete = {tuple(sorted(t.data.params.items())) for t in trials if t.data.tags["trial_state"] == "complete"}
+    ensemble = s["final_fit"]["ensemble"]
+    assert len(ensemble) == min(3, len(complete)) >= 1
+    assert sum(m["weight"] for m in ensemble) == pytest.approx(1.0) and ensemble[0]["params"] == s["best_params"]
+    if len(ensemble) > 1:
+        assert json.loads(run.data.tags["ensemble"])[0]["weight"] == pytest.approx(ensemble[0]["weight"], abs=1e-4)
+        assert run.data.params["ensemble.candidates"] == str(len(ensemble))
 
 
 def test_second_run_is_a_challenger_and_the_gate_says_why(state):
@@ -155,6 +164,14 @@ def test_the_summary_table_shows_the_headline_scale_and_says_which():
     assert lines[4].startswith("test windows, standardised") and lines[6].split()[:2] == ["rnn", "0.250000"]
     lines = summary_table({**s, "headline": "mse"}).splitlines()
     assert lines[4].startswith("test windows, original units") and lines[6].split()[:2] == ["rnn", "9.000000"]
+    mixed = {"best_epoch": 4, "best_val_loss": 0.2, "ensemble": [
+        {"weight": 0.5, "val_loss": 0.25, "params": {}}, {"weight": 0.0, "val_loss": 0.26, "params": {}},
+        {"weight": 0.5, "val_loss": 0.27, "params": {}}]}
+    lines = summary_table({**s, "final_fit": mixed}).splitlines()
+    assert lines[4] == ("final model: the weighted mean of 2 of the 3 best trials' refits (#1 0.50, #3 0.50); "
+                        "validation loss 0.2 against 0.25 for the best alone")
+    alone = {**mixed, "ensemble": [{**mixed["ensemble"][0], "weight": 1.0}, mixed["ensemble"][1]]}
+    assert "candidate #1 of the 2 best trials' refits alone" in summary_table({**s, "final_fit": alone})
 
 
 BAD = {

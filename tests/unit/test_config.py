@@ -32,6 +32,9 @@ def test_defaults_fill_everything_but_name_and_data(tmp_path):
     ("name: x\ndata: {path: d.csv}\ntraining: {ensemble: 0}\n", "training.ensemble"),
     ("name: x\ntask: classification\ndata: {builtin: japanese_vowels}\ntraining: {ensemble: 3}\n",
      "training.ensemble: forecasting only"),
+    ("name: x\ntask: classification\ndata: {builtin: japanese_vowels}\ntraining: {ensemble_trials: 2}\n",
+     "training.ensemble_trials: forecasting only"),
+    ("name: x\ndata: {path: d.csv}\ntraining: {ensemble_trials: 0}\n", "training.ensemble_trials"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, fragment):
     p = tmp_path / "bad.yaml"

@@ -11,17 +11,16 @@ import torch
 from rnn_pipeline.bundle import load_bundle
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.forecasting.bundle import ForecastBundle
+from rnn_pipeline.forecasting.ensemble import ForecastEnsemble, ensemble_of, greedy_selection
 from rnn_pipeline.forecasting.windows import prepare_series
 from rnn_pipeline.models import (
     ARCHITECTURES,
     CHANNEL_MODES,
     NORMS,
     DirectForecaster,
-    ForecastEnsemble,
     ForecasterSpec,
     SegmentForecaster,
     build_forecaster,
-    ensemble_of,
 )
 from rnn_pipeline.train import fit, setup_torch
 
@@ -272,7 +271,8 @@ def test_an_ensemble_forecasts_the_mean_of_its_members_and_round_trips(tmp_path,
                                                         segment=4, window=12)).eval())
     assert ensemble_of(members[:1]) is members[0]
     ens = ensemble_of(members)
-    assert isinstance(ens, ForecastEnsemble) and ens.spec.members == 3 and ens.spec.hidden == 8
+    assert isinstance(ens, ForecastEnsemble) and len(ens.spec.members) == 3 and ens.spec.members[0].hidden == 8
+    assert ens.spec.weights == pytest.approx([1 / 3] * 3)
     x = torch.randn(5, 12, 2)
     with torch.no_grad():
         expected = torch.stack([m(x) for m in members]).mean(0)
@@ -283,6 +283,64 @@ def test_an_ensemble_forecasts_the_mean_of_its_members_and_round_trips(tmp_path,
     again = load_bundle(files["preprocess"], files["weights"])
     assert isinstance(again.model, ForecastEnsemble) and again.model.spec == ens.spec
     np.testing.assert_allclose(again.predict_windows(x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_seed_ensemble_saved_before_mixed_ensembles_still_loads_as_the_mean(tmp_path):
+    """Models registered with `members: 3` in their spec (one shape, equal weights) load as they forecast then."""
+    spec = ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=2,
+                          window=6, members=3)
+    torch.manual_seed(0)
+    old = build_forecaster(spec).eval()
+    assert isinstance(old, ForecastEnsemble) and len(old.members) == 3
+    from rnn_pipeline.bundle import save_files
+
+    meta = {"format": 1, "task": "forecasting", "model": spec.to_json(),
+            "scaling": Scaling(np.zeros(1), np.ones(1)).to_json(), "target_columns": ["v"], "feature_columns": [],
+            "window": 6, "horizon": 2}
+    files = save_files(tmp_path, meta, old)
+    again = load_bundle(files["preprocess"], files["weights"])
+    x = torch.randn(4, 6, 1)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in old.members]).mean(0)
+    np.testing.assert_allclose(again.predict_windows(x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensemble_of_different_shapes_and_windows_weighs_each_member_on_its_own_window(tmp_path):
+    a = make(arch="direct", norm="none", n_features=2, n_targets=1, horizon=3, window=12)
+    b = make(arch="segment", norm="last", n_features=2, n_targets=1, horizon=3, window=24, segment=6,
+             highway=True)
+    c = make(arch="segment", norm="revin", channels="independent", n_features=2, n_targets=1, horizon=3, window=6,
+             segment=3)
+    ens = ensemble_of([a, b, c], [0.5, 0.25, 0.25])
+    assert ens.spec.window == 24 and [m.window for m in ens.spec.members] == [12, 24, 6]
+    x = torch.randn(5, 24, 2)
+    with torch.no_grad():
+        expected = 0.5 * a(x[:, -12:]) + 0.25 * b(x) + 0.25 * c(x[:, -6:])
+        torch.testing.assert_close(ens(x), expected)
+    assert ensemble_of([a, b], [1.0, 0.0]) is a  # a member of weight 0 is left out
+    nested = ensemble_of([ens, a], [0.5, 0.5])  # an ensemble among the models is flattened into its members
+    assert len(nested.members) == 4 and sum(nested.spec.weights) == pytest.approx(1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(nested(x), 0.5 * expected + 0.5 * a(x[:, -12:]))
+    bundle = ForecastBundle(ens, Scaling(np.zeros(2), np.ones(2)), ["v"], ["f"], 24, 3)
+    files = bundle.save(tmp_path)
+    again = load_bundle(files["preprocess"], files["weights"])
+    assert isinstance(again.model, ForecastEnsemble) and again.model.spec == ens.spec
+    np.testing.assert_allclose(again.predict_windows(x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_greedy_selection_mixes_models_whose_errors_cancel_and_keeps_one_that_needs_no_help():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(400, 3))
+    noise = rng.normal(size=(400, 3))
+    over, under = y + 0.5 + 0.1 * noise, y - 0.5 + 0.1 * rng.normal(size=(400, 3))  # biased the opposite ways
+    poor = y + 2.0
+    counts = greedy_selection([poor, over, under], y)
+    assert counts[0] == 0 and counts[1] >= 1 and counts[2] >= 1 and abs(counts[1] - counts[2]) <= 1
+    mix = (counts[1] * over + counts[2] * under) / (counts[1] + counts[2])
+    assert np.mean((mix - y) ** 2) < 0.1 * min(np.mean((over - y) ** 2), np.mean((under - y) ** 2))
+    exact = y + 0.01 * noise  # the best alone beats every mix: nothing is added to it
+    assert greedy_selection([over, exact, under], y) == [0, 1, 0]
 
 
 def test_the_final_fit_averages_fits_with_successive_seeds():
@@ -342,3 +400,63 @@ def test_a_direct_model_with_a_highway_trains_on_the_last_step_under_loss_steps_
     res = fit(spec, train, val, lr=1e-3, batch_size=32, max_epochs=2, patience=5, loss_steps="all")
     assert np.isfinite(res.best_val)
     assert build_forecaster(ForecasterSpec(**{**spec.to_json(), "highway": False})).supports_all_steps
+
+
+def test_the_final_model_mixes_the_candidates_by_their_validation_forecasts():
+    from rnn_pipeline import tasks, tune
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.data import datasets
+
+    cfg = load_config("seed_sine", {"training": {"ensemble": 1, "max_epochs": 3, "patience": 3},
+                                    "model": {"architecture": "direct", "hidden": 8}})
+    t = tasks.for_config(cfg)
+    frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
+    data = t.prepare(t.read(frame, source), source)
+    base = tune.default_params(cfg)
+    # two near-equal linear-started models on different look-backs: their errors partly cancel on validation
+    candidates = [{**base, "architecture": "segment", "segment": 5, "norm": "none", "highway": True, "window": 20},
+                  {**base, "architecture": "segment", "segment": 5, "norm": "last", "highway": True, "window": 40}]
+    setup_torch(1, cfg.seed)
+    res = tune.fit_final(candidates, data, cfg, device="cpu")
+    assert [m["params"] for m in res.members] == candidates
+    weights = [m["weight"] for m in res.members]
+    assert sum(weights) == pytest.approx(1.0) and all(w >= 0 for w in weights)
+    val = data.windows("val", 40)  # every candidate is judged on the windows the longest look-back allows
+    assert res.best_val == pytest.approx(val.eval_loss(res.model), rel=1e-6)
+    assert all(w > 0 for w in weights)  # the mix beats either alone on validation
+    assert isinstance(res.model, ForecastEnsemble) and res.model.spec.window == 40
+    assert res.best_val < min(val.eval_loss(_Tail(m)) for m in res.model.members)
+    assert t.bundle(res.model, data, candidates[0]).window == 40  # the best member's params say 20
+
+
+class _Tail(torch.nn.Module):
+    """A model reading the last `spec.window` steps of longer windows, as an ensemble member does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x[:, -self.model.spec.window:])
+
+
+def test_top_params_are_the_best_distinct_complete_trials_over_the_defaults():
+    import optuna
+
+    from rnn_pipeline import tune
+    from rnn_pipeline.config import load_config
+
+    cfg = load_config("seed_sine")
+    study = optuna.create_study()
+    for value, hidden, state in [(0.3, 16, "COMPLETE"), (0.1, 32, "COMPLETE"), (0.1, 32, "COMPLETE"),
+                                 (0.05, 64, "PRUNED"), (0.2, 48, "COMPLETE"), (float("nan"), 8, "FAIL")]:
+        trial = optuna.trial.create_trial(params={"hidden": hidden},
+                                          distributions={"hidden": optuna.distributions.IntDistribution(8, 64)},
+                                          value=None if state != "COMPLETE" else value,
+                                          state=getattr(optuna.trial.TrialState, state))
+        study.add_trial(trial)
+    top = tune.top_params(study, cfg, 3)
+    assert [p["hidden"] for p in top] == [32, 48, 16]  # the duplicate, the pruned and the failed trial left out
+    assert top[0] == {**tune.default_params(cfg), "hidden": 32}
+    assert [p["hidden"] for p in tune.top_params(study, cfg, 1)] == [32]
+    assert tune.top_params(None, cfg, 3) == [tune.default_params(cfg)]
