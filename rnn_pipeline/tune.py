@@ -142,15 +142,23 @@ def fit_final(candidates: dict | list[dict], data, cfg: PipelineConfig, *, devic
     t = cfg.training
     candidates = [candidates] if isinstance(candidates, dict) else list(candidates)
     task = tasks.for_config(cfg)
-    fits, models, vals = [], [], []
+    fits, models, vals, kept = [], [], [], []
     for c, params in enumerate(candidates):
         own = []
-        for i in range(t.ensemble):
-            if t.ensemble > 1 or len(candidates) > 1:
-                log.info("final fit %d of %d (candidate %d of %d, seed %d)", c * t.ensemble + i + 1,
-                         len(candidates) * t.ensemble, c + 1, len(candidates), cfg.seed + i)
-            own.append(fit_model(params, data, cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
-                                 log_every=log_every, max_seconds=t.max_seconds, seed=cfg.seed + i))
+        try:
+            for i in range(t.ensemble):
+                if t.ensemble > 1 or len(candidates) > 1:
+                    log.info("final fit %d of %d (candidate %d of %d, seed %d)", c * t.ensemble + i + 1,
+                             len(candidates) * t.ensemble, c + 1, len(candidates), cfg.seed + i)
+                own.append(fit_model(params, data, cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
+                                     log_every=log_every, max_seconds=t.max_seconds, seed=cfg.seed + i))
+        except Exception as e:  # the best trial's refit must succeed; a runner-up that fails (diverges) is left out
+            if c == 0:
+                raise
+            log.warning("candidate %d left out of the final model: its refit failed (%s: %s)", c + 1,
+                        type(e).__name__, e)
+            continue
+        kept.append(params)
         fits += own
         models.append(ensemble_of([f.model for f in own]))
         vals.append(own[0].best_val if len(own) == 1 else task.train_sets(params, data)[1].eval_loss(models[-1]))
@@ -161,7 +169,7 @@ def fit_final(candidates: dict | list[dict], data, cfg: PipelineConfig, *, devic
     if len(fits) > 1:
         log.info("final model: val %.5f; candidates' val %s, weights %s", best_val,
                  ", ".join(f"{v:.5f}" for v in vals), ", ".join(f"{w:.2f}" for w in weights))
-    members = [{"params": p, "weight": w, "val_loss": v} for p, w, v in zip(candidates, weights, vals)]
+    members = [{"params": p, "weight": w, "val_loss": v} for p, w, v in zip(kept, weights, vals)]
     return FinalFit(model, best_val, max(f.best_epoch for f in fits), sum(f.epochs for f in fits), fits[0].history,
                     sum(f.seconds for f in fits), members)
 

@@ -460,3 +460,30 @@ def test_top_params_are_the_best_distinct_complete_trials_over_the_defaults():
     assert top[0] == {**tune.default_params(cfg), "hidden": 32}
     assert [p["hidden"] for p in tune.top_params(study, cfg, 1)] == [32]
     assert tune.top_params(None, cfg, 3) == [tune.default_params(cfg)]
+
+
+def test_a_runner_up_whose_refit_fails_is_left_out_and_the_best_ones_failure_is_an_error(monkeypatch):
+    from rnn_pipeline import tasks, tune
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.data import datasets
+    from rnn_pipeline.train import TrainingDiverged
+
+    cfg = load_config("seed_sine", {"training": {"max_epochs": 2, "patience": 2},
+                                    "model": {"architecture": "direct", "hidden": 8}})
+    t = tasks.for_config(cfg)
+    frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
+    data = t.prepare(t.read(frame, source), source)
+    base = tune.default_params(cfg)
+    candidates = [base, {**base, "hidden": 12}, {**base, "hidden": 16}]
+    real = tune.fit_model
+
+    def diverging(params, *a, **kw):
+        if params["hidden"] == 12:
+            raise TrainingDiverged("loss is not finite at epoch 1")
+        return real(params, *a, **kw)
+
+    monkeypatch.setattr(tune, "fit_model", diverging)
+    res = tune.fit_final(candidates, data, cfg, device="cpu")
+    assert [m["params"]["hidden"] for m in res.members] == [8, 16]
+    with pytest.raises(TrainingDiverged):
+        tune.fit_final(candidates[1:], data, cfg, device="cpu")
