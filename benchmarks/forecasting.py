@@ -14,7 +14,7 @@ direct GRU-32 for reference (medians of several epochs).
 
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
        [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--ensemble-trials N]
-       [--skip-speed] [--skip-accuracy]
+       [--final-seconds S] [--skip-speed] [--skip-accuracy]
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
@@ -37,7 +37,7 @@ TARGET = "temp_air"
 
 def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, trials: int, trial_epochs: int,
                 root: Path, trial_seconds: float | None = None, ensemble: int = 1,
-                ensemble_trials: int | None = None) -> str:
+                ensemble_trials: int | None = None, final_seconds: float | None = None) -> str:
     """What a user writes: the data, the split, L, H and n_trials; the rest is the pipeline's defaults."""
     from rnn_pipeline.data import datasets
 
@@ -50,18 +50,19 @@ def config_text(dataset: str, mode: str, horizon: int, window: int, seed: int, t
             f"tuning: {{n_trials: {trials}, max_epochs: {trial_epochs}"
             + (f", trial_seconds: {trial_seconds}" if trial_seconds else "") + "}\n"
             + (f"training: {{ensemble: {ensemble}"
-               + (f", ensemble_trials: {ensemble_trials}" if ensemble_trials else "") + "}\n")
+               + (f", ensemble_trials: {ensemble_trials}" if ensemble_trials else "")
+               + (f", max_seconds: {final_seconds}" if final_seconds else "") + "}\n")
             + f"stores: {{root: '{root}'}}\n")
 
 
 def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Path, trial_seconds=None,
-            ensemble: int = 1, ensemble_trials: int | None = None) -> dict:
+            ensemble: int = 1, ensemble_trials: int | None = None, final_seconds: float | None = None) -> dict:
     from flows.training import training_flow
 
     root = work / f"{dataset}-{mode}-h{horizon}-s{seed}"
     cfg = work / f"{root.name}.yaml"
     cfg.write_text(config_text(dataset, mode, horizon, window, seed, trials, trial_epochs, root, trial_seconds,
-                               ensemble, ensemble_trials))
+                               ensemble, ensemble_trials, final_seconds))
     t0 = time.perf_counter()
     s = training_flow(str(cfg))
     row = {"dataset": dataset, "mode": mode, "horizon": horizon, "seed": seed, "wall_seconds": time.perf_counter() - t0,
@@ -159,6 +160,8 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=1, help="training.ensemble (default 1: the pipeline's default)")
     ap.add_argument("--ensemble-trials", type=int, default=None,
                     help="training.ensemble_trials (default: the pipeline's, 3)")
+    ap.add_argument("--final-seconds", type=float, default=None,
+                    help="training.max_seconds, per final fit (default: the pipeline's, 1800)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
@@ -181,7 +184,7 @@ def main() -> None:
                             print(f"[bench] {dataset} {mode} H={horizon} seed {seed} ...", flush=True)
                             row = run_one(dataset, mode, horizon, args.window, seed, args.trials,
                                           args.trial_epochs, Path(tmp), args.trial_seconds, args.ensemble,
-                                          args.ensemble_trials)
+                                          args.ensemble_trials, args.final_seconds)
                             rows.append(row)
                             print(f"  rnn {row['rnn']['mse']:.4f}  " + "  ".join(
                                 f"{b} {row[b]['mse']:.4f}" for b in BASELINES if b in row)
