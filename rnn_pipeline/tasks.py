@@ -39,6 +39,7 @@ class Task:
     name: str
     monitor: type  # its monitoring (rnn_pipeline.monitoring.task.TaskMonitor): judging batches and the log, retraining
     ensemble_trials = 1  # training.ensemble_trials' default: how many trials' parameters the final model may mix
+    family_keys: tuple[str, ...] = ()  # the knobs that make trials of different model families (tune.top_params)
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg

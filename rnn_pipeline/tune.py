@@ -110,17 +110,33 @@ def ensemble_trials(cfg: PipelineConfig) -> int:
 
 
 def top_params(study: optuna.Study | None, cfg: PipelineConfig, n: int) -> list[dict]:
-    """The parameters of the study's `n` best complete trials, distinct, best first, each over the config's defaults
-    (the defaults alone when the study has no complete trial)."""
-    out: list[dict] = []
+    """The final model's candidates: the parameters of up to `n` of the study's complete trials, distinct, each over
+    the config's defaults, the best first (the defaults alone when the study has no complete trial).
+
+    Diversity first: after the best, the best trial of each model family not yet chosen (the task's
+    `family_keys`; forecasting: channel mode, normalisation, highway), then the next best. A mix gains from members
+    that err differently: the three best trials are often one family at three widths, while the best of another
+    family, a little behind on validation, is the one whose errors cancel theirs."""
     trials = [] if study is None else [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                                        if t.value is not None and math.isfinite(t.value)]
+    ranked: list[dict] = []
     for tr in sorted(trials, key=lambda t: (t.value, t.number)):
         params = {**default_params(cfg), **tr.params}
-        if params not in out:
-            out.append(params)
-        if len(out) == n:
-            break
+        if params not in ranked:
+            ranked.append(params)
+    keys = tasks.for_config(cfg).family_keys
+
+    def family(p: dict) -> tuple:
+        return tuple(p.get(k) for k in keys)
+
+    out = ranked[:1]
+    for p in ranked[1:]:  # the best of each new family, in order of value
+        if len(out) < n and family(p) not in {family(q) for q in out}:
+            out.append(p)
+    for p in ranked[1:]:  # then the next best
+        if len(out) < n and p not in out:
+            out.append(p)
+    out.sort(key=ranked.index)
     return out or [default_params(cfg)]
 
 

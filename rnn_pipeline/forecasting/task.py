@@ -28,6 +28,7 @@ class ForecastingTask(Task):
     name = "forecasting"
     monitor = ForecastingMonitor
     ensemble_trials = 3
+    family_keys = ("channels", "norm", "highway")
 
     # ---- data -------------------------------------------------------------------------------------------------
     def read(self, frame, source):

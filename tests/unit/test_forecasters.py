@@ -487,3 +487,27 @@ def test_a_runner_up_whose_refit_fails_is_left_out_and_the_best_ones_failure_is_
     assert [m["params"]["hidden"] for m in res.members] == [8, 16]
     with pytest.raises(TrainingDiverged):
         tune.fit_final(candidates[1:], data, cfg, device="cpu")
+
+
+def test_top_params_take_the_best_of_each_model_family_before_the_next_best_of_one():
+    import optuna
+
+    from rnn_pipeline import tune
+    from rnn_pipeline.config import load_config
+
+    cfg = load_config("seed_sine")
+    study = optuna.create_study()
+    dist = {"norm": optuna.distributions.CategoricalDistribution(["last", "revin", "none"]),
+            "highway": optuna.distributions.CategoricalDistribution([False, True]),
+            "hidden": optuna.distributions.IntDistribution(8, 256)}
+    for value, norm, highway, hidden in [(0.50, "last", True, 256), (0.51, "last", True, 128),
+                                         (0.52, "last", True, 64), (0.55, "none", True, 256),
+                                         (0.53, "revin", False, 256), (0.60, "none", True, 64)]:
+        study.add_trial(optuna.trial.create_trial(params={"norm": norm, "highway": highway, "hidden": hidden},
+                                                  distributions=dist, value=value))
+    top = tune.top_params(study, cfg, 3)
+    # the best, then the best of the two other families (by value), not the best family's runners-up
+    assert [(p["norm"], p["hidden"]) for p in top] == [("last", 256), ("revin", 256), ("none", 256)]
+    top = tune.top_params(study, cfg, 5)  # families exhausted: then the next best
+    assert [(p["norm"], p["hidden"]) for p in top] == [("last", 256), ("last", 128), ("last", 64), ("revin", 256),
+                                                       ("none", 256)]
