@@ -92,7 +92,7 @@ class Task:
         """The space the tuner searches: the config's."""
         return self.cfg.tuning.space
 
-    def start_points(self, params: dict) -> list[dict]:
+    def start_points(self, params: dict, space=None) -> list[dict]:
         """Trials enqueued after the configured model's (`params`)."""
         return []
 

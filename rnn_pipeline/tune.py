@@ -72,7 +72,7 @@ def enqueue_configured(study: optuna.Study, cfg: PipelineConfig, space: SearchSp
     below what the config alone would have trained. The task may add more (forecasting's default space: the
     published recipe at the configured window)."""
     params = default_params(cfg)
-    for point in [params, *tasks.for_config(cfg).start_points(params)]:
+    for point in [params, *tasks.for_config(cfg).start_points(params, space)]:
         fixed = {k: v for k, v in point.items()
                  if getattr(space, k, None) is not None and _active(k, point) and _inside(getattr(space, k), v)}
         if fixed:

@@ -92,10 +92,12 @@ class ForecastingTask(Task):
     def search_space(self, data=None) -> SearchSpace:
         return tuning.default_space(self.cfg, data) if self.cfg.tuning.space.is_empty() else self.cfg.tuning.space
 
-    def start_points(self, params):
+    def start_points(self, params, space=None):
         if not self.cfg.tuning.space.is_empty():
             return []
-        return tuning.start_points(params, self.cfg.features.window, len(self.cfg.data.target_columns))
+        windows = getattr(space, "window", None) or []
+        return tuning.start_points(params, self.cfg.features.window, len(self.cfg.data.target_columns),
+                                   max(windows, default=None))
 
     def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
         return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),

@@ -45,8 +45,12 @@ LINEAR_STARTS = [{**RECIPE, "norm": "last", "highway": True},
                  {**RECIPE, "norm": "none", "channels": "mixed", "highway": True}]
 
 
-def start_points(params: dict, window: int, n_targets: int | None = None) -> list[dict]:
+def start_points(params: dict, window: int, n_targets: int | None = None, longest: int | None = None) -> list[dict]:
     """What a default-space study tries first, after the configured model: the recipe, then its linear starts (the
-    mixed one only with several targets)."""
+    mixed one only with several targets), then the NLinear-style start at the `longest` look-back of the space
+    (linear forecasts of hourly data gain from longer windows, as DLinear's and NLinear's results show)."""
     points = [RECIPE, LINEAR_STARTS[0], *(LINEAR_STARTS[1:] if n_targets is None or n_targets > 1 else [])]
-    return [{**params, **p, "segment": min(p["segment"], window)} for p in points]
+    out = [{**params, **p, "segment": min(p["segment"], window)} for p in points]
+    if longest is not None and longest > window:
+        out.append({**params, **LINEAR_STARTS[0], "window": longest})
+    return out

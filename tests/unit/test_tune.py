@@ -227,6 +227,10 @@ def test_a_forecasting_config_without_a_space_searches_the_default_space(tmp_pat
     several = tuning.start_points(tune.default_params(cfg), 50, n_targets=7)
     assert [(p["norm"], p["channels"], p["highway"]) for p in several] == [
         ("revin", "independent", False), ("last", "independent", True), ("none", "mixed", True)]
+    longer = tuning.start_points(tune.default_params(cfg), 50, n_targets=1, longest=100)  # then NLinear at 2L
+    assert [(p["norm"], p["highway"], p["window"]) for p in longer] == [("revin", False, 50), ("last", True, 50),
+                                                                         ("last", True, 100)]
+    assert tuning.start_points(tune.default_params(cfg), 50, n_targets=1, longest=50) == longer[:2]
     assert res.n_complete + res.n_pruned == 3
     given = PipelineConfig.model_validate({"name": "g", "data": {"builtin": "seed_sine"},
                                            "tuning": {"space": {"hidden": [8]}}})
@@ -278,3 +282,20 @@ def test_the_final_fit_stops_at_training_max_seconds(data):
     assert PipelineConfig.model_validate({"name": "d", "data": {"builtin": "seed_sine"}}).training.max_seconds == 1800
     fitted = fit_best.fn(tune.default_params(cfg), data, cfg, "cpu")
     assert fitted.epochs == 1 and fitted.best_epoch == 1
+
+
+def test_a_default_space_study_enqueues_the_nlinear_start_at_the_longest_window_last(data):
+    import optuna
+
+    from rnn_pipeline.forecasting import tuning
+
+    cfg = PipelineConfig.model_validate({"name": "d", "data": {"builtin": "seed_sine"}, "features": {"window": 50}})
+    space = tune.search_space(cfg, data)
+    study = optuna.create_study()
+    tune.enqueue_configured(study, cfg, space)
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
+    assert max(space.window) == 100 and len(waiting) == 4
+    assert (waiting[-1]["norm"], waiting[-1]["highway"], waiting[-1]["window"]) == ("last", True, 100)
+    assert [w["window"] for w in waiting[:3]] == [50, 50, 50]
+    assert {k: waiting[-1][k] for k in ("architecture", "hidden")} == {k: tuning.RECIPE[k] for k in
+                                                                          ("architecture", "hidden")}
