@@ -343,16 +343,22 @@ def test_greedy_selection_mixes_models_whose_errors_cancel_and_keeps_one_that_ne
     assert greedy_selection([over, exact, under], y) == [0, 1, 0]
 
 
-def test_the_final_fit_averages_fits_with_successive_seeds():
-    from rnn_pipeline import tasks, tune
+def _seed_task(training: dict):
+    """The seed config with a small direct model and these training settings: (config, task, prepared data)."""
+    from rnn_pipeline import tasks
     from rnn_pipeline.config import load_config
     from rnn_pipeline.data import datasets
 
-    cfg = load_config("seed_sine", {"training": {"ensemble": 3, "max_epochs": 4, "patience": 4},
-                                    "model": {"architecture": "direct", "hidden": 8}})
+    cfg = load_config("seed_sine", {"training": training, "model": {"architecture": "direct", "hidden": 8}})
     t = tasks.for_config(cfg)
     frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
-    data = t.prepare(t.read(frame, source), source)
+    return cfg, t, t.prepare(t.read(frame, source), source)
+
+
+def test_the_final_fit_averages_fits_with_successive_seeds():
+    from rnn_pipeline import tune
+
+    cfg, t, data = _seed_task({"ensemble": 3, "max_epochs": 4, "patience": 4})
     params = tune.default_params(cfg)
     setup_torch(1, cfg.seed)
     res = tune.fit_final(params, data, cfg, device="cpu")
@@ -403,15 +409,9 @@ def test_a_direct_model_with_a_highway_trains_on_the_last_step_under_loss_steps_
 
 
 def test_the_final_model_mixes_the_candidates_by_their_validation_forecasts():
-    from rnn_pipeline import tasks, tune
-    from rnn_pipeline.config import load_config
-    from rnn_pipeline.data import datasets
+    from rnn_pipeline import tune
 
-    cfg = load_config("seed_sine", {"training": {"ensemble": 1, "max_epochs": 3, "patience": 3},
-                                    "model": {"architecture": "direct", "hidden": 8}})
-    t = tasks.for_config(cfg)
-    frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
-    data = t.prepare(t.read(frame, source), source)
+    cfg, t, data = _seed_task({"ensemble": 1, "max_epochs": 3, "patience": 3})
     base = tune.default_params(cfg)
     # two near-equal linear-started models on different look-backs: their errors partly cancel on validation
     candidates = [{**base, "architecture": "segment", "segment": 5, "norm": "none", "highway": True, "window": 20},
@@ -463,16 +463,10 @@ def test_top_params_are_the_best_distinct_complete_trials_over_the_defaults():
 
 
 def test_a_runner_up_whose_refit_fails_is_left_out_and_the_best_ones_failure_is_an_error(monkeypatch):
-    from rnn_pipeline import tasks, tune
-    from rnn_pipeline.config import load_config
-    from rnn_pipeline.data import datasets
+    from rnn_pipeline import tune
     from rnn_pipeline.train import TrainingDiverged
 
-    cfg = load_config("seed_sine", {"training": {"max_epochs": 2, "patience": 2},
-                                    "model": {"architecture": "direct", "hidden": 8}})
-    t = tasks.for_config(cfg)
-    frame, source = datasets.load(cfg.data.builtin, None, cfg.base_dir)
-    data = t.prepare(t.read(frame, source), source)
+    cfg, _, data = _seed_task({"max_epochs": 2, "patience": 2})
     base = tune.default_params(cfg)
     candidates = [base, {**base, "hidden": 12}, {**base, "hidden": 16}]
     real = tune.fit_model
