@@ -71,10 +71,12 @@ def migrated_mlflow_store() -> Path:
 
 def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = "builtin: seed_sine",
                  n_trials: int = 2, trial_epochs: int = 2, epochs: int = 3, floor: str | None = "[]",
-                 empty_store: bool = True, plots: bool = False) -> Path:
+                 empty_store: bool = True, plots: bool = False, ensemble_trials: int = 1) -> Path:
     """A small, fast config whose state lives under `folder/state`; with `empty_store`, that folder starts with an
     empty (migrated) MLflow store (see migrated_mlflow_store). It logs no plots (`evaluation.plots: false`, about a
-    second of CPU per run) unless `plots`, or an `evaluation:` section in `extra`, says otherwise.
+    second of CPU per run) unless `plots`, or an `evaluation:` section in `extra`, says otherwise. Its final model is the
+    best trial's refit alone (`training.ensemble_trials: 1`) unless `ensemble_trials` says otherwise: the mix of
+    trials is tested where it is the subject (test_flow, test_forecasters).
 
     Its models train 2-3 epochs: too few to be sure of beating persistence, so the gate's floor is off
     (`registry.floor: []`) for the tests about something else; `floor=None` keeps the default floor. A test whose
@@ -87,7 +89,7 @@ def write_config(folder: Path, name: str = "tiny", extra: str = "", data: str = 
         seed: 7
         data:
           {data}
-        training: {{max_epochs: {epochs}, patience: 3}}
+        training: {{max_epochs: {epochs}, patience: 3, ensemble_trials: {ensemble_trials}}}
         tuning:
           n_trials: {n_trials}
           max_epochs: {trial_epochs}

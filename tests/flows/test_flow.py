@@ -21,7 +21,7 @@ def state(tmp_path_factory, prefect_harness):
     from flows.training import training_flow
 
     folder = tmp_path_factory.mktemp("flow")
-    cfg = write_config(folder, n_trials=3, trial_epochs=2, epochs=2, plots=True)
+    cfg = write_config(folder, n_trials=3, trial_epochs=2, epochs=2, plots=True, ensemble_trials=3)
     summary = training_flow(str(cfg))
     return {"folder": folder, "config": cfg, "first": summary}
 
