@@ -69,9 +69,9 @@ def spec_from_json(d: dict) -> ForecasterSpec | EnsembleSpec:
 
 
 def build(spec: ForecasterSpec | EnsembleSpec) -> nn.Module:
-    if isinstance(spec, EnsembleSpec):
-        return ForecastEnsemble(spec)
-    return build(spec_from_json(spec.to_json())) if spec.members > 1 else FORECASTERS[spec.architecture](spec)
+    if isinstance(spec, ForecasterSpec) and spec.members > 1:  # a seed ensemble as saved before mixes existed
+        spec = spec_from_json(spec.to_json())
+    return ForecastEnsemble(spec) if isinstance(spec, EnsembleSpec) else FORECASTERS[spec.architecture](spec)
 
 
 def ensemble_of(models: list[nn.Module], weights: list[float] | None = None) -> nn.Module:
