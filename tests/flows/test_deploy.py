@@ -68,11 +68,19 @@ def test_deploy_serves_a_schedule_that_retrains_through_the_training_deployment(
 
         deployments = {d["id"]: d["name"] for d in api(port, "/deployments/filter", {})}
         assert sorted(deployments.values()) == [f"{NAME}-monitoring", f"{NAME}-training"]
-        runs = api(port, "/flow_runs/filter", {})
-        by = {}
-        for r in runs:
-            by.setdefault(deployments.get(r["deployment_id"]), []).append(r)
-        mon = [r for r in by[f"{NAME}-monitoring"] if r["state_type"] == "COMPLETED"]
+        # the pass records its action in monitoring.db before its flow run reports COMPLETED to the API: on a loaded
+        # machine that takes a while, so wait for it (bounded) before reading the runs
+        deadline = time.time() + 180
+        while True:
+            runs = api(port, "/flow_runs/filter", {})
+            by = {}
+            for r in runs:
+                by.setdefault(deployments.get(r["deployment_id"]), []).append(r)
+            mon = [r for r in by.get(f"{NAME}-monitoring", []) if r["state_type"] == "COMPLETED"]
+            train_done = [r for r in by.get(f"{NAME}-training", []) if r["state_type"] == "COMPLETED"]
+            if (mon and train_done) or time.time() > deadline:
+                break
+            time.sleep(2)
         assert mon and all(r["auto_scheduled"] or r["created_by"] for r in mon)  # started by the schedule
         # a 5 s schedule against a pass that retrains for longer: one pass at a time, never two overlapping, and
         # the runs that came due meanwhile were cancelled rather than queued
