@@ -14,13 +14,14 @@ direct GRU-32 for reference (medians of several epochs).
 
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
        [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--ensemble-trials N]
-       [--final-seconds S] [--skip-speed] [--skip-accuracy]
+       [--final-seconds S] [--keep DIR] [--skip-speed] [--skip-accuracy]
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -71,7 +72,8 @@ def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Pa
            "ensemble": [{"weight": m["weight"], "val_loss": m["val_loss"], **{k: m["params"].get(k) for k in
                          ("architecture", "norm", "channels", "highway", "window", "hidden")}}
                         for m in s["final_fit"].get("ensemble", [])],
-           "rnn": {k: s["metrics"][f"std_{k}"] for k in ("mse", "mae")}}
+           "rnn": {k: s["metrics"][f"std_{k}"] for k in ("mse", "mae")},
+           "baseline_windows": s.get("baseline_windows", {})}
     for name in BASELINES:
         if name in s["baselines"]:
             row[name] = {k: s["baselines"][name][f"std_{k}"] for k in ("mse", "mae")}
@@ -165,6 +167,9 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
+    ap.add_argument("--keep", default=None,
+                    help="keep each run's stores (MLflow, models, last_run.json) under this folder to inspect them "
+                         "(default: a temporary folder, removed at the end)")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +181,10 @@ def main() -> None:
     if not args.skip_accuracy:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         rows: list[dict] = []
-        with tempfile.TemporaryDirectory(prefix="rnnp-bench-") as tmp:
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+        with (contextlib.nullcontext(args.keep) if args.keep
+              else tempfile.TemporaryDirectory(prefix="rnnp-bench-")) as tmp:
             for dataset in args.datasets.split(","):
                 for mode in args.modes.split(","):
                     for horizon in map(int, args.horizons.split(",")):

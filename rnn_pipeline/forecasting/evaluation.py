@@ -124,33 +124,70 @@ def seasonal_naive(data: PreparedSeries, first_targets: np.ndarray, season: int)
     return data.values[idx, : data.n_targets]
 
 
+def _ridge(data: PreparedSeries, window: int, alphas: list[float], last_value: bool,
+           first_targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ridge on the L lags fitted on the training windows, forecasting the windows whose first targets are given
+    (per name), on the standardised scale (columns z-scored with their training statistics)."""
+    T, H = data.n_targets, data.horizon
+    scaler = StandardScaler().fit(data.values[: data.points.val_start])
+    z = scaler.transform(data.values)
+
+    def windows(idx: np.ndarray):  # flat inputs, flat targets and the last values taken off, per window
+        x, y = lag_matrix(z, idx, window), target_matrix(z, idx, H, T)  # (N, L, F), (N, H, T)
+        last = x[:, -1:, :] if last_value else np.zeros((len(idx), 1, z.shape[1]))
+        return (x - last).reshape(len(idx), -1), (y - last[..., :T]).reshape(len(idx), -1), last[..., :T]
+
+    x_fit, y_fit, _ = windows(data.points.first_targets("train", window, H))
+    model = RidgeCV(alphas=alphas).fit(x_fit, y_fit)
+    out = {}
+    for name, idx in first_targets.items():
+        x, _, last = windows(idx)
+        out[name] = model.predict(x).reshape(len(idx), H, T) + last
+    return out
+
+
 def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float], last_value: bool = False) -> np.ndarray:
     """A linear model on the L lags of every input column, fitted on the training windows only (as the RNN is; alpha
     by RidgeCV's efficient leave-one-out on them), forecasting the test windows in original units. Columns are
     z-scored with their training statistics first. With `last_value` (NLinear's normalisation), each window's last
     value is subtracted per column from its inputs and per target from its targets, and added back to the forecast.
     """
-    T, H = data.n_targets, data.horizon
-    scaler = StandardScaler().fit(data.values[: data.points.val_start])
-    z = scaler.transform(data.values)
+    idx = data.points.first_targets("test", window, data.horizon)
+    scaler = target_scaler(data)
+    return _ridge(data, window, alphas, last_value, {"test": idx})["test"] * scaler.scale_ + scaler.mean_
 
-    def windows(split: str):  # flat inputs, flat targets and the last values taken off, per window
-        idx = data.points.first_targets(split, window, H)
-        x, y = lag_matrix(z, idx, window), target_matrix(z, idx, H, T)  # (N, L, F), (N, H, T)
-        last = x[:, -1:, :] if last_value else np.zeros((len(idx), 1, z.shape[1]))
-        return (x - last).reshape(len(idx), -1), (y - last[..., :T]).reshape(len(idx), -1), last[..., :T]
 
-    x_fit, y_fit, _ = windows("train")
-    x_test, _, last_test = windows("test")
-    pred = RidgeCV(alphas=alphas).fit(x_fit, y_fit).predict(x_test).reshape(len(x_test), H, T) + last_test
-    return pred * scaler.scale_[:T] + scaler.mean_[:T]
+def ridge_baseline(data: PreparedSeries, windows: list[int], alphas: list[float], last_value: bool,
+                   test_first_targets: np.ndarray) -> tuple[np.ndarray, int, dict[int, float]]:
+    """The Ridge baseline with its look-back chosen as the RNN's is: among `windows` (those that fit before every
+    test window), the one whose fit on the training windows has the lowest standardised MSE on the validation
+    windows. Returns the test forecasts (original units), the chosen L and each L's validation MSE."""
+    H, T = data.horizon, data.n_targets
+    windows = sorted({int(w) for w in windows if 1 <= w <= int(test_first_targets.min())
+                      and len(data.points.first_targets("train", w, H)) >= 2})
+    if not windows:
+        raise ValueError("no look-back fits before the test windows")
+    val_idx = data.points.first_targets("val", max(windows), H)
+    z_val = target_scaler(data).transform(target_matrix(data.values, val_idx, H, T).reshape(-1, T))
+    best, scores = None, {}
+    for w in windows:
+        if len(windows) == 1 or len(val_idx) == 0:
+            best = (w, _ridge(data, w, alphas, last_value, {"test": test_first_targets})["test"])
+            break
+        got = _ridge(data, w, alphas, last_value, {"val": val_idx, "test": test_first_targets})
+        scores[w] = float(np.mean((got["val"].reshape(-1, T) - z_val) ** 2))
+        if best is None or scores[w] < scores[best[0]]:
+            best = (w, got["test"])
+    scaler = target_scaler(data)
+    return best[1] * scaler.scale_ + scaler.mean_, best[0], scores
 
 
 def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | str | None,
-             ridge_alphas: list[float]) -> dict:
+             ridge_alphas: list[float], ridge_windows: list[int] | None = None) -> dict:
     """Score the model (`predict_windows`: (N, L, F) original units -> (N, H, T)) and the baselines on the same
     test windows, in original units and on the standardised scale (`std_mse`, ...: each target's errors divided by
-    its training std). Per target too. Skills are `1 - model/baseline` on the headline scale (`headline`)."""
+    its training std). Per target too. Skills are `1 - model/baseline` on the headline scale (`headline`). The
+    Ridge baselines read the look-back among `ridge_windows` (default: the model's) that validation prefers."""
     season = resolve_season(season, data)
     idx = data.points.first_targets("test", window, data.horizon)
     y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
@@ -166,8 +203,11 @@ def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | s
     preds = {"persistence": persistence(data, idx)}
     if season:
         preds["seasonal_naive"] = seasonal_naive(data, idx, season)
-    preds["ridge"] = ridge_on_lags(data, window, ridge_alphas)
-    preds["ridge_last"] = ridge_on_lags(data, window, ridge_alphas, last_value=True)
+    result["baseline_windows"], result["baseline_val_mse"] = {}, {}
+    for name, last_value in (("ridge", False), ("ridge_last", True)):
+        preds[name], result["baseline_windows"][name], scores = ridge_baseline(
+            data, ridge_windows or [window], ridge_alphas, last_value, idx)
+        result["baseline_val_mse"][name] = {str(w): v for w, v in scores.items()}
     for name, p in preds.items():
         result["baselines"][name] = all_metrics(y_true, p, mean, std, scale, std_scale)
     # aggregate metrics in original units mix units when there are several targets: report each target (a target's

@@ -137,10 +137,22 @@ class ForecastingTask(Task):
     # ---- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, data, bundle: ForecastBundle, season):
         return evaluation.evaluate(data, bundle.predict_windows, bundle.window, season,
-                                   self.cfg.evaluation.ridge_alphas)
+                                   self.cfg.evaluation.ridge_alphas, self.ridge_windows(data, bundle.window))
+
+    def ridge_windows(self, data: PreparedSeries, window: int) -> list[int]:
+        """The look-backs the Ridge baselines choose from on validation, as the model's L was chosen: the configured
+        window, the model's and those of the search space (a range's ends), where they fit the splits."""
+        space = self.search_space(data).window if self.cfg.tuning.n_trials > 0 else None
+        found = {self.cfg.features.window, window}
+        if isinstance(space, list):
+            found |= set(space)
+        elif space is not None:
+            found |= {space.low, space.high}
+        return sorted(w for w in found if w == window or tuning.fits(data, w))
 
     def log_evaluation(self, ev, data: PreparedSeries) -> None:
         log_common_metrics(ev)
+        mlflow.log_params({f"baseline.{k}.window": v for k, v in ev["baseline_windows"].items()})
         mlflow.log_metrics({f"test_mse_h{h + 1}": v for h, v in enumerate(ev["mse_by_horizon"])})
         if len(data.target_columns) > 1:
             for col, m in ev["per_target"].items():
@@ -148,7 +160,8 @@ class ForecastingTask(Task):
 
     def summary(self, ev, data):
         return {"metrics_per_target": ev["per_target"], "mse_by_horizon": ev["mse_by_horizon"],
-                "n_test_windows": ev["n_test_windows"]}
+                "n_test_windows": ev["n_test_windows"], "baseline_windows": ev["baseline_windows"],
+                "baseline_val_mse": ev["baseline_val_mse"]}
 
     def tag_scores(self, gate_key):
         return tuple(dict.fromkeys(("mse", gate_key)))
@@ -171,7 +184,9 @@ class ForecastingTask(Task):
                  else "original units")
         lines = summary_head(s) + [f"test windows, {scale}; skill = 1 - mse / baseline mse",
                                    f"{'model':<16}{'mse':>12}{'rmse':>10}{'mae':>10}{'r2':>8}{'mase':>8}{'skill':>8}"]
-        rows = [("rnn", s["metrics"], None)] + [(k, v, s["skill"][k]) for k, v in s["baselines"].items()]
+        looks = s.get("baseline_windows", {})
+        rows = [("rnn", s["metrics"], None)] + [(k + (f" L={looks[k]}" if k in looks else ""), v, s["skill"][k])
+                                                for k, v in s["baselines"].items()]
         for name, m, sk in rows:
             skill = "" if sk is None else f"{sk:+.3f}"
             lines.append(f"{name:<16}{m[p + 'mse']:>12.6f}{m[p + 'rmse']:>10.4f}{m[p + 'mae']:>10.4f}"

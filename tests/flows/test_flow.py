@@ -64,6 +64,9 @@ def test_first_run_registers_a_champion_and_writes_the_summary(state):
     run = c.get_run(s["mlflow_run_id"])
     assert {"git_commit", "data_digest", "version.torch", "version.mlflow"} <= set(run.data.tags)
     assert run.data.params["seed"] == "7"
+    # the Ridges read the look-back validation preferred, among those tuned; the run says which
+    assert set(on_disk["baseline_windows"]) == {"ridge", "ridge_last"}
+    assert run.data.params["baseline.ridge.window"] == str(on_disk["baseline_windows"]["ridge"])
     artifacts = {a.path for a in c.list_artifacts(s["mlflow_run_id"], "plots")}
     assert {"plots/actual_vs_predicted.png", "plots/residual_histogram.png", "plots/residual_acf.png",
             "plots/loss_curves.png", "plots/optuna_history.png"} <= artifacts

@@ -11,7 +11,7 @@ from rnn_pipeline.config import load_config
 from rnn_pipeline.data import datasets
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError
-from rnn_pipeline.forecasting.evaluation import evaluate, forecast_score, headline, ridge_on_lags
+from rnn_pipeline.forecasting.evaluation import evaluate, forecast_score, headline, ridge_baseline, ridge_on_lags
 from rnn_pipeline.forecasting.windows import prepare_series
 from rnn_pipeline.registry import decide
 
@@ -114,6 +114,31 @@ def test_ridge_last_is_nlinear_normalised_ridge():
     got = ridge_on_lags(data, L, alphas, last_value=True)
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-8)
     assert not np.allclose(got, ridge_on_lags(data, L, alphas))  # not the plain Ridge
+
+
+def test_the_ridge_baseline_reads_the_look_back_validation_prefers():
+    """A noisy pattern that repeats every 30 steps: Ridge on 40 lags can copy the last period, on 10 lags it cannot.
+    The baseline picks 40 on validation and forecasts the model's test windows with it; given one window, it is
+    that window's Ridge."""
+    rng = np.random.default_rng(0)
+    period = rng.standard_normal(30)
+    y = np.tile(period, 40) + 0.05 * rng.standard_normal(1200)
+    frame = pd.DataFrame({"time": np.arange(1200), "y": y})
+    time, values = validate_series(frame, "p.csv", "time", ["y"], [], "error")
+    data = prepare_series(time, values, "p.csv", ["y"], [], window=10, max_window=40, horizon=5, scaler="standard",
+                          val=0.2, test=0.2)
+    idx = data.points.first_targets("test", 10, 5)
+    pred, chosen, scores = ridge_baseline(data, [10, 40], [0.1, 1.0], False, idx)
+    assert chosen == 40 and set(scores) == {10, 40} and scores[40] < 0.1 * scores[10]
+    np.testing.assert_allclose(pred, ridge_on_lags(data, 40, [0.1, 1.0]), rtol=1e-8, atol=1e-8)
+    one, w, _ = ridge_baseline(data, [10], [0.1, 1.0], True, idx)
+    assert w == 10
+    np.testing.assert_allclose(one, ridge_on_lags(data, 10, [0.1, 1.0], last_value=True), rtol=1e-8, atol=1e-8)
+    # evaluate() records the choice, and the model's window alone is the default
+    ev = evaluate(data, lambda x: np.repeat(x[:, -1:, :1], 5, axis=1), 10, None, [0.1, 1.0], [10, 40])
+    assert ev["baseline_windows"] == {"ridge": 40, "ridge_last": 40}
+    assert evaluate(data, lambda x: np.repeat(x[:, -1:, :1], 5, axis=1), 10, None, [0.1, 1.0])[
+        "baseline_windows"] == {"ridge": 10, "ridge_last": 10}
 
 
 # ---- the floor -----------------------------------------------------------------------------------------------------
