@@ -163,22 +163,25 @@ def ridge_baseline(data: PreparedSeries, windows: list[int], alphas: list[float]
     test window), the one whose fit on the training windows has the lowest standardised MSE on the validation
     windows. Returns the test forecasts (original units), the chosen L and each L's validation MSE."""
     H, T = data.horizon, data.n_targets
-    windows = sorted({int(w) for w in windows if 1 <= w <= int(test_first_targets.min())
+    first_test = int(test_first_targets.min()) if len(test_first_targets) else data.points.n
+    windows = sorted({int(w) for w in windows if 1 <= w <= first_test
                       and len(data.points.first_targets("train", w, H)) >= 2})
     if not windows:
         raise ValueError("no look-back fits before the test windows")
-    val_idx = data.points.first_targets("val", max(windows), H)
-    z_val = target_scaler(data).transform(target_matrix(data.values, val_idx, H, T).reshape(-1, T))
+    scaler = target_scaler(data)
+    scored = [w for w in windows if len(data.points.first_targets("val", w, H))]
+    if len(scored) < 2:  # nothing to choose between
+        w = scored[0] if scored else windows[0]
+        return _ridge(data, w, alphas, last_value, {"test": test_first_targets})["test"] * scaler.scale_ + \
+            scaler.mean_, w, {}
+    val_idx = data.points.first_targets("val", max(scored), H)  # every look-back is scored on the same windows
+    z_val = scaler.transform(target_matrix(data.values, val_idx, H, T).reshape(-1, T))
     best, scores = None, {}
-    for w in windows:
-        if len(windows) == 1 or len(val_idx) == 0:
-            best = (w, _ridge(data, w, alphas, last_value, {"test": test_first_targets})["test"])
-            break
+    for w in scored:
         got = _ridge(data, w, alphas, last_value, {"val": val_idx, "test": test_first_targets})
         scores[w] = float(np.mean((got["val"].reshape(-1, T) - z_val) ** 2))
         if best is None or scores[w] < scores[best[0]]:
             best = (w, got["test"])
-    scaler = target_scaler(data)
     return best[1] * scaler.scale_ + scaler.mean_, best[0], scores
 
 
