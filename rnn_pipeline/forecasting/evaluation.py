@@ -137,11 +137,8 @@ def _ridge(data: PreparedSeries, window: int, alphas: list[float], last_value: b
         last = x[:, -1:, :] if last_value else np.zeros((len(idx), 1, z.shape[1]))
         return (x - last).reshape(len(idx), -1), (y - last[..., :T]).reshape(len(idx), -1), last[..., :T]
 
-    key = (window, tuple(alphas), last_value)
-    model = data.ridge_fits.get(key)
-    if model is None:  # the same fit serves the mixed Ridge start's choice of L and the baselines
-        x_fit, y_fit, _ = windows(data.points.first_targets("train", window, H))
-        model = data.ridge_fits[key] = RidgeCV(alphas=alphas).fit(x_fit, y_fit)
+    x_fit, y_fit, _ = windows(data.points.first_targets("train", window, H))
+    model = RidgeCV(alphas=alphas).fit(x_fit, y_fit)
     out = {}
     for name, idx in first_targets.items():
         x, _, last = windows(idx)

@@ -199,8 +199,6 @@ class PreparedSeries:
     feature_columns: list[str]
     horizon: int
     warnings: list[str] = field(default_factory=list)  # data warnings (filled values, extreme values) to report
-    # the Ridge fits on the lags, by (L, alphas, last-value normalisation): the start point and the baselines share them
-    ridge_fits: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_targets(self) -> int:
