@@ -92,8 +92,8 @@ class Task:
         """The space the tuner searches: the config's."""
         return self.cfg.tuning.space
 
-    def start_points(self, params: dict, space=None, data=None) -> list[dict]:
-        """Trials enqueued after the configured model's (`params`), in the search `space`, on `data` (when given)."""
+    def start_points(self, params: dict, space=None) -> list[dict]:
+        """Trials enqueued after the configured model's (`params`)."""
         return []
 
     def spec(self, params: dict, data):

@@ -67,12 +67,12 @@ def _inside(dim, value) -> bool:
     return dim.low <= value <= dim.high
 
 
-def enqueue_configured(study: optuna.Study, cfg: PipelineConfig, space: SearchSpace, data=None) -> None:
+def enqueue_configured(study: optuna.Study, cfg: PipelineConfig, space: SearchSpace) -> None:
     """A new study's first trial is the configured model (where its values lie in the space): a search never ends
     below what the config alone would have trained. The task may add more (forecasting's default space: the
     published recipe at the configured window)."""
     params = default_params(cfg)
-    for point in [params, *tasks.for_config(cfg).start_points(params, space, data)]:
+    for point in [params, *tasks.for_config(cfg).start_points(params, space)]:
         fixed = {k: v for k, v in point.items()
                  if getattr(space, k, None) is not None and _active(k, point) and _inside(getattr(space, k), v)}
         if fixed:
@@ -263,7 +263,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     study = open_study(storage_url, study_name, cfg)
     space = search_space(cfg, data)
     if not study.get_trials(deepcopy=False) and cfg.tuning.n_trials:
-        enqueue_configured(study, cfg, space, data)
+        enqueue_configured(study, cfg, space)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = max(cfg.tuning.n_trials - done, 0)
     if done:

@@ -157,46 +157,32 @@ def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float], last_v
     return _ridge(data, window, alphas, last_value, {"test": idx})["test"] * scaler.scale_ + scaler.mean_
 
 
-def ridge_validation(data: PreparedSeries, windows: list[int], alphas: list[float], last_value: bool = False,
-                     also: np.ndarray | None = None) -> tuple[dict[int, float], dict[int, np.ndarray]]:
-    """Each look-back's Ridge (fitted on the training windows) scored by its standardised MSE on the validation
-    windows, all on the same windows (those of the longest); with `also` (first targets), each one's forecasts of
-    those windows too, on the standardised scale. Look-backs without validation windows are left out."""
-    H, T = data.horizon, data.n_targets
-    scored = [w for w in windows if len(data.points.first_targets("val", w, H))]
-    if not scored:
-        return {}, {}
-    val_idx = data.points.first_targets("val", max(scored), H)
-    z_val = target_scaler(data).transform(target_matrix(data.values, val_idx, H, T).reshape(-1, T))
-    scores, preds = {}, {}
-    for w in scored:
-        got = _ridge(data, w, alphas, last_value, {"val": val_idx, **({"also": also} if also is not None else {})})
-        scores[w] = float(np.mean((got["val"].reshape(-1, T) - z_val) ** 2))
-        if also is not None:
-            preds[w] = got["also"]
-    return scores, preds
-
-
 def ridge_baseline(data: PreparedSeries, windows: list[int], alphas: list[float], last_value: bool,
                    test_first_targets: np.ndarray) -> tuple[np.ndarray, int, dict[int, float]]:
     """The Ridge baseline with its look-back chosen as the RNN's is: among `windows` (those that fit before every
     test window), the one whose fit on the training windows has the lowest standardised MSE on the validation
     windows. Returns the test forecasts (original units), the chosen L and each L's validation MSE."""
-    H = data.horizon
+    H, T = data.horizon, data.n_targets
     first_test = int(test_first_targets.min()) if len(test_first_targets) else data.points.n
     windows = sorted({int(w) for w in windows if 1 <= w <= first_test
                       and len(data.points.first_targets("train", w, H)) >= 2})
     if not windows:
         raise ValueError("no look-back fits before the test windows")
     scaler = target_scaler(data)
-    scores, preds = ridge_validation(data, windows, alphas, last_value, test_first_targets) if len(windows) > 1 \
-        else ({}, {})
-    if len(scores) < 2:  # nothing to choose between
-        w = min(scores) if scores else windows[0]
-        pred = preds[w] if preds else _ridge(data, w, alphas, last_value, {"test": test_first_targets})["test"]
-        return pred * scaler.scale_ + scaler.mean_, w, {}
-    best = min(scores, key=scores.get)
-    return preds[best] * scaler.scale_ + scaler.mean_, best, scores
+    scored = [w for w in windows if len(data.points.first_targets("val", w, H))]
+    if len(scored) < 2:  # nothing to choose between
+        w = scored[0] if scored else windows[0]
+        return _ridge(data, w, alphas, last_value, {"test": test_first_targets})["test"] * scaler.scale_ + \
+            scaler.mean_, w, {}
+    val_idx = data.points.first_targets("val", max(scored), H)  # every look-back is scored on the same windows
+    z_val = scaler.transform(target_matrix(data.values, val_idx, H, T).reshape(-1, T))
+    best, scores = None, {}
+    for w in scored:
+        got = _ridge(data, w, alphas, last_value, {"val": val_idx, "test": test_first_targets})
+        scores[w] = float(np.mean((got["val"].reshape(-1, T) - z_val) ** 2))
+        if best is None or scores[w] < scores[best[0]]:
+            best = (w, got["test"])
+    return best[1] * scaler.scale_ + scaler.mean_, best[0], scores
 
 
 def evaluate(data: PreparedSeries, predict_windows, window: int, season: int | str | None,

@@ -92,14 +92,12 @@ class ForecastingTask(Task):
     def search_space(self, data=None) -> SearchSpace:
         return tuning.default_space(self.cfg, data) if self.cfg.tuning.space.is_empty() else self.cfg.tuning.space
 
-    def start_points(self, params, space=None, data=None):
+    def start_points(self, params, space=None):
         if not self.cfg.tuning.space.is_empty():
             return []
         windows = getattr(space, "window", None) or []
-        n_targets = len(self.cfg.data.target_columns)
-        mixed = (tuning.ridge_window(data, windows, self.cfg.evaluation.ridge_alphas)
-                 if data is not None and n_targets > 1 and len(windows) > 1 else None)
-        return tuning.start_points(params, self.cfg.features.window, n_targets, max(windows, default=None), mixed)
+        return tuning.start_points(params, self.cfg.features.window, len(self.cfg.data.target_columns),
+                                   max(windows, default=None))
 
     def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
         return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),

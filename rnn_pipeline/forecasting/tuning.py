@@ -27,15 +27,6 @@ def default_space(cfg: PipelineConfig, data: PreparedSeries | None = None) -> Se
     return space
 
 
-def ridge_window(data: PreparedSeries, windows: list[int], alphas: list[float]) -> int | None:
-    """The look-back, among `windows` that fit, whose Ridge on every column's lags (fitted on the training windows)
-    scores best on validation: where the recurrent model started from that Ridge starts (several targets)."""
-    from rnn_pipeline.forecasting.evaluation import ridge_validation
-
-    scores, _ = ridge_validation(data, [w for w in windows if fits(data, w)], alphas)
-    return min(scores, key=scores.get) if len(scores) > 1 else None
-
-
 def fits(data: PreparedSeries, window: int, min_windows: int = 2) -> bool:
     return all(len(data.points.first_targets(s, window, data.horizon)) >= min_windows
                for s in ("train", "val", "test"))
@@ -54,16 +45,12 @@ LINEAR_STARTS = [{**RECIPE, "norm": "last", "highway": True},
                  {**RECIPE, "norm": "none", "channels": "mixed", "highway": True}]
 
 
-def start_points(params: dict, window: int, n_targets: int | None = None, longest: int | None = None,
-                 mixed_window: int | None = None) -> list[dict]:
+def start_points(params: dict, window: int, n_targets: int | None = None, longest: int | None = None) -> list[dict]:
     """What a default-space study tries first, after the configured model: the recipe, then its linear starts (the
-    mixed one only with several targets, at `mixed_window` when given: the look-back whose Ridge validates best),
-    then the NLinear-style start at the `longest` look-back of the space (linear forecasts of hourly data gain from
-    longer windows, as DLinear's and NLinear's results show)."""
-    points = [RECIPE, LINEAR_STARTS[0]]
-    if n_targets is None or n_targets > 1:
-        points.append({**LINEAR_STARTS[1], **({"window": mixed_window} if mixed_window else {})})
-    out = [{**params, **p, "segment": min(p["segment"], p.get("window", window))} for p in points]
+    mixed one only with several targets), then the NLinear-style start at the `longest` look-back of the space
+    (linear forecasts of hourly data gain from longer windows, as DLinear's and NLinear's results show)."""
+    points = [RECIPE, LINEAR_STARTS[0], *(LINEAR_STARTS[1:] if n_targets is None or n_targets > 1 else [])]
+    out = [{**params, **p, "segment": min(p["segment"], window)} for p in points]
     if longest is not None and longest > window:
         out.append({**params, **LINEAR_STARTS[0], "window": longest})
     return out

@@ -299,33 +299,3 @@ def test_a_default_space_study_enqueues_the_nlinear_start_at_the_longest_window_
     assert [w["window"] for w in waiting[:3]] == [50, 50, 50]
     assert {k: waiting[-1][k] for k in ("architecture", "hidden")} == {k: tuning.RECIPE[k] for k in
                                                                           ("architecture", "hidden")}
-
-
-def test_with_several_targets_the_mixed_ridge_start_reads_the_look_back_whose_ridge_validates_best():
-    """Two channels repeating a noisy 15-step pattern: of the default space's windows around L = 10 (5, 10, 20),
-    only 20 lags reach one period back, so the Ridge validates best there and the recurrent model started from the
-    mixed Ridge is enqueued at 20; the other starts stay at the configured 10."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(1)
-    pattern = rng.standard_normal((15, 2))
-    values = np.tile(pattern, (60, 1)) + 0.05 * rng.standard_normal((900, 2))
-    frame = pd.DataFrame({"time": np.arange(900), "a": values[:, 0], "b": values[:, 1]})
-    time_, vals = validate_series(frame, "p.csv", "time", ["a", "b"], [], "error")
-    data = prepare_series(time_, vals, "p.csv", ["a", "b"], [], window=10, max_window=20, horizon=3,
-                          scaler="standard", val=0.2, test=0.2)
-    cfg = PipelineConfig.model_validate({"name": "m", "data": {"path": "p.csv", "time_column": "time",
-                                                                "target_columns": ["a", "b"]},
-                                         "features": {"window": 10, "horizon": 3}})
-    space = tune.search_space(cfg, data)
-    assert space.window == [5, 10, 20]
-    assert tuning.ridge_window(data, space.window, cfg.evaluation.ridge_alphas) == 20
-    study = optuna.create_study()
-    tune.enqueue_configured(study, cfg, space, data)
-    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]
-    mixed = [w for w in waiting if w.get("channels") == "mixed" and w.get("highway")]
-    assert len(mixed) == 1 and mixed[0]["window"] == 20 and mixed[0]["norm"] == "none"
-    assert [w["window"] for w in waiting if w is not mixed[0]][:3] == [10, 10, 10]
-    # without the data (or with one window) the start keeps the configured window
-    assert tuning.start_points(tune.default_params(cfg), 10, n_targets=2)[2]["window"] == 10
