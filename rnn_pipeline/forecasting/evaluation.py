@@ -152,9 +152,7 @@ def ridge_on_lags(data: PreparedSeries, window: int, alphas: list[float], last_v
     z-scored with their training statistics first. With `last_value` (NLinear's normalisation), each window's last
     value is subtracted per column from its inputs and per target from its targets, and added back to the forecast.
     """
-    idx = data.points.first_targets("test", window, data.horizon)
-    scaler = target_scaler(data)
-    return _ridge(data, window, alphas, last_value, {"test": idx})["test"] * scaler.scale_ + scaler.mean_
+    return ridge_baseline(data, [window], alphas, last_value, data.points.first_targets("test", window, data.horizon))[0]
 
 
 def ridge_baseline(data: PreparedSeries, windows: list[int], alphas: list[float], last_value: bool,
