@@ -15,6 +15,7 @@ direct GRU-32 for reference (medians of several epochs).
 Usage: python benchmarks/forecasting.py [--datasets a,b] [--modes target,all] [--horizons 24,96] [--seeds 0,1,2]
        [--trials 20] [--window 96] [--trial-epochs 60] [--trial-seconds S] [--ensemble K] [--ensemble-trials N]
        [--final-seconds S] [--keep DIR] [--skip-speed] [--skip-accuracy]
+       python benchmarks/forecasting.py --report a.json b.json ...   (one table from runs made apart)
 Results are printed as a table and written to .rnn_pipeline/bench_forecasting.json (rows as they finish too).
 """
 
@@ -81,12 +82,16 @@ def run_one(dataset, mode, horizon, window, seed, trials, trial_epochs, work: Pa
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
+    """Rows (one run each) -> one entry per series, targets and H: means and spreads over the seeds, the Ridges'
+    look-backs, and each seed's MSE against the best baseline's."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["mode"], r["horizon"]), []).append(r)
     out = []
     for (dataset, mode, horizon), rs in groups.items():
-        entry = {"dataset": dataset, "mode": mode, "horizon": horizon, "seeds": len(rs)}
+        rs = sorted(rs, key=lambda r: r["seed"])
+        entry = {"dataset": dataset, "mode": mode, "horizon": horizon, "seeds": len(rs),
+                 "seed_list": [r["seed"] for r in rs]}
         for model in ("rnn", *BASELINES):
             for k in ("mse", "mae"):
                 vals = [r[model][k] for r in rs if model in r]
@@ -95,20 +100,40 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     entry[f"{model}_{k}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
         best_baseline = min(entry[f"{b}_mse"] for b in BASELINES if f"{b}_mse" in entry)
         entry["beats_every_baseline"] = entry["rnn_mse"] < best_baseline
+        entry["vs_best_baseline"] = entry["rnn_mse"] / best_baseline - 1
+        entry["per_seed_vs_best_baseline"] = [r["rnn"]["mse"] / best_baseline - 1 for r in rs]
+        entry["baseline_windows"] = {name: sorted({r.get("baseline_windows", {}).get(name) for r in rs} - {None})
+                                     for name in ("ridge", "ridge_last")}
         entry["training_compute_seconds"] = statistics.fmean(r["training_compute_seconds"] for r in rs)
         out.append(entry)
-    return out
+    return sorted(out, key=lambda e: (e["horizon"], e["mode"], e["dataset"]))
 
 
 def table(summary: list[dict]) -> str:
-    head = ("| series | targets | H | RNN MSE (mean ± std) | RNN MAE | "
-            + " | ".join(f"{b} MSE" for b in BASELINES) + " | RNN best? | train s |")
+    """The README's table: standardised test MSE (mean ± std over the seeds, bold where below every baseline), MAE,
+    the baselines' means (the Ridges' look-backs chosen on validation in brackets), and each seed's MSE against the
+    best baseline's."""
+    head = ("| series | targets | H | seeds | RNN MSE (mean ± std) | RNN MAE | " + " | ".join(
+        f"{b.replace('_', ' ') if b == 'seasonal_naive' else b}{' (L)' if b.startswith('ridge') else ''}"
+        for b in BASELINES) + " | below every baseline? | per seed vs best baseline | compute s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def base(e: dict, b: str) -> str:
+        if f"{b}_mse" not in e:
+            return "-"
+        windows = e.get("baseline_windows", {}).get(b)
+        return f"{e[f'{b}_mse']:.4f}" + (f" ({', '.join(map(str, windows))})" if windows else "")
+
     for e in summary:
-        base = " | ".join(f"{e[f'{b}_mse']:.4f}" if f"{b}_mse" in e else "-" for b in BASELINES)
-        lines.append(f"| {e['dataset']} | {e['mode']} | {e['horizon']} | {e['rnn_mse']:.4f} ± {e['rnn_mse_std']:.4f} "
-                     f"| {e['rnn_mae']:.4f} ± {e['rnn_mae_std']:.4f} | {base} | "
-                     f"{'yes' if e['beats_every_baseline'] else 'NO'} | {e['training_compute_seconds']:.0f} |")
+        win = e["beats_every_baseline"]
+        mse = f"{e['rnn_mse']:.4f} ± {e['rnn_mse_std']:.4f}"
+        seeds = ",".join(map(str, e.get("seed_list", []))) or "?"
+        per_seed = ", ".join(f"{100 * v:+.1f}%" for v in e.get("per_seed_vs_best_baseline", []))
+        lines.append(f"| {e['dataset']} | {e['mode']} | {e['horizon']} | {e['seeds']} ({seeds}) | "
+                     + (f"**{mse}**" if win else mse) + f" | {e['rnn_mae']:.4f} | "
+                     + " | ".join(base(e, b) for b in BASELINES) + " | "
+                     + ("**yes**" if win else "NO") + f" ({100 * e.get('vs_best_baseline', 0):+.1f}%) | {per_seed} | "
+                     f"{e['training_compute_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -167,10 +192,19 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", default=str(REPO / ".rnn_pipeline" / "bench_forecasting.json"))
+    ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: print the table of the rows in these result files (runs made apart, e.g. "
+                         "one per process, reported together)")
     ap.add_argument("--keep", default=None,
                     help="keep each run's stores (MLflow, models, last_run.json) under this folder to inspect them "
                          "(default: a temporary folder, removed at the end)")
     args = ap.parse_args()
+    if args.report:
+        rows = [row for f in args.report for row in json.loads(Path(f).read_text()).get("rows", [])]
+        if not rows:
+            sys.exit("no rows in " + ", ".join(args.report))
+        print(table(aggregate(rows)))
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"args": vars(args)}
