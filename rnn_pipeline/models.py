@@ -182,11 +182,14 @@ class Forecaster(nn.Module):
         return y
 
     def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
-        """x: (B, L, F), targets first. Returns (B, H, T); with all_steps, (B, L, H, T): the forecast made at every
-        step (direct core on unnormalised inputs only)."""
+        """x: (B, L', F), targets first; of a longer history (L' > L) only the last L steps are read. Returns
+        (B, H, T); with all_steps, (B, L', H, T): the forecast made at every step (direct core on unnormalised
+        inputs only)."""
         if all_steps and not self.supports_all_steps:
             raise ValueError("all_steps needs architecture 'direct' with norm 'none' and no highway")
         s = self.spec
+        if s.window and x.shape[1] > s.window and not all_steps:
+            x = x[:, -s.window:]  # a longer history (an ensemble's, a client's): the model reads its own look-back
         b = x.shape[0]
         z, stats, channel = self.network_inputs(x)
         y = self.core(z, channel, all_steps)

@@ -114,9 +114,10 @@ class ForecastingTask(Task):
         return data.windows("train", params["window"], loss), data.windows("val", params["window"], loss)
 
     def bundle(self, model, data: PreparedSeries, params) -> ForecastBundle:
-        # an ensemble reads its longest member's window (the params are its best member's)
+        # the model's own look-back (an ensemble's: its longest member's), which need not be the params' (the best
+        # trial's) when validation keeps another candidate alone
         return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns,
-                              max(window_of(model), int(params["window"])), data.horizon)
+                              window_of(model) or int(params["window"]), data.horizon)
 
     def combine(self, models, data: PreparedSeries):
         """The weighted mean of `models` chosen by greedy forward selection on the validation windows (at the

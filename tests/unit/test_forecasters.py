@@ -429,6 +429,38 @@ def test_the_final_model_mixes_the_candidates_by_their_validation_forecasts():
     assert t.bundle(res.model, data, candidates[0]).window == 40  # the best member's params say 20
 
 
+@pytest.mark.parametrize("arch,norm,channels,highway", [("direct", "none", "mixed", True),
+                                                        ("segment", "revin", "independent", False),
+                                                        ("segment", "last", "mixed", True)])
+def test_a_forecaster_given_a_longer_history_reads_only_its_own_look_back(arch, norm, channels, highway):
+    m = make(arch, norm, channels, window=10, highway=highway)
+    x = torch.randn(4, 25, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x[:, -10:]))
+        assert not torch.allclose(m(x), m(x[:, -11:-1]))  # the last ten steps, not any ten
+
+
+def test_a_candidate_kept_alone_is_judged_and_bundled_at_its_own_look_back():
+    """When validation keeps one candidate alone and another read a longer look-back, the lone model is scored on
+    the longer windows' last L steps (with a highway, reading the whole longer window failed the run) and its
+    bundle asks for its own L, not the best trial's."""
+    from rnn_pipeline import tune
+
+    cfg, t, data = _seed_task({"max_epochs": 1, "patience": 1})
+    base = tune.default_params(cfg)
+    short = {**base, "architecture": "segment", "segment": 5, "norm": "none", "highway": True, "window": 20}
+    long = {**short, "window": 40}
+    setup_torch(1, cfg.seed)
+    good = build_forecaster(t.spec(short, data))
+    x, y = data.windows("train", 20).batch(torch.arange(len(data.windows("train", 20))))
+    good.start_from_linear(x, y)  # the linear forecast: close to the noise floor on the sine
+    poor = build_forecaster(t.spec(long, data))  # untrained: far off
+    model, weights, best_val = t.combine([good.eval(), poor.eval()], data)
+    assert weights == [1.0, 0.0] and model is good
+    assert best_val == pytest.approx(data.windows("val", 40).eval_loss(_Tail(good)), rel=1e-6)
+    assert t.bundle(model, data, long).window == 20
+
+
 class _Tail(torch.nn.Module):
     """A model reading the last `spec.window` steps of longer windows, as an ensemble member does."""
 
