@@ -51,8 +51,8 @@ class ForecastEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
         out = 0
-        for w, m, s in zip(self.weights, self.members, self.spec.members):
-            out = out + w * m(x[:, -s.window:] if s.window else x, all_steps)
+        for w, m in zip(self.weights, self.members):
+            out = out + w * m(x, all_steps)  # each member reads its own last L steps
         return out
 
 

@@ -129,7 +129,7 @@ class ForecastingTask(Task):
                 x, y = val.batch(torch.arange(i, min(i + 4096, len(val))))
                 ys.append(y.numpy())
                 for p, m in zip(preds, models):
-                    p.append(m.eval()(x[:, -window_of(m):]).numpy())
+                    p.append(m.eval()(x).numpy())  # each reads its own last L steps
         counts = greedy_selection([np.concatenate(p) for p in preds], np.concatenate(ys))
         weights = [c / sum(counts) for c in counts]
         model = ensemble_of(models, weights)
