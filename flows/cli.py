@@ -146,6 +146,7 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     import pandas as pd
 
     from rnn_pipeline import registry
+    from rnn_pipeline.bundle import labelled
     from rnn_pipeline.errors import DataValidationError
     from rnn_pipeline.serving import batch
 
@@ -163,9 +164,10 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
     # validate and coerce here (ints, string ids), so that MLflow's schema check sees clean columns
     data = batch.read_input(str(input))[0] if input is not None else pd.DataFrame({bundle.text_column: text})
     ids, inputs = batch.model_inputs(bundle, data, source)
-    id_col = bundle.id_column
-    out = loaded.predict(bundle.inputs_frame(inputs)).sort_values(id_col).reset_index(drop=True)
-    out[id_col] = ids
+    if hasattr(bundle, "labelled"):
+        out = bundle.labelled(loaded.predict(bundle.inputs_frame(inputs, ids)), ids)
+    else:  # a model registered by earlier code (its own copy of the bundle classes answers)
+        out = labelled(loaded.predict(bundle.inputs_frame(inputs)), bundle.id_column, ids)
     if output is None:
         typer.echo(out.to_csv(index=False, float_format="%.8g"), nl=False)
     elif output.suffix.lower() in (".parquet", ".pq"):

@@ -31,6 +31,14 @@ def save_files(folder: str | Path, meta: dict, model: torch.nn.Module) -> dict[s
     return {"preprocess": str(folder / PREPROCESS_FILE), "weights": str(folder / WEIGHTS_FILE)}
 
 
+def labelled(out, id_column: str, ids):
+    """The pyfunc's answer to `inputs_frame(inputs)` in the order of the inputs, labelled with their ids (`predict`
+    sends numbered windows or items: the number orders them)."""
+    out = out.sort_values(id_column).reset_index(drop=True)
+    out[id_column] = ids
+    return out
+
+
 def load_weights(model: torch.nn.Module, weights_path: str | Path) -> torch.nn.Module:
     model.load_state_dict(load_file(str(weights_path)))
     model.eval()
@@ -38,10 +46,13 @@ def load_weights(model: torch.nn.Module, weights_path: str | Path) -> torch.nn.M
 
 
 def load_bundle(preprocess_path: str | Path, weights_path: str | Path):
-    """A saved bundle (ForecastBundle or ClassifierBundle, as its preprocess.json says) with its weights."""
+    """A saved bundle (ForecastBundle, PanelBundle or ClassifierBundle, as its preprocess.json says) with its
+    weights."""
     from rnn_pipeline.classification.bundle import ClassifierBundle
     from rnn_pipeline.forecasting.bundle import ForecastBundle
+    from rnn_pipeline.panel.bundle import PanelBundle
 
     meta = json.loads(Path(preprocess_path).read_text())
-    cls = ClassifierBundle if meta.get("task", "forecasting") == "classification" else ForecastBundle
+    cls = {"classification": ClassifierBundle, "panel": PanelBundle}.get(meta.get("task", "forecasting"),
+                                                                         ForecastBundle)
     return cls.from_meta(meta, weights_path)

@@ -19,17 +19,22 @@ WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]"
 class DataConfig(_Strict):
     """Where the data comes from and what its columns mean.
 
-    Forecasting: one series, `time_column` + `target_columns` (+ `feature_columns`).
+    Forecasting: one series, `time_column` + `target_columns` (+ `feature_columns`); a panel of many series adds
+    `id_column` (a long table: one row per series and time step).
     Classification: either text (one row per text: `text_column` + `label_column`) or numeric sequences as a long
     table (one row per step: `sequence_column`, optional `step_column`, the `channel_columns`, `label_column`)."""
 
     builtin: str | None = Field(None, description="name of a built-in dataset (seed_sine, greensboro_weather, "
-                                                  "sand_point_weather, miami_weather, japanese_vowels, "
+                                                  "sand_point_weather, miami_weather, weather_panel, "
+                                                  "japanese_vowels, "
                                                   "rotten_tomatoes)")
     path: str | None = Field(None, description="CSV or Parquet file; relative paths resolve against the config's folder")
     time_column: str = "time"
     target_columns: list[str] = Field(default_factory=lambda: ["value"])
     feature_columns: list[str] = Field(default_factory=list)
+    id_column: str | None = Field(None, description="forecasting: the column naming each series of a panel (a long "
+                                                    "table, one row per series and time step): one global model is "
+                                                    "trained across the series (see README, 'Many series')")
     missing: Literal["error", "interpolate", "ffill"] = Field(
         "error", description="forecasting: blank values, and gaps in the time steps, are refused ('error'), or filled "
                              "('interpolate', 'ffill': gap rows are added on the regular grid, and how many values "
@@ -99,6 +104,9 @@ class DataConfig(_Strict):
             problems.append("data: give exactly one of 'builtin' or 'path'")
         if not self.target_columns:
             problems.append("data.target_columns: at least one target column is needed")
+        if self.id_column is not None and self.id_column in {*self.target_columns, *self.feature_columns,
+                                                             self.time_column}:
+            problems.append(f"data.id_column '{self.id_column}' is also the time, a target or a feature column")
         clash = set(self.target_columns) & set(self.feature_columns)
         if clash:
             problems.append(f"data: columns {sorted(clash)} are both target and feature")
@@ -111,6 +119,9 @@ class FeatureConfig(_Strict):
     window: int = Field(50, ge=1, description="L: past steps fed to the model (tuned if tuning.space.window is set)")
     horizon: int = Field(1, ge=1, description="H: future steps predicted at once (direct multi-output)")
     scaler: Literal["standard", "minmax", "none"] = "standard"
+    max_windows_per_series: int | None = Field(None, ge=1, description="panels: at most this many training windows "
+                                                                      "per series, spread evenly over its training "
+                                                                      "split (None: all)")
     # classification
     max_length: int | None = Field(None, ge=1, description="classification: longest sequence kept, in steps or "
                                                             "tokens (None: the longest training sequence)")

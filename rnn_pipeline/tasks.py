@@ -187,8 +187,9 @@ def task_class(name: str) -> type[Task]:
     from rnn_pipeline.classification.task import ClassificationTask
     from rnn_pipeline.errors import PipelineError
     from rnn_pipeline.forecasting.task import ForecastingTask
+    from rnn_pipeline.panel.task import PanelTask
 
-    tasks = {"forecasting": ForecastingTask, "classification": ClassificationTask}
+    tasks = {"forecasting": ForecastingTask, "classification": ClassificationTask, "panel": PanelTask}
     if name not in tasks:
         raise PipelineError(f"unknown task '{name}' (one of {', '.join(tasks)})")
     return tasks[name]
@@ -200,4 +201,7 @@ def for_name(name: str, cfg: PipelineConfig | None) -> Task:
 
 
 def for_config(cfg: PipelineConfig) -> Task:
+    """The config's task: forecasting with `data.id_column` is a panel (many series, one global model)."""
+    if cfg.task == "forecasting" and cfg.data.id_column:
+        return for_name("panel", cfg)
     return for_name(cfg.task, cfg)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rnn_pipeline.bundle import LABEL, load_weights, save_files
+from rnn_pipeline.bundle import LABEL, labelled, load_weights, save_files
 from rnn_pipeline.classification.reading import read_sequences, read_texts, sequences_from_arrays
 from rnn_pipeline.classification.sequences import Encoder, pad
 from rnn_pipeline.errors import DataValidationError
@@ -178,9 +178,13 @@ class ClassifierBundle:
         self.encoder.encode(items, source, ids)
         return ids, items
 
-    def inputs_frame(self, items: list) -> pd.DataFrame:
+    def inputs_frame(self, items: list, ids=None) -> pd.DataFrame:
         """The inverse of model_inputs: the frame a client sends to the pyfunc."""
         return self.items_frame(items)
+
+    def labelled(self, out: pd.DataFrame, ids) -> pd.DataFrame:
+        """The pyfunc's answer to inputs_frame(items, ids): one row per item, in their order, with their ids."""
+        return labelled(out, self.id_column, ids)
 
     def request_inputs(self, req, limits) -> list:
         """A PredictRequest's `texts` or `sequences` -> raw items. `limits`: the serving settings (max_steps,

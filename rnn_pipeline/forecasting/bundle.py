@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rnn_pipeline.bundle import WINDOW_ID, load_weights, save_files
+from rnn_pipeline.bundle import WINDOW_ID, labelled, load_weights, save_files
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.errors import DataValidationError
 from rnn_pipeline.forecasting.ensemble import spec_from_json
@@ -155,9 +155,13 @@ class ForecastBundle:
             raise DataValidationError("forecasting reads a table of history rows, not JSON")
         return self.frame_to_windows(data)
 
-    def inputs_frame(self, x: np.ndarray) -> pd.DataFrame:
-        """The inverse of model_inputs: the frame a client sends to the pyfunc."""
+    def inputs_frame(self, x: np.ndarray, ids=None) -> pd.DataFrame:
+        """The inverse of model_inputs (`ids`: what it returned beside `x`): the frame a client sends to the pyfunc."""
         return self.windows_frame(x)
+
+    def labelled(self, out: pd.DataFrame, ids) -> pd.DataFrame:
+        """The pyfunc's answer to inputs_frame(x, ids): one row per window, in their order, with their ids."""
+        return labelled(out, self.id_column, ids)
 
     def request_inputs(self, req, limits) -> np.ndarray:
         """A PredictRequest's `series` (histories, oldest first) -> (N, L, F) windows, the last L steps of each.

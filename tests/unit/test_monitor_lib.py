@@ -202,5 +202,5 @@ def test_the_reference_picks_the_tasks_monitoring(tmp_path):
     m = for_reference(folder, load_config("seed_sine"), None, "3")
     assert isinstance(m, ForecastingMonitor) and m.version == "3" and len(m.features) == 190
     assert monitor_class("classification").task == "classification"
-    with pytest.raises(PipelineError, match=r"unknown task 'x' \(one of forecasting, classification\)"):
+    with pytest.raises(PipelineError, match=r"unknown task 'x' \(one of forecasting, classification, panel\)"):
         monitor_class("x")

@@ -1,0 +1,1 @@
+"""Many series, one global model: panel data, its evaluation, its bundle and its Task."""

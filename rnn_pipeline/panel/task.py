@@ -1,0 +1,200 @@
+"""Forecasting many series with one global model, as a Task: a forecasting config with `data.id_column`. The model,
+its search space, tuning, the final fit and the mix are forecasting's (a window of any series is a window); what
+differs is reading (series by series), preparing (each series split and scaled on its own), the bundle (a scaling
+per series), and judging (each series beside its own baselines, aggregated scale-free: see panel.evaluation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.forecasting import evaluation
+from rnn_pipeline.forecasting.ensemble import window_of
+from rnn_pipeline.forecasting.task import ForecastingTask
+from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
+from rnn_pipeline.monitoring.drift import REFERENCE_META
+from rnn_pipeline.monitoring.task import TaskMonitor
+from rnn_pipeline.panel import evaluation as panel_eval
+from rnn_pipeline.panel.bundle import PanelBundle
+from rnn_pipeline.panel.data import PreparedPanel, prepare_panel, validate_panel
+from rnn_pipeline.tasks import Artifacts, log_common_metrics, summary_head
+
+REFERENCE_FILE = "reference.parquet"
+
+
+class PanelMonitor(TaskMonitor):
+    """Monitoring a panel model is not built yet: it says so instead of judging batches as one series."""
+
+    task = "panel"
+
+    @classmethod
+    def load(cls, folder: Path, cfg, bundle, version: str):
+        raise PipelineError(f"model '{cfg.model_name}' forecasts a panel of series; monitoring panels (drift and "
+                            "error per series) is not supported yet")
+
+
+class PanelTask(ForecastingTask):
+    name = "panel"
+    monitor = PanelMonitor
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def read(self, frame, source):
+        return validate_panel(frame, source, self.cfg.data, self.cfg.split.test_end)
+
+    def prepare(self, checked, source) -> PreparedPanel:
+        cfg, s = self.cfg, self.cfg.split
+        return prepare_panel(checked, source, cfg.data.id_column, cfg.data.target_columns, cfg.data.feature_columns,
+                             window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
+                             scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
+                             test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
+                             outlier_threshold=cfg.data.outlier_threshold,
+                             max_windows_per_series=cfg.features.max_windows_per_series)
+
+    def describe(self, data: PreparedPanel, source: str) -> str:
+        rows = [p.points.n for p in data.parts]
+        return (f"data {source}: {data.n_series} series ('{data.id_column}'), {sum(rows)} rows ({min(rows)}-"
+                f"{max(rows)} per series), {data.z.shape[1]} columns; training windows at L={self.cfg.features.window}"
+                f": {len(data.points.first_targets('train', self.cfg.features.window, data.horizon))}")
+
+    def about(self, data: PreparedPanel) -> str:
+        return (f"Forecasts {', '.join(f'`{c}`' for c in data.target_columns)} {data.horizon} step(s) ahead for "
+                f"{data.n_series} series (`{data.id_column}`) with one global model.")
+
+    def digest(self, data: PreparedPanel) -> str:
+        return data.digest()
+
+    # ---- judging ----------------------------------------------------------------------------------------------
+    def season(self, data: PreparedPanel):
+        return evaluation.resolve_season(self.cfg.evaluation.season, data.parts[0])
+
+    def gate_key(self, data: PreparedPanel) -> str:
+        return f"std_{self.cfg.gate_metric}"  # the series' units differ: always on each series' z-scores
+
+    # ---- the model --------------------------------------------------------------------------------------------
+    def bundle(self, model, data: PreparedPanel, params) -> PanelBundle:
+        scalings = [p.scaling for p in data.parts]
+        return PanelBundle(model, scalings[0], data.target_columns, data.feature_columns,
+                           window_of(model) or int(params["window"]), data.horizon, data.id_column,
+                           list(data.series_ids), scalings)
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, data: PreparedPanel, bundle: PanelBundle, season):
+        return panel_eval.evaluate_panel(
+            data, lambda k, x: bundle.predict_windows(x, np.full(len(x), k)), bundle.window, season,
+            self.cfg.evaluation.ridge_alphas, self.ridge_windows(data.parts[0], bundle.window))
+
+    def ridge_windows(self, data, window: int) -> list[int]:
+        return super().ridge_windows(data, window)
+
+    def log_evaluation(self, ev, data: PreparedPanel) -> None:
+        log_common_metrics(ev)
+        mlflow.log_params({"n_series": data.n_series,
+                           **{f"baseline.{k}.window": ",".join(map(str, v)) for k, v in ev["baseline_windows"].items()}})
+        mlflow.log_table(self.series_table(ev), "evaluation/per_series.json")
+
+    @staticmethod
+    def series_table(ev) -> pd.DataFrame:
+        rows = []
+        for sid, m in ev["per_series"].items():
+            rows.append({"series": sid, "n_test_windows": m["n_test_windows"], "std_mse": m["std_mse"],
+                         "mase": m["mase"], "rel_mase": m["rel_mase"], "smape": m["smape"], "mse": m["mse"],
+                         "mae": m["mae"], **{f"{b}_std_mse": v for b, v in m["baselines_std_mse"].items()}})
+        return pd.DataFrame(rows)
+
+    def summary(self, ev, data: PreparedPanel):
+        return {"n_series": ev["n_series"], "n_test_windows": ev["n_test_windows"], "per_series": ev["per_series"],
+                "best_series": ev["best_series"], "worst_series": ev["worst_series"],
+                "baseline_windows": ev["baseline_windows"]}
+
+    def tag_scores(self, gate_key):
+        return tuple(dict.fromkeys((gate_key, "mase", "rel_mase")))
+
+    def artifacts(self, folder: Path, ev, data: PreparedPanel, bundle: PanelBundle, history, study, digest):
+        index = ev["first_targets"]
+        series = data.points.series_of(index)
+        first = int(index[0]) - int(data.points.offsets[series[0]])
+        example = bundle.windows_frame(lag_matrix(data.parts[series[0]].values, np.array([first]), bundle.window),
+                                       [data.series_ids[series[0]]])
+        predictions = self.series_table(ev)
+        reference = folder / "reference"
+        reference.mkdir(parents=True, exist_ok=True)
+        frames = [pd.DataFrame(p.values, columns=[*data.target_columns, *data.feature_columns])
+                  .assign(**{self.cfg.data.time_column: p.time.to_numpy(), data.id_column: sid})
+                  for sid, p in zip(data.series_ids, data.parts)]
+        pd.concat(frames, ignore_index=True).to_parquet(reference / REFERENCE_FILE, index=False)
+        (reference / REFERENCE_META).write_text(json.dumps(
+            {"format": 1, "task": "panel", "id_column": data.id_column, "time_column": self.cfg.data.time_column,
+             "columns": [*data.target_columns, *data.feature_columns], "n_targets": data.n_targets,
+             "window": int(bundle.window), "horizon": int(data.horizon), "n_series": data.n_series,
+             "test_std_mse": float(ev["metrics"]["std_mse"]), "data_digest": digest}, indent=2))
+        return Artifacts([], example, index, ev["y_pred"], predictions, reference)
+
+    def summary_table(self, s: dict) -> str:
+        lines = summary_head(s) + [
+            f"{s['n_series']} series, {s['n_test_windows']} test windows; std_* on each series' training z-scores, "
+            "pooled; mase: mean over the series; rel_mase: over persistence's; skill = 1 - std_mse / baseline's",
+            f"{'model':<16}{'std_mse':>10}{'std_mae':>10}{'mase':>8}{'rel_mase':>10}{'skill':>8}"]
+        looks = s.get("baseline_windows", {})
+        rows = [("rnn", s["metrics"], None)] + [
+            (k + (f" L={'/'.join(map(str, looks[k]))}" if looks.get(k) else ""), v, s["skill"][k])
+            for k, v in s["baselines"].items()]
+        for name, m, sk in rows:
+            skill = "" if sk is None else f"{sk:+.3f}"
+            lines.append(f"{name:<16}{m['std_mse']:>10.4f}{m['std_mae']:>10.4f}{m['mase']:>8.3f}{m['rel_mase']:>10.3f}"
+                         f"{skill:>8}")
+        per = s.get("per_series", {})
+
+        def show(ids):
+            return ", ".join(f"{i} ({per[i]['rel_mase']:.3f})" for i in ids)
+
+        lines.append(f"best series (rel_mase): {show(s.get('best_series', []))}")
+        lines.append(f"worst series (rel_mase): {show(s.get('worst_series', []))}")
+        lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
+                     f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
+        return "\n".join(lines)
+
+    # ---- scoring a logged model -------------------------------------------------------------------------------
+    def _test_frame(self, b: PanelBundle, data: PreparedPanel):
+        """Every test window of every series as the long frame a client sends, with the true values."""
+        xs, ys, ids, series = [], [], [], []
+        for k, (sid, p) in enumerate(zip(data.series_ids, data.parts)):
+            idx = p.points.first_targets("test", b.window, data.horizon)
+            xs.append(lag_matrix(p.values, idx, b.window))
+            ys.append(target_matrix(p.values, idx, data.horizon, data.n_targets))
+            ids += [sid] * len(idx)
+            series.append(np.full(len(idx), k))
+        return np.concatenate(xs), np.concatenate(ys), ids, np.concatenate(series)
+
+    def score(self, model, data: PreparedPanel, metric):
+        from rnn_pipeline.registry import bundle_of
+
+        b = bundle_of(model)
+        if not isinstance(b, PanelBundle):
+            raise PipelineError("model forecasts one series; this data is a panel of series")
+        if b.target_columns != data.target_columns or b.horizon != data.horizon:
+            raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
+                                f"{data.target_columns} x {data.horizon}")
+        if b.input_columns != [*data.target_columns, *data.feature_columns]:
+            raise PipelineError(f"model reads {b.input_columns}; this data has "
+                                f"{[*data.target_columns, *data.feature_columns]}")
+        x, y_true, ids, series = self._test_frame(b, data)
+        out = self._predict_by_window(model, b, x, ids)
+        return panel_eval.panel_score(y_true, out, series, data, metric)
+
+    @staticmethod
+    def _predict_by_window(model, b: PanelBundle, x: np.ndarray, ids: list[str]) -> np.ndarray:
+        """Windows of any series through the pyfunc's own predict, in one call (numbered by `window_id`)."""
+        got = model.predict(b.windows_frame(x, ids, window_ids=True))
+        return got[b.output_columns].to_numpy().reshape(len(ids), b.horizon, len(b.target_columns))
+
+    def predict_logged(self, model, bundle: PanelBundle, data: PreparedPanel, index):
+        series = data.points.series_of(index)
+        x = np.stack([lag_matrix(data.parts[k].values, np.array([p - data.points.offsets[k]]), bundle.window)[0]
+                      for p, k in zip(index, series)])
+        ids = [data.series_ids[k] for k in series]
+        return self._predict_by_window(model, bundle, x, ids).reshape(len(index), -1)

@@ -1,0 +1,85 @@
+"""A panel through the training flow: one global model trained across several series, judged series by series
+beside each one's baselines, registered with its per-series scaling, gated on the pooled standardised MSE, and
+scored by `predict` and `predict-batch` for several series at once."""
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_config
+
+from rnn_pipeline.data.datasets import synthetic_panel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_harness):
+    from flows.training import training_flow
+
+    folder = tmp_path_factory.mktemp("panel")
+    frame = synthetic_panel(4, 240, season=12, seed=11, regime_switches=False)
+    frame["value"] += np.repeat([0.0, 50.0, 500.0, -20.0], 240)
+    frame.to_csv(folder / "panel.csv", index=False)
+    cfg = write_config(folder, name="pan", n_trials=2, epochs=4, floor=None, data="""path: panel.csv
+          id_column: series
+          time_column: time
+          target_columns: [value]""", extra="""\
+        features: {window: 24, horizon: 6}
+        evaluation: {season: 12, plots: false}
+        """)
+    return folder, cfg, frame, training_flow(str(cfg))
+
+
+def test_a_panel_trains_one_global_model_judged_series_by_series(trained):
+    folder, cfg, frame, s = trained
+    assert s["task"] == "panel" and s["n_series"] == 4 and s["headline"] == "std_mse"
+    assert set(s["per_series"]) == {"s0", "s1", "s2", "s3"}
+    assert s["save_load_max_abs_diff"] < 1e-4
+    assert set(s["baselines"]) == {"persistence", "seasonal_naive", "ridge", "ridge_last"}
+    # the gate scored the registered pyfunc on every series' test windows: the evaluation's pooled figure
+    assert s["gate"]["metric"] == "std_mse"
+    assert s["gate"]["challenger"] == pytest.approx(s["metrics"]["std_mse"], rel=1e-4)
+    # the default floor (persistence and the seasonal naive, on the same pooled figure) decided the promotion
+    floor = s["gate"]["floor"]
+    assert set(floor) == {"persistence", "seasonal_naive"}
+    assert floor["persistence"]["score"] == pytest.approx(s["baselines"]["persistence"]["std_mse"])
+    beats = all(s["metrics"]["std_mse"] < s["baselines"][b]["std_mse"] for b in ("persistence", "seasonal_naive"))
+    assert s["promoted"] == beats
+    uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
+    c = mlflow.MlflowClient(uri, registry_uri=uri)
+    v = c.get_model_version("pan", "1")
+    assert v.tags["task"] == "panel" and "test_rel_mase" in v.tags
+    run = c.get_run(s["mlflow_run_id"])
+    assert run.data.params["n_series"] == "4" and "test_rel_mase" in run.data.metrics
+    table = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=s["mlflow_run_id"], artifact_path="evaluation/per_series.json", tracking_uri=uri)).read())
+    assert sorted(row[0] for row in table["data"]) == ["s0", "s1", "s2", "s3"]
+
+
+def test_predict_answers_several_series_in_their_own_units(trained, cli):
+    folder, cfg, frame, s = trained
+    version = s["model_version"]
+    hist = pd.concat([frame[frame.series == sid].tail(30) for sid in ("s3", "s1", "s2")])
+    hist.drop(columns="time").to_csv(folder / "hist.csv", index=False)
+    model = f"models:/pan/{version}"  # the version just trained, whether or not the floor let it be champion
+    code, stdout, stderr = cli("predict", "--config", cfg, "--input", folder / "hist.csv", "--model", model)
+    assert code == 0, stderr
+    got = pd.read_csv(io.StringIO(stdout))
+    assert got["series"].tolist() == ["s3", "s1", "s2"] and got.shape[1] == 1 + 6
+    for sid, level in (("s3", -20.0), ("s1", 50.0), ("s2", 500.0)):
+        assert abs(got.loc[got.series == sid].iloc[0, 1:].astype(float).mean() - level) < 25
+    out = folder / "scored.csv"
+    code, stdout, stderr = cli("predict-batch", "--config", cfg, "--input", folder / "hist.csv", "--output", out,
+                               "--model", model)
+    assert code == 0, stderr
+    batch = pd.read_csv(out)
+    assert batch["series"].tolist() == ["s3", "s1", "s2"]
+    np.testing.assert_allclose(batch.filter(like="value_h").to_numpy(), got.filter(like="value_h").to_numpy(),
+                               rtol=1e-5)
+    hist.assign(series="zz").drop(columns="time").to_csv(folder / "unknown.csv", index=False)
+    code, stdout, stderr = cli("predict", "--config", cfg, "--input", folder / "unknown.csv", "--model", model)
+    assert code != 0 and "unknown series 'zz'" in stderr
