@@ -21,6 +21,21 @@ SEP = " / "  # between a series id and a window id in one key
 
 
 @dataclass
+class PanelInputs:
+    """Windows with the series each belongs to: what a panel bundle's model_inputs and request_inputs give, and its
+    predict_inputs and log_records take (sliced in chunks by batch scoring as an array would be)."""
+
+    x: np.ndarray  # (N, L, F), original units
+    keys: list  # the series id of each, or "<series> / <window id>"
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, rows: slice) -> PanelInputs:
+        return PanelInputs(self.x[rows], self.keys[rows])
+
+
+@dataclass
 class PanelBundle(ForecastBundle):
     """ForecastBundle's model over many series: `series_ids` with one Scaling each (`scalings`). `scaling` is the
     first series' (what needs one set of numbers: the request example)."""
@@ -119,10 +134,6 @@ class PanelBundle(ForecastBundle):
             frame.insert(1, WINDOW_ID, np.repeat(np.arange(n, dtype="int64"), self.window))
         return frame
 
-    def inputs_frame(self, x: np.ndarray, ids=None) -> pd.DataFrame:
-        """The inverse of model_inputs: the frame a client sends to the pyfunc (numbered windows of their series)."""
-        return self.windows_frame(x, None if ids is None else [p[0] for p in self._split(ids)], window_ids=True)
-
     def labelled(self, out: pd.DataFrame, ids) -> pd.DataFrame:
         """The pyfunc's answer to inputs_frame(x, ids) (in their order: windows are answered as they come) ->
         one row per key, as result_frame labels them."""
@@ -146,13 +157,49 @@ class PanelBundle(ForecastBundle):
                 f"{len(self.series_ids)} series from histories of {', '.join(self.input_columns)}, at least "
                 f"{self.window} steps, each row naming its series in '{self.id_column}'")
 
-    def predict_inputs(self, x: np.ndarray, ids=None, source: str = "input") -> np.ndarray:
-        """Windows and their keys (frame_to_windows') -> (N, H, T) forecasts, each in its series' units."""
+    def model_inputs(self, data, source: str) -> tuple[list, PanelInputs]:
+        """A table of history rows naming their series -> (keys, the windows with their keys)."""
+        keys, x = super().model_inputs(data, source)
+        return list(keys), PanelInputs(x, list(keys))
+
+    def predict_inputs(self, x, ids=None, source: str = "input") -> np.ndarray:
+        """PanelInputs (or windows with their keys in `ids`) -> (N, H, T) forecasts, each in its series' units."""
+        if isinstance(x, PanelInputs):
+            x, ids = x.x, x.keys
         if ids is None:
             raise DataValidationError("a panel model needs each history's series id")
         return self.predict_windows(x, self.series_index([p[0] for p in self._split(ids)]))
 
-    def request_inputs(self, req, limits) -> np.ndarray:
-        raise DataValidationError("this model forecasts many series; the HTTP service does not take panel requests "
-                                  "yet: score them with rnn-pipeline predict-batch (a table with the column "
-                                  f"'{self.id_column}') or the MLflow pyfunc")
+    def inputs_frame(self, x, ids=None) -> pd.DataFrame:
+        """The inverse of model_inputs: the frame a client sends to the pyfunc (numbered windows of their series)."""
+        if isinstance(x, PanelInputs):
+            x, ids = x.x, x.keys
+        return self.windows_frame(x, None if ids is None else [p[0] for p in self._split(ids)], window_ids=True)
+
+    def request_inputs(self, req, limits) -> PanelInputs:
+        """A PredictRequest's `series`, each naming its series in `id` -> the last L steps of each, with the ids."""
+        if req.series is None:
+            raise DataValidationError(f"this model forecasts series: send 'series' with an 'id' and histories of "
+                                      f"{self.input_columns}")
+        missing = [i for i, s in enumerate(req.series) if s.id is None]
+        if missing:
+            raise DataValidationError(f"series[{missing[0]}] has no 'id': this model forecasts many series, and scales "
+                                      f"each history with its own series' numbers (one of {len(self.series_ids)})")
+        keys = [str(s.id) for s in req.series]
+        self.series_index(keys)
+        return PanelInputs(super().request_inputs(req, limits), keys)
+
+    def request_example(self) -> tuple[str, dict]:
+        text, body = super().request_example()
+        body["series"][0] = {"id": self.series_ids[0], **body["series"][0]}
+        return f"{text} (series {self.series_ids[0]!r})", body
+
+    def log_records(self, x, y: np.ndarray) -> list[tuple[dict, dict, str | None]]:
+        """As ForecastBundle's, each input also naming its series (and window id, if one was sent)."""
+        keys = x.keys if isinstance(x, PanelInputs) else [None] * len(y)
+        records = super().log_records(x.x if isinstance(x, PanelInputs) else x, y)
+        out = []
+        for (inp, forecast, label), key in zip(records, keys, strict=True):
+            sid, wid = self._split([key])[0] if key is not None else (None, None)
+            out.append(({"series": sid, **({"window_id": wid} if wid is not None else {}), **inp}, forecast, label))
+        return out

@@ -83,3 +83,34 @@ def test_predict_answers_several_series_in_their_own_units(trained, cli):
     hist.assign(series="zz").drop(columns="time").to_csv(folder / "unknown.csv", index=False)
     code, stdout, stderr = cli("predict", "--config", cfg, "--input", folder / "unknown.csv", "--model", model)
     assert code != 0 and "unknown series 'zz'" in stderr
+
+
+def test_the_service_answers_histories_naming_their_series_and_logs_the_series(trained):
+    from fastapi.testclient import TestClient
+
+    from rnn_pipeline.serving.app import ModelHolder, create_app
+    from rnn_pipeline.serving.inference_log import InferenceLog
+    from rnn_pipeline.tracking import mlflow_stores
+
+    folder, cfg, frame, s = trained
+    uri = f"sqlite:///{folder / 'state' / 'mlflow.db'}"
+    store = InferenceLog(f"sqlite:///{folder / 'state' / 'monitoring.db'}")
+    with mlflow_stores(uri):
+        holder = ModelHolder(f"models:/pan/{s['model_version']}")
+        holder.load()
+    hist = {sid: frame[frame.series == sid].value.tail(24).tolist() for sid in ("s2", "s0")}
+    try:
+        with TestClient(create_app(holder, store=store, flush_seconds=0.05)) as client:
+            assert client.get("/metadata").json()["n_series"] == 4
+            r = client.post("/predict", json={"series": [{"id": sid, "history": {"value": h}} for sid, h in hist.items()]})
+            assert r.status_code == 200, r.text
+            got = [p["forecast"]["value"] for p in r.json()["predictions"]]
+            assert abs(np.mean(got[0]) - 500) < 25 and abs(np.mean(got[1])) < 25  # each in its own series' units
+            no_id = client.post("/predict", json={"series": [{"history": {"value": hist["s0"]}}]})
+            assert no_id.status_code == 422 and "has no 'id'" in no_id.text
+            unknown = client.post("/predict", json={"series": [{"id": "zz", "history": {"value": hist["s0"]}}]})
+            assert unknown.status_code == 422 and "unknown series 'zz'" in unknown.text
+        logged = [json.loads(r)["series"] if isinstance(r, str) else r["series"] for r in store.predictions("pan")["inputs"]]
+        assert logged[-2:] == ["s2", "s0"]  # after predict-batch's (the test above, when it ran first)
+    finally:
+        store.dispose()

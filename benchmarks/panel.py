@@ -1,0 +1,111 @@
+"""`make bench`: panels at scale, on a synthetic panel of 10,000 series x 1,000 steps (10M points; see
+datasets.synthetic_panel): reading and preparing it as the training flow does (validation per series, the split and
+scaling per series; time and peak RSS, each phase in its own process so that its peak is its own), one training
+epoch of a 64-unit GRU over windows capped per series, and predicting every series in one batch through the bundle.
+
+Usage: python benchmarks/panel.py [--series 10000] [--steps 1000] [--window 48] [--horizon 24] [--cap 8]
+Results are printed and written to .rnn_pipeline/bench_panel.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def config(path: Path, window: int, horizon: int, cap: int):
+    from rnn_pipeline.config import PipelineConfig
+
+    return PipelineConfig(name="bench_panel", data={"path": str(path), "id_column": "series", "time_column": "time",
+                                                    "target_columns": ["value"]},
+                          features={"window": window, "horizon": horizon, "max_windows_per_series": cap},
+                          split={"val": 0.15, "test": 0.15}, tuning={"n_trials": 0},
+                          model={"architecture": "segment", "norm": "revin", "cell": "gru", "hidden": 64,
+                                 "segment": 12},
+                          training={"max_epochs": 1, "ensemble_trials": 1, "batch_size": 256, "threads": 1})
+
+
+def phase(name: str, path: Path, window: int, horizon: int, cap: int) -> dict:
+    """One phase in this process (run by main in a child process): its seconds and the process's peak RSS."""
+    import numpy as np
+
+    from rnn_pipeline import tasks, tune
+    from rnn_pipeline.data.datasets import read_table
+    from rnn_pipeline.train import setup_torch
+
+    cfg = config(path, window, horizon, cap)
+    setup_torch(1, 0)
+    t = tasks.for_config(cfg)
+    out = {}
+    t0 = time.perf_counter()
+    frame = read_table(path)
+    data = t.prepare(t.read(frame, str(path)), str(path))
+    out["prepare_seconds"] = time.perf_counter() - t0
+    out["series"], out["points"] = data.n_series, int(data.z.shape[0])
+    out["train_windows"] = len(data.points.first_targets("train", window, horizon))
+    if name in ("epoch", "predict"):
+        params = tune.default_params(cfg)
+        t0 = time.perf_counter()
+        fit = tune.fit_final([params], data, cfg, device="cpu")
+        out["epoch_seconds"] = fit.history[0]["seconds"]
+        out["fit_seconds"] = time.perf_counter() - t0
+        bundle = t.bundle(fit.model, data, params)
+        if name == "predict":
+            del data
+            last = frame.groupby("series", sort=False).tail(window)
+            t0 = time.perf_counter()
+            got = bundle.predict_frame(last)
+            out["predict_seconds"] = time.perf_counter() - t0
+            out["predicted_series"] = len(got)
+            assert np.isfinite(got.filter(like="_h").to_numpy()).all()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=int, default=10_000)
+    ap.add_argument("--steps", type=int, default=1_000)
+    ap.add_argument("--window", type=int, default=48)
+    ap.add_argument("--horizon", type=int, default=24)
+    ap.add_argument("--cap", type=int, default=8, help="training windows per series")
+    ap.add_argument("--phase", choices=["prepare", "epoch", "predict"], help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, Path(args.path), args.window, args.horizon, args.cap)))
+        return
+    from rnn_pipeline.data.datasets import synthetic_panel
+
+    results = {"series": args.series, "steps": args.steps, "window": args.window, "horizon": args.horizon,
+               "cap": args.cap}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "panel.parquet"
+        t0 = time.perf_counter()
+        synthetic_panel(args.series, args.steps, seed=0).to_parquet(path, index=False)
+        results["generate_seconds"] = time.perf_counter() - t0
+        for name in ("prepare", "predict"):
+            cmd = [sys.executable, __file__, "--phase", name, "--path", str(path), "--window", str(args.window),
+                   "--horizon", str(args.horizon), "--cap", str(args.cap)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(f"phase {name} failed:\n{done.stderr[-3000:]}")
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{name}: {results[name]}", flush=True)
+    out = REPO / ".rnn_pipeline" / "bench_panel.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
