@@ -75,6 +75,8 @@ bench: setup
 	$(PY) benchmarks/monitoring.py
 	$(PY) benchmarks/classification.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/panel.py
+	$(PY) benchmarks/panel.py --accuracy
 
 # The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
 demo: setup

@@ -3,8 +3,15 @@ datasets.synthetic_panel): reading and preparing it as the training flow does (v
 scaling per series; time and peak RSS, each phase in its own process so that its peak is its own), one training
 epoch of a 64-unit GRU over windows capped per series, and predicting every series in one batch through the bundle.
 
+Accuracy on the real panel (`--accuracy --seeds 0,1,2`): the built-in `weather_panel` config (three pvlib TMY
+stations, air temperature 24 h ahead) through the training flow, one run per seed, the global RNN's aggregate
+figures beside each station's own persistence, seasonal naive and Ridges, and the intervals' test coverage. Runs
+made apart (one process per seed) print one table with `--report a.json b.json ...`.
+
 Usage: python benchmarks/panel.py [--series 10000] [--steps 1000] [--window 48] [--horizon 24] [--cap 8]
-Results are printed and written to .rnn_pipeline/bench_panel.json.
+       python benchmarks/panel.py --accuracy [--seeds 0,1,2] [--out FILE]
+       python benchmarks/panel.py --report a.json b.json ...
+Results are printed and written to .rnn_pipeline/bench_panel.json (or --out).
 """
 
 from __future__ import annotations
@@ -71,6 +78,47 @@ def phase(name: str, path: Path, window: int, horizon: int, cap: int) -> dict:
     return out
 
 
+def accuracy(seed: int, work: Path) -> dict:
+    """The weather_panel config through the training flow with `seed`: the run's aggregate figures."""
+    from flows.training import training_flow
+
+    s = training_flow("weather_panel", overrides={"seed": seed, "stores": {"root": str(work / f"s{seed}")}})
+    keys = ("std_mse", "std_mae", "mase", "rel_mase")
+    return {"seed": seed, "rnn": {k: s["metrics"][k] for k in keys},
+            "intervals": {k: v for k, v in s["metrics"].items() if k.startswith(("coverage_", "std_width_"))},
+            "baselines": {b: {k: m[k] for k in keys} for b, m in s["baselines"].items()},
+            "per_series_rel_mase": {sid: m["rel_mase"] for sid, m in s["per_series"].items()},
+            "promoted": s["promoted"], "reason": s["reason"],
+            "training_compute_seconds": s["timings"]["training_compute"], "wall_seconds": s["wall_seconds"]}
+
+
+def report(rows: list[dict]) -> str:
+    """One table: the RNN's mean +- std over the seeds beside the baselines' means, and the intervals' coverage."""
+    import statistics
+
+    def ms(vals):
+        return f"{statistics.fmean(vals):.4f} ± {statistics.pstdev(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
+
+    seeds = ",".join(str(r["seed"]) for r in rows)
+    lines = [f"weather_panel, seeds {seeds}: aggregate over the three stations (std_mse pooled on each station's "
+             "z-scores; rel_mase: mean MASE over persistence's)",
+             "| model | std_mse | std_mae | rel_mase |", "|---|---|---|---|"]
+    lines.append("| global RNN | " + " | ".join(ms([r["rnn"][k] for r in rows]) for k in ("std_mse", "std_mae",
+                                                                                           "rel_mase")) + " |")
+    for b in rows[0]["baselines"]:
+        lines.append(f"| {b} (per station) | " + " | ".join(
+            f"{statistics.fmean(r['baselines'][b][k] for r in rows):.4f}" for k in ("std_mse", "std_mae", "rel_mase"))
+            + " |")
+    cov = sorted(k for k in rows[0]["intervals"] if k.startswith("coverage_"))
+    lines.append("intervals on the test windows: " + ", ".join(
+        f"{k[9:]}% covers {ms([100 * r['intervals'][k] for r in rows])}%" for k in cov))
+    lines.append("per station rel_mase (mean over seeds): " + ", ".join(
+        f"{sid} {statistics.fmean(r['per_series_rel_mase'][sid] for r in rows):.3f}"
+        for sid in rows[0]["per_series_rel_mase"]))
+    lines.append(f"training compute per run: {statistics.fmean(r['training_compute_seconds'] for r in rows):.0f} s")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=10_000)
@@ -78,9 +126,25 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=48)
     ap.add_argument("--horizon", type=int, default=24)
     ap.add_argument("--cap", type=int, default=8, help="training windows per series")
+    ap.add_argument("--accuracy", action="store_true", help="the real panel through the training flow")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", help="write the results here")
+    ap.add_argument("--report", nargs="+", help="print one table from --accuracy result files")
     ap.add_argument("--phase", choices=["prepare", "epoch", "predict"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.report:
+        print(report([row for f in args.report for row in json.loads(Path(f).read_text())]))
+        return
+    if args.accuracy:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [accuracy(int(seed), Path(tmp)) for seed in args.seeds.split(",")]
+        out = Path(args.out) if args.out else REPO / ".rnn_pipeline" / "bench_panel_accuracy.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+        print(report(rows))
+        print(f"written to {out}")
+        return
     if args.phase:
         print(json.dumps(phase(args.phase, Path(args.path), args.window, args.horizon, args.cap)))
         return

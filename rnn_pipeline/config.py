@@ -171,6 +171,17 @@ class EvaluationConfig(_Strict):
     ridge_alphas: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
     plots: bool = Field(True, description="log the evaluation plots (PNG) with the run; false saves about a second "
                                           "of CPU per run")
+    intervals: list[float] = Field(default_factory=lambda: [0.8, 0.95], description=(
+        "forecasting: prediction intervals at these levels (split conformal: each horizon step's and target's "
+        "absolute validation errors); the model answers `<target>_h<k>_lo<level>`/`_hi<level>` beside each "
+        "forecast and the run reports their test coverage and width; [] switches them off"))
+
+    @field_validator("intervals")
+    @classmethod
+    def _intervals(cls, v):
+        if any(not 0 < x < 1 for x in v):
+            raise ValueError("interval levels lie strictly between 0 and 1 (0.8 for an 80% interval)")
+        return sorted(set(v))
 
     @field_validator("season", mode="before")
     @classmethod

@@ -215,7 +215,7 @@ class ClassifierBundle:
     def _labels(self, proba: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes, dtype=object)[proba.argmax(1)] if len(proba) else np.array([], dtype=object)
 
-    def answers(self, proba: np.ndarray) -> list[dict]:
+    def answers(self, proba: np.ndarray, x=None) -> list[dict]:
         """(N, classes) probabilities -> one JSON answer per item: the label and every class's probability."""
         labels = self._labels(proba)
         return [{"label": labels[i], "probabilities": dict(zip(self.classes, proba[i].tolist()))}

@@ -14,6 +14,7 @@ import torch
 from rnn_pipeline.bundle import WINDOW_ID, labelled, load_weights, save_files
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.forecasting import intervals
 from rnn_pipeline.forecasting.ensemble import spec_from_json
 from rnn_pipeline.models import Forecaster, build_forecaster
 
@@ -28,6 +29,9 @@ class ForecastBundle:
     feature_columns: list[str]
     window: int
     horizon: int
+    # prediction intervals: {"levels": [0.8, ...], "halfwidth": (levels, H, T) in scaled units} (see intervals.py);
+    # None: none (models trained with evaluation.intervals: [], or by earlier code)
+    intervals: dict | None = None
 
     task = "forecasting"
     reads = "series"         # what a request sends (the PredictRequest field)
@@ -43,10 +47,35 @@ class ForecastBundle:
     def output_columns(self) -> list[str]:
         return [f"{t}_h{h + 1}" for h in range(self.horizon) for t in self.target_columns]
 
+    @property
+    def levels(self) -> list[float]:
+        return list(self.intervals["levels"]) if self.intervals else []
+
+    @property
+    def interval_columns(self) -> list[str]:
+        return intervals.interval_columns(self.target_columns, self.horizon, self.levels)
+
+    def target_scale(self, series=None) -> np.ndarray:
+        """Each target's scale (original units per scaled unit), shaped (1, 1, T) to broadcast over forecasts."""
+        return self.scaling.scale[: len(self.target_columns)][None, None, :]
+
+    def halfwidths(self, series=None) -> np.ndarray:
+        """The intervals' half-widths in original units, (levels, N or 1, H, T) (`series`: panels, each forecast's)."""
+        hw = np.asarray(self.intervals["halfwidth"], dtype="float64")  # (levels, H, T)
+        return hw[:, None] * self.target_scale(series)[None]
+
+    def interval_frame(self, y: np.ndarray, series=None) -> pd.DataFrame:
+        """The intervals' columns for forecasts `y` (N, H, T) (none without intervals)."""
+        if not self.levels:
+            return pd.DataFrame(index=range(len(y)))
+        parts = [b.reshape(len(y), -1) for pair in intervals.bounds(y, self.halfwidths(series)) for b in pair]
+        return pd.DataFrame(np.concatenate(parts, axis=1), columns=self.interval_columns)
+
     def preprocess_json(self) -> dict:
         return {"format": 1, "task": "forecasting", "model": self.model.spec.to_json(),
                 "scaling": self.scaling.to_json(), "target_columns": self.target_columns,
-                "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon}
+                "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon,
+                **({"intervals": self.intervals} if self.intervals else {})}
 
     def save(self, folder: str | Path) -> dict[str, str]:
         return save_files(folder, self.preprocess_json(), self.model)
@@ -59,7 +88,7 @@ class ForecastBundle:
     def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
         model = load_weights(build_forecaster(spec_from_json(meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
-                   meta["window"], meta["horizon"])
+                   meta["window"], meta["horizon"], meta.get("intervals"))
 
     def predict_windows(self, x: np.ndarray) -> np.ndarray:
         """x: (N, L, F) in original units -> (N, H, T) forecasts in original units."""
@@ -99,7 +128,8 @@ class ForecastBundle:
 
     def result_frame(self, ids, y: np.ndarray) -> pd.DataFrame:
         """(N, H, T) forecasts -> one row per window: its id and `<target>_h<k>` columns."""
-        result = pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns)
+        result = pd.concat([pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns),
+                            self.interval_frame(y)], axis=1)
         result.insert(0, WINDOW_ID, ids)
         return result
 
@@ -121,13 +151,14 @@ class ForecastBundle:
         from mlflow.types.schema import ColSpec, Schema
 
         inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in self.input_columns])
-        outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns])
+        outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns]
+                         + [ColSpec("double", c) for c in self.interval_columns])
         return ModelSignature(inputs=inputs, outputs=outputs)
 
     def describe(self) -> dict:
         """What a client needs to know to call the model (GET /metadata)."""
         return {"task": self.task, "input_columns": self.input_columns, "target_columns": self.target_columns,
-                "window": self.window, "horizon": self.horizon}
+                "window": self.window, "horizon": self.horizon, "interval_levels": self.levels}
 
     def about(self) -> str:
         """What the model does and what a request sends, in one phrase (the service's /docs description)."""
@@ -195,10 +226,22 @@ class ForecastBundle:
         """What model_inputs or request_inputs returned -> (N, H, T) forecasts in original units."""
         return self.predict_windows(x)
 
-    def answers(self, y: np.ndarray) -> list[dict]:
-        """(N, H, T) forecasts -> one JSON answer per window: per target, the next H values."""
-        return [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
-                for i in range(len(y))]
+    def answers(self, y: np.ndarray, x=None) -> list[dict]:
+        """(N, H, T) forecasts -> one JSON answer per window: per target, the next H values; with intervals, per
+        level ("80"), the lower and upper bounds the same way. `x`: what request_inputs gave (panels read it)."""
+        out = [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
+               for i in range(len(y))]
+        if self.levels:
+            pairs = intervals.bounds(y, self.halfwidths(self._series_of(x, len(y))))
+            for i, o in enumerate(out):
+                o["intervals"] = {intervals.label(a): {side: {c: b[i, :, j].tolist()
+                                                             for j, c in enumerate(self.target_columns)}
+                                                       for side, b in zip(("lo", "hi"), pair)}
+                                  for a, pair in zip(self.levels, pairs)}
+        return out
+
+    def _series_of(self, x, n: int):
+        return None
 
     def log_records(self, x: np.ndarray, y: np.ndarray) -> list[tuple[dict, dict, str | None]]:
         """(inputs, output, label) per window, as the inference log keeps them: the window's rows and the forecast

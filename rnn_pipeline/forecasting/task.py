@@ -15,7 +15,7 @@ import torch
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError, PipelineError
-from rnn_pipeline.forecasting import evaluation, tuning
+from rnn_pipeline.forecasting import evaluation, intervals, tuning
 from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.ensemble import ensemble_of, greedy_selection, window_of
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
@@ -116,8 +116,19 @@ class ForecastingTask(Task):
     def bundle(self, model, data: PreparedSeries, params) -> ForecastBundle:
         # the model's own look-back (an ensemble's: its longest member's), which need not be the params' (the best
         # trial's) when validation keeps another candidate alone
-        return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns,
-                              window_of(model) or int(params["window"]), data.horizon)
+        window = window_of(model) or int(params["window"])
+        return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns, window, data.horizon,
+                              self.intervals(model, data, window))
+
+    def intervals(self, model, data, window: int) -> dict | None:
+        """The bundle's prediction intervals (evaluation.intervals' levels), calibrated on the validation windows
+        (see forecasting.intervals); None when the config asks for none."""
+        levels = self.cfg.evaluation.intervals
+        if not levels:
+            return None
+        val = data.windows("val", window)
+        return {"levels": list(levels), "halfwidth": intervals.conformal_halfwidths(model, val, levels).tolist(),
+                "calibration_windows": len(val)}
 
     def combine(self, models, data: PreparedSeries):
         """The weighted mean of `models` chosen by greedy forward selection on the validation windows (at the
@@ -137,8 +148,12 @@ class ForecastingTask(Task):
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, data, bundle: ForecastBundle, season):
-        return evaluation.evaluate(data, bundle.predict_windows, bundle.window, season,
-                                   self.cfg.evaluation.ridge_alphas, self.ridge_windows(data, bundle.window))
+        ev = evaluation.evaluate(data, bundle.predict_windows, bundle.window, season,
+                                 self.cfg.evaluation.ridge_alphas, self.ridge_windows(data, bundle.window))
+        if bundle.levels:  # the intervals' coverage and width on the same test windows
+            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(),
+                                                            evaluation.target_scaler(data).scale_, bundle.levels))
+        return ev
 
     def ridge_windows(self, data: PreparedSeries, window: int) -> list[int]:
         """The look-backs the Ridge baselines choose from on validation, as the model's L was chosen: the configured
@@ -192,6 +207,7 @@ class ForecastingTask(Task):
             skill = "" if sk is None else f"{sk:+.3f}"
             lines.append(f"{name:<16}{m[p + 'mse']:>12.6f}{m[p + 'rmse']:>10.4f}{m[p + 'mae']:>10.4f}"
                          f"{m[p + 'r2']:>8.4f}{m[p + 'mase']:>8.3f}{skill:>8}")
+        lines += interval_lines(s["metrics"])
         lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
                      f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
         return "\n".join(lines)
@@ -221,3 +237,13 @@ class ForecastingTask(Task):
     def predict_logged(self, model, bundle: ForecastBundle, data: PreparedSeries, index):
         x = lag_matrix(data.values, index, bundle.window)
         return model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
+
+
+def interval_lines(m: dict) -> list[str]:
+    """The summary's line on the prediction intervals' test coverage and width (none without intervals)."""
+    levels = sorted((float(k.removeprefix("coverage_")), k[9:]) for k in m if k.startswith("coverage_"))
+    if not levels:
+        return []
+    return ["prediction intervals on the test windows: " + ", ".join(
+        f"{name}% covers {100 * m[f'coverage_{name}']:.1f}% (mean width {m[f'std_width_{name}']:.3f} std)"
+        for _, name in levels)]

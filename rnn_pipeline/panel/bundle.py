@@ -58,7 +58,8 @@ class PanelBundle(ForecastBundle):
         model = load_weights(build_forecaster(spec_from_json(meta["model"])), weights_path)
         scalings = [Scaling.from_json(s) for s in meta["series"]["scaling"]]
         return cls(model, scalings[0], meta["target_columns"], meta["feature_columns"], meta["window"],
-                   meta["horizon"], meta["id_column"], list(meta["series"]["ids"]), scalings)
+                   meta["horizon"], meta.get("intervals"), id_column=meta["id_column"],
+                   series_ids=list(meta["series"]["ids"]), scalings=scalings)
 
     def series_index(self, ids) -> np.ndarray:
         """Series ids -> their positions; an id the model was not trained on is an error naming it."""
@@ -72,6 +73,14 @@ class PanelBundle(ForecastBundle):
                                           column=self.id_column, value=str(s))
             out[i] = k
         return out
+
+    def target_scale(self, series=None) -> np.ndarray:
+        """Each forecast's targets' scales, (N, 1, T) (the first series' when `series` is None)."""
+        scale = np.stack([s.scale[: len(self.target_columns)] for s in self.scalings])
+        return scale[np.zeros(1, dtype=np.int64) if series is None else np.asarray(series)][:, None, :]
+
+    def _series_of(self, x, n: int):
+        return None if not isinstance(x, PanelInputs) else self.series_index([p[0] for p in self._split(x.keys)])
 
     def predict_windows(self, x: np.ndarray, series: np.ndarray | None = None) -> np.ndarray:
         """x: (N, L, F) in original units, `series`: each window's series position (default: the first series)
@@ -113,7 +122,9 @@ class PanelBundle(ForecastBundle):
 
     def result_frame(self, keys, y: np.ndarray) -> pd.DataFrame:
         parts = self._split(keys)
-        result = pd.DataFrame(y.reshape(len(parts), -1), columns=self.output_columns)
+        series = self.series_index([p[0] for p in parts]) if self.levels else None
+        result = pd.concat([pd.DataFrame(y.reshape(len(parts), -1), columns=self.output_columns),
+                            self.interval_frame(y, series)], axis=1)
         result.insert(0, self.id_column, [p[0] for p in parts])
         if any(p[1] is not None for p in parts):
             result.insert(1, WINDOW_ID, [p[1] for p in parts])
@@ -137,7 +148,8 @@ class PanelBundle(ForecastBundle):
     def labelled(self, out: pd.DataFrame, ids) -> pd.DataFrame:
         """The pyfunc's answer to inputs_frame(x, ids) (in their order: windows are answered as they come) ->
         one row per key, as result_frame labels them."""
-        return self.result_frame(ids, out[self.output_columns].to_numpy())
+        y = out[self.output_columns].to_numpy().reshape(len(out), self.horizon, len(self.target_columns))
+        return self.result_frame(ids, y)
 
     def signature(self):
         from mlflow.models.signature import ModelSignature
@@ -146,7 +158,7 @@ class PanelBundle(ForecastBundle):
         inputs = Schema([ColSpec("string", self.id_column), ColSpec("long", WINDOW_ID, required=False)]
                         + [ColSpec("double", c) for c in self.input_columns])
         outputs = Schema([ColSpec("string", self.id_column), ColSpec("string", WINDOW_ID, required=False)]
-                         + [ColSpec("double", c) for c in self.output_columns])
+                         + [ColSpec("double", c) for c in [*self.output_columns, *self.interval_columns]])
         return ModelSignature(inputs=inputs, outputs=outputs)
 
     def describe(self) -> dict:

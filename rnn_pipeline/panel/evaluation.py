@@ -56,11 +56,12 @@ def evaluate_panel(data, predict_series, window: int, season: int | None, ridge_
         m["rel_mase"] = m["mase"] / pers["mase"] if pers["mase"] > 0 else float("nan")
         if positive and pers.get("smape"):
             m["owa"] = 0.5 * (m["smape"] / pers["smape"] + m["rel_mase"])
-    for sid, ev in zip(data.series_ids, evs):
+    for sid, ev, part in zip(data.series_ids, evs, data.parts):
         m = ev["metrics"]
         p_mase = ev["baselines"]["persistence"]["mase"]
+        smape = {"smape": m["smape"]} if mape_applies(part.values[:, : data.n_targets]) else {}
         per_series[sid] = {"n_test_windows": ev["n_test_windows"], "mse": m["mse"], "mae": m["mae"],
-                           "std_mse": m["std_mse"], "std_mae": m["std_mae"], "mase": m["mase"], "smape": m["smape"],
+                           "std_mse": m["std_mse"], "std_mae": m["std_mae"], "mase": m["mase"], **smape,
                            "rel_mase": m["mase"] / p_mase if p_mase > 0 else float("nan"),
                            "baselines_std_mse": {b: v["std_mse"] for b, v in ev["baselines"].items()},
                            "baseline_windows": ev["baseline_windows"]}

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from rnn_pipeline.errors import PipelineError
-from rnn_pipeline.forecasting import evaluation
+from rnn_pipeline.forecasting import evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
-from rnn_pipeline.forecasting.task import ForecastingTask
+from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 from rnn_pipeline.monitoring.drift import REFERENCE_META
 from rnn_pipeline.monitoring.task import TaskMonitor
@@ -78,15 +78,22 @@ class PanelTask(ForecastingTask):
     # ---- the model --------------------------------------------------------------------------------------------
     def bundle(self, model, data: PreparedPanel, params) -> PanelBundle:
         scalings = [p.scaling for p in data.parts]
-        return PanelBundle(model, scalings[0], data.target_columns, data.feature_columns,
-                           window_of(model) or int(params["window"]), data.horizon, data.id_column,
-                           list(data.series_ids), scalings)
+        window = window_of(model) or int(params["window"])
+        return PanelBundle(model, scalings[0], data.target_columns, data.feature_columns, window, data.horizon,
+                           self.intervals(model, data, window), id_column=data.id_column,
+                           series_ids=list(data.series_ids), scalings=scalings)
 
     # ---- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, data: PreparedPanel, bundle: PanelBundle, season):
-        return panel_eval.evaluate_panel(
+        ev = panel_eval.evaluate_panel(
             data, lambda k, x: bundle.predict_windows(x, np.full(len(x), k)), bundle.window, season,
             self.cfg.evaluation.ridge_alphas, self.ridge_windows(data.parts[0], bundle.window))
+        if bundle.levels:  # coverage and width pooled over every series' test windows, each in its own units
+            series = data.points.series_of(ev["first_targets"])
+            std = np.stack([evaluation.target_scaler(p).scale_ for p in data.parts])[series][:, None, :]
+            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(series),
+                                                            std, bundle.levels))
+        return ev
 
     def ridge_windows(self, data, window: int) -> list[int]:
         return super().ridge_windows(data, window)
@@ -102,7 +109,7 @@ class PanelTask(ForecastingTask):
         rows = []
         for sid, m in ev["per_series"].items():
             rows.append({"series": sid, "n_test_windows": m["n_test_windows"], "std_mse": m["std_mse"],
-                         "mase": m["mase"], "rel_mase": m["rel_mase"], "smape": m["smape"], "mse": m["mse"],
+                         "mase": m["mase"], "rel_mase": m["rel_mase"], "smape": m.get("smape"), "mse": m["mse"],
                          "mae": m["mae"], **{f"{b}_std_mse": v for b, v in m["baselines_std_mse"].items()}})
         return pd.DataFrame(rows)
 
@@ -152,6 +159,7 @@ class PanelTask(ForecastingTask):
         def show(ids):
             return ", ".join(f"{i} ({per[i]['rel_mase']:.3f})" for i in ids)
 
+        lines += interval_lines(s["metrics"])
         lines.append(f"best series (rel_mase): {show(s.get('best_series', []))}")
         lines.append(f"worst series (rel_mase): {show(s.get('worst_series', []))}")
         lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "

@@ -21,6 +21,7 @@ never 500. Predictions and actuals go to the inference log.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -110,12 +111,19 @@ def _predict(svc: Service, req: PredictRequest) -> dict:
         y = b.predict_inputs(x, source="request")
     _finite_or_422(y, b.output_noun)
     ids = [ilog.new_id() for _ in range(n)]
-    out = [{"prediction_id": pid, **answer} for pid, answer in zip(ids, b.answers(y), strict=True)]
+    out = [{"prediction_id": pid, **answer} for pid, answer in zip(ids, _answers(b, y, x), strict=True)]
     svc.stats.predictions += n
     if svc.writer is not None:
         ms = (time.perf_counter() - t0) * 1000
         svc.writer.put(ilog.prediction_rows(b, x, y, ids, s.version or "", s.name or s.uri, "api", ms))
     return {"model": s.ref, "predictions": out}
+
+
+def _answers(b, y, x) -> list[dict]:
+    """The bundle's answers; a model registered by earlier code answers from the outputs alone."""
+    if len(inspect.signature(b.answers).parameters) > 1:
+        return b.answers(y, x)
+    return b.answers(y)
 
 
 def _record_actuals(svc: Service, req: ActualsRequest) -> dict:

@@ -61,6 +61,9 @@ class Prediction(BaseModel):
     prediction_id: str
     forecast: dict[str, list[float]] | None = Field(None, description="forecasting: per target, the next H values "
                                                                         "in original units")
+    intervals: dict[str, dict[str, dict[str, list[float]]]] | None = Field(
+        None, description="forecasting: per level ('80', '95'), the lower ('lo') and upper ('hi') bounds of the "
+                          "prediction interval, per target, the next H values")
     label: str | None = None
     probabilities: dict[str, float] | None = None
 

@@ -50,7 +50,8 @@ def test_predict_batch_writes_parquet_and_the_log_and_actuals_come_back(trained,
     assert code == 0, stderr
     assert "30 predictions of bat v1" in stdout
     got = pd.read_parquet(out)
-    assert got.columns.tolist() == ["prediction_id", "window_id", "value_h1", "value_h2", "model_version"]
+    bounds = [f"value_h{h}_{side}{level}" for level in (80, 95) for side in ("lo", "hi") for h in (1, 2)]
+    assert got.columns.tolist() == ["prediction_id", "window_id", "value_h1", "value_h2", *bounds, "model_version"]
     assert got["window_id"].tolist() == [f"w{w}" for w in range(30)] and set(got["model_version"]) == {"1"}
     assert got["prediction_id"].is_unique
     # the same numbers as `rnn-pipeline predict` (the registered pyfunc) on the same file, up to float32 rounding:

@@ -69,9 +69,11 @@ def test_predict_answers_several_series_in_their_own_units(trained, cli):
     code, stdout, stderr = cli("predict", "--config", cfg, "--input", folder / "hist.csv", "--model", model)
     assert code == 0, stderr
     got = pd.read_csv(io.StringIO(stdout))
-    assert got["series"].tolist() == ["s3", "s1", "s2"] and got.shape[1] == 1 + 6
+    points = [f"value_h{h}" for h in range(1, 7)]
+    assert got["series"].tolist() == ["s3", "s1", "s2"] and got.columns.tolist()[:7] == ["series", *points]
+    assert {"value_h6_lo80", "value_h6_hi95"} <= set(got.columns)
     for sid, level in (("s3", -20.0), ("s1", 50.0), ("s2", 500.0)):
-        assert abs(got.loc[got.series == sid].iloc[0, 1:].astype(float).mean() - level) < 25
+        assert abs(got.loc[got.series == sid, points].iloc[0].astype(float).mean() - level) < 25
     out = folder / "scored.csv"
     code, stdout, stderr = cli("predict-batch", "--config", cfg, "--input", folder / "hist.csv", "--output", out,
                                "--model", model)
@@ -106,6 +108,8 @@ def test_the_service_answers_histories_naming_their_series_and_logs_the_series(t
             assert r.status_code == 200, r.text
             got = [p["forecast"]["value"] for p in r.json()["predictions"]]
             assert abs(np.mean(got[0]) - 500) < 25 and abs(np.mean(got[1])) < 25  # each in its own series' units
+            band = r.json()["predictions"][0]["intervals"]["95"]
+            assert all(lo < f < hi for lo, f, hi in zip(band["lo"]["value"], got[0], band["hi"]["value"]))
             no_id = client.post("/predict", json={"series": [{"history": {"value": hist["s0"]}}]})
             assert no_id.status_code == 422 and "has no 'id'" in no_id.text
             unknown = client.post("/predict", json={"series": [{"id": "zz", "history": {"value": hist["s0"]}}]})

@@ -106,14 +106,17 @@ def test_the_bundle_answers_each_series_in_its_own_units(tmp_path):
     t, data, b = fitted(frame, model={"norm": "none"})  # no per-window normalisation: the series' scaling matters
     hist = pd.concat([frame[frame.series == s].tail(12) for s in ("s2", "s0")])
     out = b.predict_frame(hist)
-    assert out["series"].tolist() == ["s2", "s0"] and out.shape == (2, 1 + 4)
+    points = [f"value_h{h}" for h in range(1, 5)]
+    assert out["series"].tolist() == ["s2", "s0"] and out.columns.tolist()[:5] == ["series", *points]
+    assert out.shape == (2, 1 + 4 + 4 * 4)  # and each step's 80% and 95% bounds
+    assert (out["value_h1_lo95"] < out["value_h1_lo80"]).all() and (out["value_h1_hi80"] < out["value_h1_hi95"]).all()
     for sid in ("s2", "s0"):  # each forecast lies near its own series' level (levels differ by tens)
         last = frame[frame.series == sid].value.tail(12)
-        got = out.loc[out.series == sid].iloc[0, 1:].to_numpy(dtype=float)
+        got = out.loc[out.series == sid, points].iloc[0].to_numpy(dtype=float)
         assert np.all(np.abs(got - last.mean()) < 4 * last.std() + 1)
     # the same history under another series' name is scaled with that series' numbers: a different answer
     swapped = b.predict_frame(hist.assign(series=np.where(hist.series == "s2", "s0", "s2")))
-    assert not np.allclose(swapped.iloc[:, 1:].to_numpy(float), out.iloc[:, 1:].to_numpy(float))
+    assert not np.allclose(swapped[points].to_numpy(float), out[points].to_numpy(float))
     # several windows of one series in one call (window_id), and the saved bundle answers the same
     paths = b.save(tmp_path)
     again = load_bundle(paths["preprocess"], paths["weights"])
@@ -122,7 +125,7 @@ def test_the_bundle_answers_each_series_in_its_own_units(tmp_path):
     many = b.windows_frame(x, ["s1"] * 3, window_ids=True)
     got = again.predict_frame(many)
     assert got["series"].tolist() == ["s1"] * 3 and got["window_id"].tolist() == ["0", "1", "2"]
-    np.testing.assert_allclose(got.iloc[:, 2:].to_numpy(float),
+    np.testing.assert_allclose(got[points].to_numpy(float),
                                b.predict_windows(x, np.ones(3, dtype=int)).reshape(3, -1), rtol=1e-6)
     with pytest.raises(DataValidationError, match="unknown series 'nope'"):
         b.predict_frame(hist.assign(series="nope"))
