@@ -184,6 +184,7 @@ class ForecastingTask(Task):
 
     def artifacts(self, folder: Path, ev, data: PreparedSeries, bundle: ForecastBundle, history, study, digest):
         plots = (evaluation.save_plots(folder, ev, data.time.iloc[ev["first_targets"]].to_numpy(), history, study)
+                 + [self.fan_chart(folder / "forecast_intervals.png", data, bundle)]
                  if self.cfg.evaluation.plots else [])
         index = ev["first_targets"]
         meta = reference_meta(self.cfg.data.time_column, data.target_columns + data.feature_columns,
@@ -192,6 +193,27 @@ class ForecastingTask(Task):
         return Artifacts(plots, bundle.windows_frame(lag_matrix(data.values, index[:1], bundle.window)), index,
                          ev["y_pred"], evaluation.predictions_frame(ev, data.time, bundle.output_columns),
                          write_reference(folder / "reference", data.time, data.values, meta))
+
+    @staticmethod
+    def window_chart(data: PreparedSeries, bundle: ForecastBundle, title: str, series=None) -> dict:
+        """The last test window of `data` (one series) as fan_charts draws it: its first target's history, actual
+        future, forecast and intervals (`series`: a panel bundle's position of this series)."""
+        L, H, T = bundle.window, data.horizon, data.n_targets
+        idx = data.points.first_targets("test", L, H)[-1:]
+        x = lag_matrix(data.values, idx, L)
+        y = target_matrix(data.values, idx, H, T)
+        kw = {} if series is None else {"series": np.array([series])}
+        pred = bundle.predict_windows(x, **kw)
+        chart = {"title": title, "t_hist": data.time.iloc[idx[0] - L: idx[0]].to_numpy(), "x_hist": x[0, :, 0],
+                 "t_fut": data.time.iloc[idx[0]: idx[0] + H].to_numpy(), "actual": y[0, :, 0],
+                 "forecast": pred[0, :, 0]}
+        if bundle.levels:
+            chart["halfwidth"] = bundle.halfwidths(kw.get("series"))[:, 0, :, 0]
+        return chart
+
+    def fan_chart(self, path: Path, data: PreparedSeries, bundle: ForecastBundle) -> Path:
+        return evaluation.fan_charts(path, [self.window_chart(
+            data, bundle, f"last test window: {data.target_columns[0]}, {data.horizon} step(s) ahead")], bundle.levels)
 
     def summary_table(self, s: dict) -> str:
         # the headline scale: original units for one target, standardised (training z-scores) for several

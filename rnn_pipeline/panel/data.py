@@ -67,7 +67,19 @@ def validate_panel(frame: pd.DataFrame, source: str, d, test_end=None) -> list[t
         out.append((sid, time, values))
     if not out:
         raise DataValidationError("no series", source=source)
+    check_same_step(out, source, d.time_column)
     return out
+
+
+def check_same_step(series: list[tuple[str, pd.Series, pd.DataFrame]], source: str, time_column: str) -> None:
+    """One model reads one time step: every series must step as the first does (each is regular already)."""
+    steps = [(sid, time.diff().median()) for sid, time, _ in series if len(time) > 1]
+    first_sid, first = steps[0] if steps else (None, None)
+    for sid, step in steps[1:]:
+        if step != first:
+            raise DataValidationError(f"series {sid!r} steps by {step}, series {first_sid!r} by {first}: one model "
+                                      "reads series of one time step (resample them first)", source=source,
+                                      column=time_column)
 
 
 @dataclass

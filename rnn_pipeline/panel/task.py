@@ -139,7 +139,15 @@ class PanelTask(ForecastingTask):
              "columns": [*data.target_columns, *data.feature_columns], "n_targets": data.n_targets,
              "window": int(bundle.window), "horizon": int(data.horizon), "n_series": data.n_series,
              "test_std_mse": float(ev["metrics"]["std_mse"]), "data_digest": digest}, indent=2))
-        return Artifacts([], example, index, ev["y_pred"], predictions, reference)
+        plots = []
+        if self.cfg.evaluation.plots:  # the best and the worst series' last test window, with their intervals
+            shown = list(dict.fromkeys([*ev["best_series"][:2], *ev["worst_series"][:2]]))
+            charts = [self.window_chart(data.parts[data.series_ids.index(sid)], bundle,
+                                        f"series {sid} (rel_mase {ev['per_series'][sid]['rel_mase']:.3f}): last test "
+                                        f"window, {data.target_columns[0]}", data.series_ids.index(sid))
+                      for sid in shown]
+            plots = [evaluation.fan_charts(folder / "series_forecasts.png", charts, bundle.levels)]
+        return Artifacts(plots, example, index, ev["y_pred"], predictions, reference)
 
     def summary_table(self, s: dict) -> str:
         lines = summary_head(s) + [

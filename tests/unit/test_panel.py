@@ -44,6 +44,7 @@ def test_a_forecasting_config_with_an_id_column_is_a_panel():
      ["series 's1'", "column 'value'", "row 108"]),
     (lambda f: f.assign(series=np.where(f.index == 5, None, f.series)), ["column 'series'", "row 6", "blank series id"]),
     (lambda f: f.drop(columns="series"), ["missing column 'series'"]),
+    (lambda f: f.assign(time=np.where(f.series == "s2", f.time * 2, f.time)), ["series 's2' steps by 2", "by 1"]),
 ])
 def test_bad_panels_are_refused_naming_the_series(break_it, words):
     frame = break_it(synthetic_panel(3, 100, season=12, seed=1)).reset_index(drop=True)
