@@ -47,13 +47,30 @@ def bounds(y: np.ndarray, halfwidth: np.ndarray) -> list[tuple[np.ndarray, np.nd
     return [(y - hw, y + hw) for hw in halfwidth]
 
 
+def pinball(y: np.ndarray, q: np.ndarray, tau: float) -> np.ndarray:
+    """The pinball (quantile) loss of quantile forecasts `q` at level `tau`, elementwise."""
+    d = y - q
+    return np.maximum(tau * d, (tau - 1) * d)
+
+
 def interval_metrics(y_true: np.ndarray, y_pred: np.ndarray, halfwidth: np.ndarray, std, levels: list[float]) -> dict:
-    """Per level: `coverage_<level>` (the share of test values inside their interval) and `std_width_<level>` (the
-    mean width over each target's training std: comparable across targets and series). `halfwidth`: (levels, N or
-    1, H, T) in original units; `std`: per target (T,) or per window (N, 1, T)."""
-    out = {}
+    """Per level: `coverage_<level>` (the share of test values inside their interval), `std_width_<level>` (the
+    mean width) and `std_interval_score_<level>` (Winkler's: the width plus 2/alpha times how far an actual falls
+    outside; lower is better, and it rewards narrow intervals only when they cover); and `std_pinball`, the mean
+    pinball loss of the bounds as quantile forecasts ((1 - level) / 2 and (1 + level) / 2). std_ figures are over
+    each target's training std: comparable across targets and series. `halfwidth`: (levels, N or 1, H, T) in
+    original units; `std`: per target (T,) or per window (N, 1, T)."""
+    out, losses = {}, []
+    z_true, z_pred = y_true / std, y_pred / std
     for a, hw in zip(levels, halfwidth):
-        inside = np.abs(y_true - y_pred) <= hw
-        out[f"coverage_{label(a)}"] = float(inside.mean())
-        out[f"std_width_{label(a)}"] = float(np.mean(np.broadcast_to(2 * hw / std, y_true.shape)))
+        z_hw = np.broadcast_to(hw / std, y_true.shape)
+        lo, hi = z_pred - z_hw, z_pred + z_hw
+        out[f"coverage_{label(a)}"] = float(np.mean((lo <= z_true) & (z_true <= hi)))
+        out[f"std_width_{label(a)}"] = float(np.mean(2 * z_hw))
+        alpha = 1 - a
+        out[f"std_interval_score_{label(a)}"] = float(np.mean(
+            (hi - lo) + 2 / alpha * (np.maximum(lo - z_true, 0) + np.maximum(z_true - hi, 0))))
+        losses += [pinball(z_true, lo, alpha / 2), pinball(z_true, hi, 1 - alpha / 2)]
+    if losses:
+        out["std_pinball"] = float(np.mean(losses))
     return out

@@ -35,6 +35,18 @@ def test_the_half_width_is_the_finite_sample_quantile_of_the_absolute_validation
     assert hw[:, 0, 0].tolist() == [161.0, 191.0]
 
 
+def test_interval_scores_on_known_numbers():
+    y_true = np.array([0.0, 1.0, 5.0])[:, None, None]  # inside, on the bound, 3 above the upper bound
+    y_pred = np.zeros((3, 1, 1))
+    m = intervals.interval_metrics(y_true, y_pred, np.full((1, 1, 1, 1), 2.0), np.array([2.0]), [0.8])
+    # on the std scale (std 2): actuals 0, 0.5, 2.5, bounds -1 and 1
+    assert m["coverage_80"] == pytest.approx(2 / 3) and m["std_width_80"] == pytest.approx(2.0)
+    assert m["std_interval_score_80"] == pytest.approx(2 + (2 / 0.2) * 1.5 / 3)  # width + 2/alpha * 1.5 once
+    lo = [0.1 * 1, 0.1 * 1.5, 0.1 * 3.5]  # tau 0.1 below the actual: tau * distance
+    hi = [0.1 * 1, 0.1 * 0.5, 0.9 * 1.5]  # tau 0.9: (1 - tau) * distance when below, tau * distance above
+    assert m["std_pinball"] == pytest.approx(np.mean(lo + hi))
+
+
 def _noisy_series(n=3000, noise=0.3, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(n)
