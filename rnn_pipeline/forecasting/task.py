@@ -235,15 +235,23 @@ class ForecastingTask(Task):
         return "\n".join(lines)
 
     # ---- scoring a logged model -------------------------------------------------------------------------------
-    def score(self, model, data: PreparedSeries, metric):
+    data_noun = "a series to forecast"
+
+    def logged_bundle(self, model, data):
+        """The bundle inside a loaded pyfunc, checked against `data`: a model of this task, its targets and horizon."""
         from rnn_pipeline.registry import bundle_of
 
         b = bundle_of(model)
-        if not isinstance(b, ForecastBundle):
-            raise PipelineError("model is a classifier; this data is a series to forecast")
+        kind = getattr(b, "task", "forecasting")
+        if kind != self.name:
+            raise PipelineError(f"model is a {kind} model; this data is {self.data_noun}")
         if b.target_columns != data.target_columns or b.horizon != data.horizon:
             raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
                                 f"{data.target_columns} x {data.horizon}")
+        return b
+
+    def score(self, model, data: PreparedSeries, metric):
+        b = self.logged_bundle(model, data)
         names = [*data.target_columns, *data.feature_columns]
         missing = [c for c in b.input_columns if c not in names]
         if missing:

@@ -185,8 +185,21 @@ def target_matrix(values: np.ndarray, first_targets: np.ndarray, horizon: int, n
     return view[first_targets].transpose(0, 2, 1)
 
 
+class Windowed:
+    """What training reads of prepared data (a series, or a panel's series laid end to end): windows of a split as
+    views over `z`, whose first `n_targets` columns are the targets. Needs z, points, target_columns, horizon."""
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.target_columns)
+
+    def windows(self, split: str, window: int, criterion: str = "mse") -> WindowSet:
+        return WindowSet(self.z, self.n_targets, window, self.horizon,
+                         self.points.first_targets(split, window, self.horizon), criterion)
+
+
 @dataclass
-class PreparedSeries:
+class PreparedSeries(Windowed):
     """A validated series, split and scaled: everything training and evaluation need."""
 
     source: str
@@ -199,14 +212,6 @@ class PreparedSeries:
     feature_columns: list[str]
     horizon: int
     warnings: list[str] = field(default_factory=list)  # data warnings (filled values, extreme values) to report
-
-    @property
-    def n_targets(self) -> int:
-        return len(self.target_columns)
-
-    def windows(self, split: str, window: int, criterion: str = "mse") -> WindowSet:
-        return WindowSet(self.z, self.n_targets, window, self.horizon,
-                         self.points.first_targets(split, window, self.horizon), criterion)
 
 
 def prepare_series(time: pd.Series, values: pd.DataFrame, source: str, target_columns: list[str],

@@ -18,7 +18,7 @@ import torch
 
 from rnn_pipeline.data.validation import check_columns, validate_series
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.forecasting.windows import PreparedSeries, WindowSet, before_test_end, prepare_series
+from rnn_pipeline.forecasting.windows import PreparedSeries, Windowed, before_test_end, prepare_series
 
 
 def _in_series(e: DataValidationError, source: str, sid: str, rows: np.ndarray | None = None) -> DataValidationError:
@@ -111,10 +111,10 @@ class PanelPoints:
 
 
 @dataclass
-class PreparedPanel:
+class PreparedPanel(Windowed):
     """A validated panel, each series split and scaled on its own training rows (`parts`: one PreparedSeries
     each), laid end to end in `z` for training. What training and tuning read (z, points, windows, n_targets,
-    horizon) has the names PreparedSeries gives it."""
+    horizon) is what a PreparedSeries offers (Windowed)."""
 
     source: str
     id_column: str
@@ -128,16 +128,8 @@ class PreparedPanel:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def n_targets(self) -> int:
-        return len(self.target_columns)
-
-    @property
     def n_series(self) -> int:
         return len(self.series_ids)
-
-    def windows(self, split: str, window: int, criterion: str = "mse") -> WindowSet:
-        return WindowSet(self.z, self.n_targets, window, self.horizon,
-                         self.points.first_targets(split, window, self.horizon), criterion)
 
     def digest(self) -> str:
         h = hashlib.sha256()

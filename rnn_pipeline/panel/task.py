@@ -186,15 +186,10 @@ class PanelTask(ForecastingTask):
             series.append(np.full(len(idx), k))
         return np.concatenate(xs), np.concatenate(ys), ids, np.concatenate(series)
 
-    def score(self, model, data: PreparedPanel, metric):
-        from rnn_pipeline.registry import bundle_of
+    data_noun = "a panel of series"
 
-        b = bundle_of(model)
-        if not isinstance(b, PanelBundle):
-            raise PipelineError("model forecasts one series; this data is a panel of series")
-        if b.target_columns != data.target_columns or b.horizon != data.horizon:
-            raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
-                                f"{data.target_columns} x {data.horizon}")
+    def score(self, model, data: PreparedPanel, metric):
+        b = self.logged_bundle(model, data)
         if b.input_columns != [*data.target_columns, *data.feature_columns]:
             raise PipelineError(f"model reads {b.input_columns}; this data has "
                                 f"{[*data.target_columns, *data.feature_columns]}")
