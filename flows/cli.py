@@ -176,6 +176,33 @@ def predict(input: Annotated[Optional[Path], typer.Option("--input", "-i", help=
         out.to_csv(output, index=False)
 
 
+@app.command()
+def backtest(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
+             = "seed_sine",
+             model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model URI; default "
+                                                          "models:/<name>@champion.")] = None,
+             origins: Annotated[Optional[int], typer.Option(min=1, help="Forecast origins (default: backtest.origins, "
+                                                                   "else 5).")] = None,
+             step: Annotated[Optional[int], typer.Option(min=1, help="Steps between origins (default: "
+                                                                "backtest.step, else H).")] = None):
+    """Rolling-origin backtest of a registered model: forecasts from n origins of the test period beside the
+    baselines from the same origins; per-origin and mean figures printed and logged as an MLflow run."""
+    cfg, st = _load(config)
+    from flows.backtest import backtest_flow
+    from rnn_pipeline.forecasting.backtest import table
+
+    _one_line_pipeline_errors()
+    quiet_libraries()
+    s = backtest_flow(config, model, origins, step)
+    key = s["headline"]
+    typer.echo(f"{s['model_name']} v{s['model_version']}: " + table(s, key))
+    cols = ["origin", "time", *[f"{m}_{key}" for m in s["models"]]]
+    typer.echo("  " + "  ".join(f"{c:>14}" for c in cols))
+    for o in s["origins"]:
+        typer.echo("  " + "  ".join(f"{o[c]:>14.4f}" if isinstance(o[c], float) else f"{str(o[c]):>14}" for c in cols))
+    typer.echo(f"logged as MLflow run {s['mlflow_run_id']} ({s['seconds']:.1f} s)")
+
+
 @app.command("predict-batch")
 def predict_batch(input: Annotated[str, typer.Option("--input", "-i", help="A CSV, Parquet or JSON file in the "
                                                      "training format (as `predict` reads it), a file:// or "

@@ -65,8 +65,19 @@ def evaluate_task(t: tasks.Task, data, bundle, season: int | None):
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(t: tasks.Task, model_uri, cfg, data, key: str, floor: dict[str, float]):
-    return registry.gate(model_uri, cfg.model_name, lambda model: t.score(model, data, key), key,
-                         cfg.registry.margin, floor)
+    b = cfg.backtest
+    if b.gate:  # challenger and champion forecast from the backtest's origins (and the floor is scored there too)
+        def score(model):
+            return t.backtest_score(model, data, key, b.origins, b.step)
+    else:
+        def score(model):
+            return t.score(model, data, key)
+    return registry.gate(model_uri, cfg.model_name, score, key, cfg.registry.margin, floor)
+
+
+@task(name="backtest", cache_policy=NO_CACHE)
+def backtest_task(t: tasks.Task, data, bundle, season, ev, params, device):
+    return t.backtest(data, bundle, season, ev, params, device)
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -235,6 +246,10 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         t0 = time.perf_counter()
         ev = evaluate_task(t, data, bundle, season)
         t.log_evaluation(ev, data)
+        bt = None
+        if cfg.backtest.origins:  # rolling origins through the test period, beside the baselines from each
+            bt = backtest_task(t, data, bundle, season, ev, tuned.best_params, device)
+            t.log_backtest(bt, gate_key)
         with tempfile.TemporaryDirectory() as tmp:
             model_uri, save_load_diff = log_artifacts(t, Path(tmp), ev, data, bundle, fitted, tuned, digest)
         timings["evaluate"] = time.perf_counter() - t0
@@ -242,7 +257,9 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         lock.check()  # the lock was not taken over while this run trained: nothing else registers now
         t0 = time.perf_counter()
         # the floor's scores come from the evaluation: the same test windows the gate scores the challenger on
-        decision = gate_task(t, model_uri, cfg, data, gate_key, {b: ev["baselines"][b][gate_key] for b in floor})
+        # (backtest.gate: on the backtest's origins, the floor's scores from the backtest's baselines)
+        judged = bt["models"] if cfg.backtest.gate else ev["baselines"]
+        decision = gate_task(t, model_uri, cfg, data, gate_key, {b: judged[b][gate_key] for b in floor})
         scores = t.tag_scores(gate_key)
         version_tags = {"data_digest": digest[:16], "config": cfg.name, "trigger": reason, "task": t.name,
                         **{f"test_{k}": f"{ev['metrics'][k]:.8g}" for k in scores},
@@ -278,6 +295,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
             "mlflow_run_id": run_id, "experiment_id": experiment_id, "data_digest": digest, "config": config,
             "overrides": json.loads(json.dumps(overrides or {}, default=str)),  # --set / monitoring, JSON-safe
             "timings": timings, "save_load_max_abs_diff": save_load_diff,
+            **({"backtest": bt} if bt else {}),
         }
         summary["wall_seconds"] = time.perf_counter() - t_start
         mlflow.log_dict(summary, "summary.json")

@@ -191,6 +191,27 @@ class EvaluationConfig(_Strict):
         raise ValueError("steps per season (an int >= 1), 'auto' or null")
 
 
+class BacktestConfig(_Strict):
+    """Rolling-origin backtesting (forecasting): forecasts from `origins` points of the test period, `step` steps
+    apart, the last one H steps before its end, beside the baselines from the same origins."""
+
+    origins: int = Field(0, ge=0, description="how many forecast origins (0: no backtest in the training flow)")
+    step: int | None = Field(None, ge=1, description="steps between origins (default: H, so that the forecasts tile "
+                                                     "the end of the test period)")
+    refit: int = Field(0, ge=0, description="0: the trained model forecasts from every origin; k: the best trial's "
+                                            "parameters are refitted on everything before the origin at origins "
+                                            "1, 1 + k, 1 + 2k, ... (single series)")
+    gate: bool = Field(False, description="the gate (and its floor) scores the backtest mean over the origins instead "
+                                          "of the test windows (needs refit 0: the champion is scored the same way)")
+
+    @model_validator(mode="after")
+    def _gate(self):
+        if self.gate and (self.origins == 0 or self.refit):
+            raise ValueError("backtest.gate needs origins > 0 and refit 0 (the champion is scored from the same "
+                             "origins without refitting)")
+        return self
+
+
 class RegistryConfig(_Strict):
     model_name: str | None = Field(None, description="registered model name (default: the config's name)")
     metric: GateMetric | None = Field(None, description="gate metric (default: mse for forecasting, f1_macro for "
@@ -214,6 +235,7 @@ class PipelineConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     stores: StoresConfig = Field(default_factory=StoresConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
@@ -244,8 +266,15 @@ class PipelineConfig(_Strict):
                 problems.append("training.ensemble: forecasting only (a classifier is one network)")
             if (self.training.ensemble_trials or 1) > 1:
                 problems.append("training.ensemble_trials: forecasting only (a classifier is one network)")
-        elif m is not None and m not in FORECAST_METRICS:
-            problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae or rmse")
+            if self.backtest.origins:
+                problems.append("backtest: forecasting only (a classifier has no forecast origins)")
+        else:
+            if m is not None and m not in FORECAST_METRICS:
+                problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae "
+                                "or rmse")
+            if self.backtest.refit and self.data.id_column:
+                problems.append("backtest.refit: single series only for now (a panel backtests its trained model: "
+                                "refit 0)")
         return problems
 
     def _floor(self) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError, PipelineError
-from rnn_pipeline.forecasting import evaluation, intervals, tuning
+from rnn_pipeline.forecasting import backtest, evaluation, intervals, tuning
 from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.ensemble import ensemble_of, greedy_selection, window_of
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
@@ -166,6 +166,60 @@ class ForecastingTask(Task):
             found |= {space.low, space.high}
         return sorted(w for w in found if w == window or tuning.fits(data, w))
 
+    # ---- backtesting ------------------------------------------------------------------------------------------
+    def backtest(self, data: PreparedSeries, bundle: ForecastBundle, season, ev: dict | None = None,
+                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None):
+        """The rolling-origin backtest (config `backtest`, or `origins`/`step` given): see forecasting.backtest.
+        The Ridges read the look-backs the evaluation `ev` chose (chosen again on validation without one);
+        `params`: the best trial's, which backtest.refit refits."""
+        b = self.cfg.backtest
+        n, step = origins or b.origins, step or b.step or data.horizon
+        positions = backtest.origin_positions(data, bundle.window, n, step)
+        ridge_windows = ev["baseline_windows"] if ev else self.chosen_ridge_windows(data, bundle.window, positions)
+        refit = None
+        if b.refit and params is not None:
+            def refit(pos):
+                return self._refitted(params, data, pos, device)
+        per = backtest.series_forecasts(data, bundle.predict_windows, bundle.window, positions, season, ridge_windows,
+                                        self.cfg.evaluation.ridge_alphas, refit, b.refit)
+        return backtest.summarise(per, [str(data.time.iloc[p]) for p in positions], step)
+
+    def log_backtest(self, result: dict, key: str) -> None:
+        backtest.log(result, key, self.cfg.evaluation.plots)
+
+    def chosen_ridge_windows(self, data: PreparedSeries, window: int, positions) -> dict[str, int]:
+        """Each Ridge's look-back as the evaluation chooses it (on the validation windows)."""
+        return {name: evaluation.ridge_baseline(data, self.ridge_windows(data, window), self.cfg.evaluation.ridge_alphas,
+                                                name == "ridge_last", np.asarray(positions))[1]
+                for name in ("ridge", "ridge_last")}
+
+    def _refitted(self, params: dict, data: PreparedSeries, position: int, device):
+        """`params` fitted on everything before `position` (its validation: as many windows before it as the run's
+        validation split held); its forecasts, original units in and out."""
+        import dataclasses
+
+        from rnn_pipeline import tune
+        from rnn_pipeline.forecasting.windows import SplitPoints
+
+        val_len = data.points.test_start - data.points.val_start
+        cut = dataclasses.replace(data, points=SplitPoints(data.points.n, position - val_len, position))
+        t = self.cfg.training
+        fit = tune.fit_model(params, cut, self.cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
+                             max_seconds=t.max_seconds)
+        return self.bundle(fit.model, cut, params).predict_windows
+
+    def backtest_score(self, model, data, key: str, origins: int, step: int | None = None) -> float:
+        """The gate's score from the backtest's origins (backtest.gate): `key` over every origin's window, forecast
+        by the loaded pyfunc through its own predict."""
+        b = self.logged_bundle(model, data)
+        positions = backtest.origin_positions(data, b.window, origins, step or data.horizon)
+        x = lag_matrix(data.values[:, [[*data.target_columns, *data.feature_columns].index(c)
+                                       for c in b.input_columns]], positions, b.window)
+        out = model.predict(b.windows_frame(x))
+        y_pred = out[b.output_columns].to_numpy().reshape(len(positions), b.horizon, len(b.target_columns))
+        return evaluation.forecast_score(target_matrix(data.values, positions, data.horizon, data.n_targets), y_pred,
+                                         data, key)
+
     def log_evaluation(self, ev, data: PreparedSeries) -> None:
         log_common_metrics(ev)
         mlflow.log_params({f"baseline.{k}.window": v for k, v in ev["baseline_windows"].items()})
@@ -230,6 +284,8 @@ class ForecastingTask(Task):
             lines.append(f"{name:<16}{m[p + 'mse']:>12.6f}{m[p + 'rmse']:>10.4f}{m[p + 'mae']:>10.4f}"
                          f"{m[p + 'r2']:>8.4f}{m[p + 'mase']:>8.3f}{skill:>8}")
         lines += interval_lines(s["metrics"])
+        if s.get("backtest"):
+            lines += backtest.table(s["backtest"], s["headline"]).splitlines()
         lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
                      f"{s['timings']['final_fit']:.1f}s, training compute {s['timings']['training_compute']:.1f}s)")
         return "\n".join(lines)

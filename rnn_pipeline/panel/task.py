@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rnn_pipeline.errors import PipelineError
-from rnn_pipeline.forecasting import evaluation, intervals
+from rnn_pipeline.forecasting import backtest, evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
 from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
@@ -98,6 +98,36 @@ class PanelTask(ForecastingTask):
     def ridge_windows(self, data, window: int) -> list[int]:
         return super().ridge_windows(data, window)
 
+    # ---- backtesting ------------------------------------------------------------------------------------------
+    def backtest(self, data: PreparedPanel, bundle: PanelBundle, season, ev: dict | None = None,
+                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None):
+        """Each series backtested from its own origins (counted back from its own end), each origin's windows pooled
+        over the series on their z-scores; the Ridges per series as its evaluation chose them."""
+        b = self.cfg.backtest
+        n, step = origins or b.origins, step or b.step or data.horizon
+        per, times = [], None
+        for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
+            positions = backtest.origin_positions(part, bundle.window, n, step)
+            ridge = (ev["per_series"][sid]["baseline_windows"] if ev
+                     else self.chosen_ridge_windows(part, bundle.window, positions))
+            per.append(backtest.series_forecasts(part, lambda x, k=k: bundle.predict_windows(x, np.full(len(x), k)),
+                                                 bundle.window, positions, season, ridge,
+                                                 self.cfg.evaluation.ridge_alphas))
+            times = times or [str(part.time.iloc[p]) for p in positions]
+        return backtest.summarise(backtest.pooled(per), times, step)
+
+    def backtest_score(self, model, data: PreparedPanel, key: str, origins: int, step: int | None = None) -> float:
+        b = self.logged_bundle(model, data)
+        xs, ys, ids, series = [], [], [], []
+        for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
+            positions = backtest.origin_positions(part, b.window, origins, step or data.horizon)
+            xs.append(lag_matrix(part.values, positions, b.window))
+            ys.append(target_matrix(part.values, positions, data.horizon, data.n_targets))
+            ids += [sid] * len(positions)
+            series.append(np.full(len(positions), k))
+        y_pred = self._predict_by_window(model, b, np.concatenate(xs), ids)
+        return panel_eval.panel_score(np.concatenate(ys), y_pred, np.concatenate(series), data, key)
+
     def log_evaluation(self, ev, data: PreparedPanel) -> None:
         log_common_metrics(ev)
         mlflow.log_params({"n_series": data.n_series,
@@ -168,6 +198,8 @@ class PanelTask(ForecastingTask):
             return ", ".join(f"{i} ({per[i]['rel_mase']:.3f})" for i in ids)
 
         lines += interval_lines(s["metrics"])
+        if s.get("backtest"):
+            lines += backtest.table(s["backtest"], s["headline"]).splitlines()
         lines.append(f"best series (rel_mase): {show(s.get('best_series', []))}")
         lines.append(f"worst series (rel_mase): {show(s.get('worst_series', []))}")
         lines.append(f"wall time {s['wall_seconds']:.1f}s (tuning {s['timings']['tune']:.1f}s, final fit "
