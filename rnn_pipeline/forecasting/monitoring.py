@@ -18,6 +18,7 @@ import pandas as pd
 from rnn_pipeline.data.timesteps import parse_time
 from rnn_pipeline.data.validation import check_columns, numeric_columns
 from rnn_pipeline.errors import DataValidationError
+from rnn_pipeline.forecasting import intervals
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, TaskMonitor, fmt, frames
@@ -238,7 +239,17 @@ class ForecastingMonitor(TaskMonitor):
             champion_mse = float(mean_squared_error(y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)))
             ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
         return Outcome(drift, len(y_true), monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio),
-                       champion_mse=champion_mse, error_ratio=ratio, reference_mse=ref)
+                       champion_mse=champion_mse, error_ratio=ratio, reference_mse=ref,
+                       coverage=self._coverage(y_true, y_pred) if champion_mse is not None else None)
+
+    def _coverage(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float] | None:
+        """The champion's prediction intervals on the judged windows: the share of actuals inside, per level (None
+        for a champion without intervals)."""
+        b = self.bundle
+        if not getattr(b, "levels", None):
+            return None
+        inside = np.abs(y_true - y_pred)[None] <= b.halfwidths()
+        return {intervals.label(a): float(inside[i].mean()) for i, a in enumerate(b.levels)}
 
     def log_frame(self, answered, cfg) -> None:
         return None  # forecasts and their actuals are not a series
@@ -261,5 +272,6 @@ class ForecastingMonitor(TaskMonitor):
                 "split": {"val_start": None, "test_start": None, "test_end": None}}
 
     def describe(self, outcome: Outcome) -> str:
+        covered = "".join(f", {k}% interval covers {100 * v:.1f}%" for k, v in (outcome.coverage or {}).items())
         return (f"drifted share {outcome.drift.share:.2f}, champion v{self.version} MSE {fmt(outcome.champion_mse)}, "
-                f"error ratio {fmt(outcome.error_ratio)}")
+                f"error ratio {fmt(outcome.error_ratio)}{covered}")

@@ -31,6 +31,7 @@ class Outcome:
     labels: dict | None = None  # classification with labels: accuracy, f1_macro, n_labelled, unseen_labels
     reference_accuracy: float | None = None
     prediction_drift: bool | None = None
+    coverage: dict[str, float] | None = None  # forecasting with intervals: the share of actuals inside, per level
     warnings: list[str] = field(default_factory=list)  # for the run's log
 
     def fields(self) -> dict:
@@ -54,6 +55,7 @@ class Outcome:
         for k, v in (self.labels or {}).items():
             if k in ("accuracy", "f1_macro", "n_labelled"):
                 out[f"champion_{k}"] = v
+        out.update({f"champion_coverage_{k}": v for k, v in (self.coverage or {}).items()})
         return out
 
 

@@ -111,3 +111,23 @@ def test_no_intervals_when_the_config_asks_for_none_and_levels_are_checked():
         .intervals == [0.8, 0.95]
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         PipelineConfig(name="n", data={"path": "x.csv"}, evaluation={"intervals": [80]})
+
+
+def test_monitoring_reports_the_champions_interval_coverage_on_a_judged_batch():
+    from types import SimpleNamespace
+
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.forecasting.monitoring import ForecastingMonitor
+    from rnn_pipeline.monitoring.drift import DriftResult
+
+    halfwidths = np.array([1.0, 2.0])[:, None, None, None]  # (levels, 1, H, T)
+    bundle = SimpleNamespace(levels=[0.8, 0.95], halfwidths=lambda series=None: halfwidths)
+    m = ForecastingMonitor(None, {"test_mse": 1.0}, None, bundle, "3")
+    y_pred = np.zeros((10, 1, 1))
+    y_true = np.r_[np.zeros(6), np.full(2, 1.5), np.full(2, 3.0)][:, None, None]  # 6 within 1, 8 within 2
+    out = m._outcome(load_config("seed_sine"), DriftResult(0.0, 0), y_true, y_pred)
+    assert out.coverage == {"80": pytest.approx(0.6), "95": pytest.approx(0.8)}
+    assert out.metrics()["champion_coverage_80"] == pytest.approx(0.6)
+    assert "80% interval covers 60.0%" in m.describe(out)
+    old = ForecastingMonitor(None, {"test_mse": 1.0}, None, SimpleNamespace(), "3")  # registered before intervals
+    assert old._outcome(load_config("seed_sine"), DriftResult(0.0, 0), y_true, y_pred).coverage is None
