@@ -184,6 +184,8 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
     season = t.season(data)
     gate_key = t.gate_key(data)
     floor = t.floor(season)
+    if cfg.backtest.origins:  # origins that do not fit in the test period: said now, not after training
+        t.check_backtest(data)
     data_warnings = t.warnings(data)
     logger.info(t.describe(data, source))
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"

@@ -20,7 +20,7 @@ from rnn_pipeline.forecasting.evaluation import (
 )
 from rnn_pipeline.forecasting.windows import PreparedSeries, lag_matrix, target_matrix
 
-KEYS = ("mse", "mae", "std_mse", "std_mae")
+KEYS = ("mse", "rmse", "mae", "std_mse", "std_rmse", "std_mae")
 
 
 def origin_positions(data: PreparedSeries, window: int, n: int, step: int) -> np.ndarray:
@@ -41,8 +41,14 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, mean, std) -> dict[str, np.n
     """Per window (axis 0): mse, mae and their standardised twins."""
     err = y_pred - y_true
     z = err / std
-    return {"mse": np.mean(err ** 2, axis=(1, 2)), "mae": np.mean(np.abs(err), axis=(1, 2)),
-            "std_mse": np.mean(z ** 2, axis=(1, 2)), "std_mae": np.mean(np.abs(z), axis=(1, 2))}
+    out = {"mse": np.mean(err ** 2, axis=(1, 2)), "mae": np.mean(np.abs(err), axis=(1, 2)),
+           "std_mse": np.mean(z ** 2, axis=(1, 2)), "std_mae": np.mean(np.abs(z), axis=(1, 2))}
+    return with_rmse(out)
+
+
+def with_rmse(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each origin's rmse (and std_rmse): the root of its mse."""
+    return {**scores, **{k.replace("mse", "rmse"): np.sqrt(v) for k, v in scores.items() if k.endswith("mse")}}
 
 
 def series_forecasts(data: PreparedSeries, predict_windows, window: int, positions: np.ndarray, season: int | None,
@@ -79,6 +85,7 @@ def summarise(per_model: dict[str, dict[str, np.ndarray]], times: list[str], ste
     summary = {}
     for m, v in per_model.items():
         summary[m] = {k: float(np.mean(v[k])) for k in keys} | {f"{k}_std": float(np.std(v[k])) for k in keys}
+        # the mean rmse is the root of the mean mse: the figure the gate scores over the same pooled windows
         summary[m] |= {k.replace("mse", "rmse"): float(np.sqrt(summary[m][k])) for k in keys if k.endswith("mse")}
     return {"origins": origins, "models": summary, "n_origins": len(times), "step": step}
 
@@ -87,7 +94,8 @@ def pooled(per_series: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict
     """A panel: each series' scores per origin -> each origin's mean over the series, on the z-scores only (the
     series' units differ). Models missing for a series (no season) are left out."""
     models = [m for m in per_series[0] if all(m in p for p in per_series)]
-    return {m: {k: np.mean([p[m][k] for p in per_series], axis=0) for k in ("std_mse", "std_mae")} for m in models}
+    return {m: with_rmse({k: np.mean([p[m][k] for p in per_series], axis=0) for k in ("std_mse", "std_mae")})
+            for m in models}
 
 
 def table(result: dict, key: str) -> str:

@@ -9,10 +9,13 @@ test windows (`coverage_<level>`) beside the mean width."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def label(level: float) -> str:
@@ -36,6 +39,11 @@ def conformal_halfwidths(model, val, levels: list[float], chunk: int = 4096) -> 
         errors.append(torch.abs(model(x) - y).numpy())
     err = np.concatenate(errors)  # (N, H, T)
     n = len(err)
+    too_few = [a for a in levels if math.ceil((n + 1) * a) > n]
+    if too_few:
+        log.warning("prediction intervals: %d validation windows are too few for the %s%% level(s); their half-width "
+                    "is the largest validation error, and they may cover less", n,
+                    ", ".join(label(a) for a in too_few))
     # the k-th smallest error, k = ceil((n + 1) level): the largest when too few windows for the level
     kth = [min(n, math.ceil((n + 1) * a)) - 1 for a in levels]
     part = np.partition(err, sorted(set(kth)), axis=0)

@@ -173,14 +173,18 @@ class ForecastingTask(Task):
         The Ridges read the look-backs the evaluation `ev` chose (chosen again on validation without one);
         `params`: the best trial's, which backtest.refit refits."""
         b = self.cfg.backtest
+        self.check_bundle(bundle, data, inputs=True)
         n, step = origins or b.origins, step or b.step or data.horizon
-        positions = backtest.origin_positions(data, bundle.window, n, step)
-        ridge_windows = ev["baseline_windows"] if ev else self.chosen_ridge_windows(data, bundle.window, positions)
         refit = None
+        window = bundle.window  # a refit reads the best trial's look-back, which the mix may not hold
         if b.refit and params is not None:
+            window = max(window, int(params["window"]))
+
             def refit(pos):
                 return self._refitted(params, data, pos, device)
-        per = backtest.series_forecasts(data, bundle.predict_windows, bundle.window, positions, season, ridge_windows,
+        positions = backtest.origin_positions(data, window, n, step)
+        ridge_windows = ev["baseline_windows"] if ev else self.chosen_ridge_windows(data, bundle.window, positions)
+        per = backtest.series_forecasts(data, bundle.predict_windows, window, positions, season, ridge_windows,
                                         self.cfg.evaluation.ridge_alphas, refit, b.refit)
         return backtest.summarise(per, [str(data.time.iloc[p]) for p in positions], step)
 
@@ -294,17 +298,30 @@ class ForecastingTask(Task):
     data_noun = "a series to forecast"
 
     def logged_bundle(self, model, data):
-        """The bundle inside a loaded pyfunc, checked against `data`: a model of this task, its targets and horizon."""
+        """The bundle inside a loaded pyfunc, checked against `data` (check_bundle)."""
         from rnn_pipeline.registry import bundle_of
 
-        b = bundle_of(model)
+        return self.check_bundle(bundle_of(model), data)
+
+    def check_bundle(self, b, data, inputs: bool = False):
+        """`b` must be a model of this task forecasting `data`'s targets over its horizon; with `inputs`, reading
+        exactly its columns, in order. Returns `b`."""
         kind = getattr(b, "task", "forecasting")
         if kind != self.name:
             raise PipelineError(f"model is a {kind} model; this data is {self.data_noun}")
         if b.target_columns != data.target_columns or b.horizon != data.horizon:
             raise PipelineError(f"model forecasts {b.target_columns} x {b.horizon} steps; this data needs "
                                 f"{data.target_columns} x {data.horizon}")
+        if inputs and b.input_columns != [*data.target_columns, *data.feature_columns]:
+            raise PipelineError(f"model reads {b.input_columns}; this data has "
+                                f"{[*data.target_columns, *data.feature_columns]}")
         return b
+
+    def check_backtest(self, data) -> None:
+        """The configured backtest's origins fit in the test period (checked before training)."""
+        b = self.cfg.backtest
+        if b.origins:
+            backtest.origin_positions(data, self.cfg.features.window, b.origins, b.step or data.horizon)
 
     def score(self, model, data: PreparedSeries, metric):
         b = self.logged_bundle(model, data)

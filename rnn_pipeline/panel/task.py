@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.errors import PipelineError
+from rnn_pipeline.errors import ConfigError, PipelineError
 from rnn_pipeline.forecasting import backtest, evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
 from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
@@ -104,10 +104,11 @@ class PanelTask(ForecastingTask):
         """Each series backtested from its own origins (counted back from its own end), each origin's windows pooled
         over the series on their z-scores; the Ridges per series as its evaluation chose them."""
         b = self.cfg.backtest
+        self.check_bundle(bundle, data, inputs=True)
         n, step = origins or b.origins, step or b.step or data.horizon
         per, times = [], None
         for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
-            positions = backtest.origin_positions(part, bundle.window, n, step)
+            positions = self._origins(sid, part, bundle.window, n, step)
             ridge = (ev["per_series"][sid]["baseline_windows"] if ev
                      else self.chosen_ridge_windows(part, bundle.window, positions))
             per.append(backtest.series_forecasts(part, lambda x, k=k: bundle.predict_windows(x, np.full(len(x), k)),
@@ -116,11 +117,24 @@ class PanelTask(ForecastingTask):
             times = times or [str(part.time.iloc[p]) for p in positions]
         return backtest.summarise(backtest.pooled(per), times, step)
 
+    @staticmethod
+    def _origins(sid: str, part, window: int, n: int, step: int) -> np.ndarray:
+        try:
+            return backtest.origin_positions(part, window, n, step)
+        except ConfigError as e:
+            raise ConfigError(f"series {sid!r}: {e}") from None
+
+    def check_backtest(self, data: PreparedPanel) -> None:
+        b = self.cfg.backtest
+        if b.origins:
+            for sid, part in zip(data.series_ids, data.parts):
+                self._origins(sid, part, self.cfg.features.window, b.origins, b.step or data.horizon)
+
     def backtest_score(self, model, data: PreparedPanel, key: str, origins: int, step: int | None = None) -> float:
         b = self.logged_bundle(model, data)
         xs, ys, ids, series = [], [], [], []
         for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
-            positions = backtest.origin_positions(part, b.window, origins, step or data.horizon)
+            positions = self._origins(sid, part, b.window, origins, step or data.horizon)
             xs.append(lag_matrix(part.values, positions, b.window))
             ys.append(target_matrix(part.values, positions, data.horizon, data.n_targets))
             ids += [sid] * len(positions)
@@ -221,10 +235,7 @@ class PanelTask(ForecastingTask):
     data_noun = "a panel of series"
 
     def score(self, model, data: PreparedPanel, metric):
-        b = self.logged_bundle(model, data)
-        if b.input_columns != [*data.target_columns, *data.feature_columns]:
-            raise PipelineError(f"model reads {b.input_columns}; this data has "
-                                f"{[*data.target_columns, *data.feature_columns]}")
+        b = self.check_bundle(self.logged_bundle(model, data), data, inputs=True)
         x, y_true, ids, series = self._test_frame(b, data)
         out = self._predict_by_window(model, b, x, ids)
         return panel_eval.panel_score(y_true, out, series, data, metric)

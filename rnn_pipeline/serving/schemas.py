@@ -17,7 +17,7 @@ Number = Annotated[float, Strict()]  # a JSON number: true/false and "1.5" are r
 
 
 class SeriesInput(_Strict):
-    id: str | None = Field(None, description="a panel model (many series): the series this history belongs to "
+    id: str | int | None = Field(None, description="a panel model (many series): the series this history belongs to "
                                              "(GET /metadata: id_column, n_series)")
     history: dict[str, list[Number]] = Field(
         ..., description="the recent history, oldest first: one list per input column of the model (its targets "

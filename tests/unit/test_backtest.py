@@ -122,3 +122,29 @@ def test_the_config_checks_the_backtest():
         PipelineConfig(**{**base, "data": {"path": "x.csv", "id_column": "s"}}, backtest={"origins": 3, "refit": 1})
     with pytest.raises(ValueError, match="backtest: forecasting only"):
         PipelineConfig(**{**base, "task": "classification"}, backtest={"origins": 3})
+
+
+def test_rmse_keys_summarise_table_and_plot(tmp_path):
+    data = series()
+    pos = backtest.origin_positions(data, 24, 3, 6)
+    per = backtest.series_forecasts(data, lambda x: np.repeat(x[:, -1:, :1], 6, axis=1), 24, pos, None, {}, [1.0])
+    result = backtest.summarise(per, ["a", "b", "c"], 6)
+    rnn = result["models"]["rnn"]
+    assert rnn["rmse"] == pytest.approx(np.sqrt(rnn["mse"]))  # pooled: the root of the mean mse
+    assert rnn["rmse_std"] == pytest.approx(np.std(np.sqrt(per["rnn"]["mse"])))
+    assert result["origins"][0]["rnn_std_rmse"] == pytest.approx(np.sqrt(per["rnn"]["std_mse"][0]))
+    for key in ("rmse", "std_rmse", "mae"):
+        assert f"{key} mean ± std" in backtest.table(result, key)
+        assert backtest.plot(tmp_path / f"{key}.png", result, key).exists()
+
+
+def test_a_panel_series_too_short_for_the_origins_is_named():
+    frame = synthetic_panel(2, 300, season=12, seed=3, regime_switches=False)
+    frame = frame[(frame.series == "s0") | (frame.time >= 150)]  # s1: 150 rows, a shorter test period
+    cfg = PipelineConfig(name="p", data={"path": "x.csv", "id_column": "series", "target_columns": ["value"]},
+                         features={"window": 24, "horizon": 4}, split={"val": 0.2, "test": 0.2},
+                         tuning={"n_trials": 0}, backtest={"origins": 12})
+    t = tasks.for_config(cfg)
+    data = t.prepare(t.read(frame, "p.csv"), "p.csv")
+    with pytest.raises(ConfigError, match="series 's1': backtest: 12 origins 4 steps apart need 48 steps"):
+        t.check_backtest(data)

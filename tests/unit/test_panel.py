@@ -182,3 +182,10 @@ def test_monitoring_a_panel_says_it_is_not_built_yet_and_the_id_column_is_checke
         monitor_class("panel").load(Path("."), config(), None, "1")
     with pytest.raises(ValueError, match="data.id_column 'value' is also the time, a target or a feature column"):
         config(data={"id_column": "value"})
+
+
+def test_a_request_may_name_its_series_by_a_number():
+    from rnn_pipeline.serving.schemas import PredictRequest
+
+    req = PredictRequest(series=[{"id": 723170, "history": {"value": [1.0, 2.0]}}])
+    assert str(req.series[0].id) == "723170"
