@@ -35,6 +35,9 @@ class DataConfig(_Strict):
     id_column: str | None = Field(None, description="forecasting: the column naming each series of a panel (a long "
                                                     "table, one row per series and time step): one global model is "
                                                     "trained across the series (see README, 'Many series')")
+    static_columns: list[str] = Field(default_factory=list, description=(
+        "panels: per-series covariates (the same value on every row of a series: size, region code, latitude), "
+        "extra inputs scaled over all series together (a per-series scaler would erase them)"))
     missing: Literal["error", "interpolate", "ffill"] = Field(
         "error", description="forecasting: blank values, and gaps in the time steps, are refused ('error'), or filled "
                              "('interpolate', 'ffill': gap rows are added on the regular grid, and how many values "
@@ -62,7 +65,7 @@ class DataConfig(_Strict):
                                                              "IQR / 1.349) over the training split (the std when "
                                                              "both are 0)")
 
-    @field_validator("target_columns", "feature_columns", "channel_columns", mode="before")
+    @field_validator("target_columns", "feature_columns", "channel_columns", "static_columns", mode="before")
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
@@ -107,6 +110,12 @@ class DataConfig(_Strict):
         if self.id_column is not None and self.id_column in {*self.target_columns, *self.feature_columns,
                                                              self.time_column}:
             problems.append(f"data.id_column '{self.id_column}' is also the time, a target or a feature column")
+        if self.static_columns and self.id_column is None:
+            problems.append("data.static_columns: per-series covariates need a panel (data.id_column)")
+        both = set(self.static_columns) & {*self.target_columns, *self.feature_columns, self.time_column,
+                                           *([self.id_column] if self.id_column else [])}
+        if both:
+            problems.append(f"data.static_columns {sorted(both)} are also the time, id, target or feature columns")
         clash = set(self.target_columns) & set(self.feature_columns)
         if clash:
             problems.append(f"data: columns {sorted(clash)} are both target and feature")

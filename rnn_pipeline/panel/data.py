@@ -52,7 +52,8 @@ def validate_panel(frame: pd.DataFrame, source: str, d, test_end=None) -> list[t
     `d`: the config's data section. Returns (series id, time, values) per series, in order of first appearance."""
     if frame.shape[0] == 0:
         raise DataValidationError("no data rows", source=source)
-    check_columns(frame, source, d.time_column, [*d.target_columns, *d.feature_columns, d.id_column])
+    features = [*d.feature_columns, *d.static_columns]
+    check_columns(frame, source, d.time_column, [*d.target_columns, *features, d.id_column])
     out = []
     for sid, rows in series_groups(frame, source, d.id_column).items():
         part = frame.iloc[rows].reset_index(drop=True)
@@ -60,8 +61,9 @@ def validate_panel(frame: pd.DataFrame, source: str, d, test_end=None) -> list[t
             part = before_test_end(part, source, d.time_column, test_end, d.timezone)
             if part.shape[0] == 0:
                 raise DataValidationError(f"split.test_end={test_end!r} leaves none of its rows")
-            time, values = validate_series(part, source, d.time_column, d.target_columns, d.feature_columns,
+            time, values = validate_series(part, source, d.time_column, d.target_columns, features,
                                            d.missing, freq=d.freq, timezone=d.timezone)
+            check_static(values, d.static_columns, source)
         except DataValidationError as e:
             raise _in_series(e, source, sid, rows) from None
         out.append((sid, time, values))
@@ -69,6 +71,31 @@ def validate_panel(frame: pd.DataFrame, source: str, d, test_end=None) -> list[t
         raise DataValidationError("no series", source=source)
     check_same_step(out, source, d.time_column)
     return out
+
+
+def check_static(values: pd.DataFrame, static_columns: list[str], source: str) -> None:
+    """A static covariate holds one value over its series: the first row where it changes is an error."""
+    for col in static_columns:
+        v = values[col].to_numpy()
+        changed = np.flatnonzero(v != v[0])
+        if changed.size:
+            r = int(changed[0])
+            raise DataValidationError(f"static column changes within the series (row 1 has {v[0]:g}): a static "
+                                      "covariate holds one value per series", source=source, column=col, row=r + 1,
+                                      value=float(v[r]))
+
+
+def scale_static(parts: list[PreparedSeries], columns: list[str], static_columns: list[str]) -> None:
+    """Static covariates on one scale for every series: the mean and std of their training rows over all series
+    (each series' own scaler would map its constant to 0). Each series' scaling and z are set to it, in place."""
+    for col in static_columns:
+        j = columns.index(col)
+        train = np.concatenate([p.values[: p.points.val_start, j] for p in parts])
+        mean, std = float(train.mean()), float(train.std())
+        std = std if std > 0 else 1.0
+        for p in parts:
+            p.scaling.offset[j], p.scaling.scale[j] = mean, std
+            p.z[:, j] = torch.from_numpy(((p.values[:, j] - mean) / std).astype("float32"))
 
 
 def check_same_step(series: list[tuple[str, pd.Series, pd.DataFrame]], source: str, time_column: str) -> None:
@@ -145,9 +172,11 @@ def prepare_panel(series: list[tuple[str, pd.Series, pd.DataFrame]], source: str
                   target_columns: list[str], feature_columns: list[str], *, window: int, max_window: int,
                   horizon: int, scaler: str, val: float, test: float, val_start=None, test_start=None, test_end=None,
                   outliers: str = "warn", outlier_threshold: float = 25.0,
-                  max_windows_per_series: int | None = None) -> PreparedPanel:
+                  max_windows_per_series: int | None = None, static_columns=()) -> PreparedPanel:
     """Each series prepared as a single series (prepare_series: split, length and outlier checks, the scaler fitted
-    on its training rows), errors naming the series; then laid end to end."""
+    on its training rows), errors naming the series; the static covariates (inputs after `feature_columns`) scaled
+    over all series together; then laid end to end."""
+    feature_columns = [*feature_columns, *static_columns]
     parts = []
     for sid, time, values in series:
         try:
@@ -157,6 +186,7 @@ def prepare_panel(series: list[tuple[str, pd.Series, pd.DataFrame]], source: str
                                         outliers=outliers, outlier_threshold=outlier_threshold))
         except DataValidationError as e:
             raise _in_series(e, source, sid) from None
+    scale_static(parts, [*target_columns, *feature_columns], list(static_columns))
     lengths = np.array([p.points.n for p in parts])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     points = PanelPoints(offsets, [p.points for p in parts], max_windows_per_series)

@@ -53,7 +53,8 @@ class PanelTask(ForecastingTask):
                              scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
                              test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
                              outlier_threshold=cfg.data.outlier_threshold,
-                             max_windows_per_series=cfg.features.max_windows_per_series)
+                             max_windows_per_series=cfg.features.max_windows_per_series,
+                             static_columns=cfg.data.static_columns)
 
     def describe(self, data: PreparedPanel, source: str) -> str:
         rows = [p.points.n for p in data.parts]

@@ -189,3 +189,25 @@ def test_a_request_may_name_its_series_by_a_number():
 
     req = PredictRequest(series=[{"id": 723170, "history": {"value": [1.0, 2.0]}}])
     assert str(req.series[0].id) == "723170"
+
+
+def test_static_covariates_hold_one_value_per_series_and_are_scaled_over_all_series(tmp_path):
+    frame = synthetic_panel(3, 120, season=12, seed=7)
+    frame["size"] = frame["series"].map({"s0": 10.0, "s1": 20.0, "s2": 60.0})
+    t, data = prepared(frame, data={"static_columns": ["size"]})
+    assert data.feature_columns == ["size"]
+    j = 1  # after the target
+    z = [data.z[data.points.offsets[k], j].item() for k in range(3)]
+    mean, std = 30.0, np.std([10.0, 20.0, 60.0])  # every series has as many training rows
+    assert z == pytest.approx([(v - mean) / std for v in (10.0, 20.0, 60.0)], rel=1e-5)  # not erased to 0
+    assert all(p.scaling.offset[j] == pytest.approx(mean) for p in data.parts)
+    params = tune.default_params(t.cfg)
+    fit = tune.fit_final([params], data, t.cfg, device="cpu")
+    b = t.bundle(fit.model, data, params)
+    out = b.predict_frame(frame[frame.series == "s2"].tail(12))
+    assert np.isfinite(out.filter(like="value_h").to_numpy()).all()
+    changing = frame.assign(size=np.where((frame.series == "s1") & (frame.time == 50), 21.0, frame["size"]))
+    with pytest.raises(DataValidationError, match="series 's1', column 'size', row 171: static column changes"):
+        prepared(changing, data={"static_columns": ["size"]})
+    with pytest.raises(ValueError, match="per-series covariates need a panel"):
+        PipelineConfig(name="x", data={"path": "x.csv", "static_columns": ["size"]})
