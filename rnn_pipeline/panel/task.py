@@ -198,14 +198,14 @@ class PanelTask(ForecastingTask):
         lines = summary_head(s) + [
             f"{s['n_series']} series, {s['n_test_windows']} test windows; std_* on each series' training z-scores, "
             "pooled; mase: mean over the series; rel_mase: over persistence's; skill = 1 - std_mse / baseline's",
-            f"{'model':<16}{'std_mse':>10}{'std_mae':>10}{'mase':>8}{'rel_mase':>10}{'skill':>8}"]
+            f"{'model':<22}{'std_mse':>10}{'std_mae':>10}{'mase':>8}{'rel_mase':>10}{'skill':>8}"]
         looks = s.get("baseline_windows", {})
         rows = [("rnn", s["metrics"], None)] + [
             (k + (f" L={'/'.join(map(str, looks[k]))}" if looks.get(k) else ""), v, s["skill"][k])
             for k, v in s["baselines"].items()]
         for name, m, sk in rows:
             skill = "" if sk is None else f"{sk:+.3f}"
-            lines.append(f"{name:<16}{m['std_mse']:>10.4f}{m['std_mae']:>10.4f}{m['mase']:>8.3f}{m['rel_mase']:>10.3f}"
+            lines.append(f"{name:<22}{m['std_mse']:>10.4f}{m['std_mae']:>10.4f}{m['mase']:>8.3f}{m['rel_mase']:>10.3f}"
                          f"{skill:>8}")
         per = s.get("per_series", {})
 
