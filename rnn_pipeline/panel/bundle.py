@@ -48,6 +48,9 @@ class PanelBundle(ForecastBundle):
 
     def __post_init__(self):
         self._index = {s: k for k, s in enumerate(self.series_ids)}
+        # every series' scaling as two (S, F) arrays, stacked once: a request gathers its series' rows
+        self._offsets = np.stack([s.offset for s in self.scalings]) if self.scalings else np.zeros((0, 0))
+        self._scales = np.stack([s.scale for s in self.scalings]) if self.scalings else np.zeros((0, 0))
 
     def preprocess_json(self) -> dict:
         return {**super().preprocess_json(), "task": "panel", "id_column": self.id_column,
@@ -76,7 +79,7 @@ class PanelBundle(ForecastBundle):
 
     def target_scale(self, series=None) -> np.ndarray:
         """Each forecast's targets' scales, (N, 1, T) (the first series' when `series` is None)."""
-        scale = np.stack([s.scale[: len(self.target_columns)] for s in self.scalings])
+        scale = self._scales[:, : len(self.target_columns)]
         return scale[np.zeros(1, dtype=np.int64) if series is None else np.asarray(series)][:, None, :]
 
     def _series_of(self, x, n: int):
@@ -86,8 +89,8 @@ class PanelBundle(ForecastBundle):
         """x: (N, L, F) in original units, `series`: each window's series position (default: the first series)
         -> (N, H, T) forecasts in original units."""
         series = np.zeros(len(x), dtype=np.int64) if series is None else np.asarray(series)
-        off = np.stack([s.offset for s in self.scalings])[series][:, None, :]  # (N, 1, F)
-        scale = np.stack([s.scale for s in self.scalings])[series][:, None, :]
+        off = self._offsets[series][:, None, :]  # (N, 1, F)
+        scale = self._scales[series][:, None, :]
         z = ((x - off) / scale).astype("float32")
         self.model.eval()
         with torch.inference_mode():

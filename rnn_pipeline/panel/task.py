@@ -96,9 +96,6 @@ class PanelTask(ForecastingTask):
                                                             std, bundle.levels))
         return ev
 
-    def ridge_windows(self, data, window: int) -> list[int]:
-        return super().ridge_windows(data, window)
-
     # ---- backtesting ------------------------------------------------------------------------------------------
     def backtest(self, data: PreparedPanel, bundle: PanelBundle, season, ev: dict | None = None,
                  params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None):
