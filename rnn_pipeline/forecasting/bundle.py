@@ -232,7 +232,7 @@ class ForecastBundle:
         out = [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
                for i in range(len(y))]
         if self.levels:
-            pairs = intervals.bounds(y, self.halfwidths(self._series_of(x, len(y))))
+            pairs = intervals.bounds(y, self.halfwidths(self._series_of(x)))
             for i, o in enumerate(out):
                 o["intervals"] = {intervals.label(a): {side: {c: b[i, :, j].tolist()
                                                              for j, c in enumerate(self.target_columns)}
@@ -240,7 +240,7 @@ class ForecastBundle:
                                   for a, pair in zip(self.levels, pairs)}
         return out
 
-    def _series_of(self, x, n: int):
+    def _series_of(self, x):
         return None
 
     def log_records(self, x: np.ndarray, y: np.ndarray) -> list[tuple[dict, dict, str | None]]:

@@ -215,14 +215,8 @@ class ForecastingTask(Task):
     def backtest_score(self, model, data, key: str, origins: int, step: int | None = None) -> float:
         """The gate's score from the backtest's origins (backtest.gate): `key` over every origin's window, forecast
         by the loaded pyfunc through its own predict."""
-        b = self.logged_bundle(model, data)
-        positions = backtest.origin_positions(data, b.window, origins, step or data.horizon)
-        x = lag_matrix(data.values[:, [[*data.target_columns, *data.feature_columns].index(c)
-                                       for c in b.input_columns]], positions, b.window)
-        out = model.predict(b.windows_frame(x))
-        y_pred = out[b.output_columns].to_numpy().reshape(len(positions), b.horizon, len(b.target_columns))
-        return evaluation.forecast_score(target_matrix(data.values, positions, data.horizon, data.n_targets), y_pred,
-                                         data, key)
+        return self._pyfunc_score(model, data, key,
+                                  lambda window: backtest.origin_positions(data, window, origins, step or data.horizon))
 
     def log_evaluation(self, ev, data: PreparedSeries) -> None:
         log_common_metrics(ev)
@@ -324,13 +318,19 @@ class ForecastingTask(Task):
             backtest.origin_positions(data, self.cfg.features.window, b.origins, b.step or data.horizon)
 
     def score(self, model, data: PreparedSeries, metric):
+        return self._pyfunc_score(model, data, metric,
+                                  lambda window: data.points.first_targets("test", window, data.horizon))
+
+    def _pyfunc_score(self, model, data: PreparedSeries, metric: str, positions_of) -> float:
+        """`metric` of a loaded pyfunc's forecasts, through its own predict, of the windows whose first targets
+        `positions_of(its window)` gives."""
         b = self.logged_bundle(model, data)
         names = [*data.target_columns, *data.feature_columns]
         missing = [c for c in b.input_columns if c not in names]
         if missing:
             raise PipelineError(f"model needs input column(s) {missing} that this data lacks")
         cols = [names.index(c) for c in b.input_columns]
-        idx = data.points.first_targets("test", b.window, data.horizon)
+        idx = positions_of(b.window)
         x = lag_matrix(data.values[:, cols], idx, b.window)
         out = model.predict(b.windows_frame(x))
         y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))

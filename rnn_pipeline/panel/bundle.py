@@ -82,7 +82,7 @@ class PanelBundle(ForecastBundle):
         scale = self._scales[:, : len(self.target_columns)]
         return scale[np.zeros(1, dtype=np.int64) if series is None else np.asarray(series)][:, None, :]
 
-    def _series_of(self, x, n: int):
+    def _series_of(self, x):
         return None if not isinstance(x, PanelInputs) else self.series_index([p[0] for p in self._split(x.keys)])
 
     def predict_windows(self, x: np.ndarray, series: np.ndarray | None = None) -> np.ndarray:

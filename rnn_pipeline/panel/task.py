@@ -129,16 +129,8 @@ class PanelTask(ForecastingTask):
                 self._origins(sid, part, self.cfg.features.window, b.origins, b.step or data.horizon)
 
     def backtest_score(self, model, data: PreparedPanel, key: str, origins: int, step: int | None = None) -> float:
-        b = self.logged_bundle(model, data)
-        xs, ys, ids, series = [], [], [], []
-        for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
-            positions = self._origins(sid, part, b.window, origins, step or data.horizon)
-            xs.append(lag_matrix(part.values, positions, b.window))
-            ys.append(target_matrix(part.values, positions, data.horizon, data.n_targets))
-            ids += [sid] * len(positions)
-            series.append(np.full(len(positions), k))
-        y_pred = self._predict_by_window(model, b, np.concatenate(xs), ids)
-        return panel_eval.panel_score(np.concatenate(ys), y_pred, np.concatenate(series), data, key)
+        return self._pyfunc_score(model, data, key, lambda sid, part, window: self._origins(
+            sid, part, window, origins, step or data.horizon))
 
     def log_evaluation(self, ev, data: PreparedPanel) -> None:
         log_common_metrics(ev)
@@ -219,24 +211,25 @@ class PanelTask(ForecastingTask):
         return "\n".join(lines)
 
     # ---- scoring a logged model -------------------------------------------------------------------------------
-    def _test_frame(self, b: PanelBundle, data: PreparedPanel):
-        """Every test window of every series as the long frame a client sends, with the true values."""
-        xs, ys, ids, series = [], [], [], []
-        for k, (sid, p) in enumerate(zip(data.series_ids, data.parts)):
-            idx = p.points.first_targets("test", b.window, data.horizon)
-            xs.append(lag_matrix(p.values, idx, b.window))
-            ys.append(target_matrix(p.values, idx, data.horizon, data.n_targets))
-            ids += [sid] * len(idx)
-            series.append(np.full(len(idx), k))
-        return np.concatenate(xs), np.concatenate(ys), ids, np.concatenate(series)
-
     data_noun = "a panel of series"
 
     def score(self, model, data: PreparedPanel, metric):
+        return self._pyfunc_score(model, data, metric,
+                                  lambda sid, part, window: part.points.first_targets("test", window, data.horizon))
+
+    def _pyfunc_score(self, model, data: PreparedPanel, metric: str, positions_of) -> float:
+        """`metric` (pooled z-scores) of a loaded pyfunc's forecasts, through its own predict, of each series'
+        windows whose first targets `positions_of(series id, its PreparedSeries, the model's window)` gives."""
         b = self.check_bundle(self.logged_bundle(model, data), data, inputs=True)
-        x, y_true, ids, series = self._test_frame(b, data)
-        out = self._predict_by_window(model, b, x, ids)
-        return panel_eval.panel_score(y_true, out, series, data, metric)
+        xs, ys, ids, series = [], [], [], []
+        for k, (sid, part) in enumerate(zip(data.series_ids, data.parts)):
+            idx = positions_of(sid, part, b.window)
+            xs.append(lag_matrix(part.values, idx, b.window))
+            ys.append(target_matrix(part.values, idx, data.horizon, data.n_targets))
+            ids += [sid] * len(idx)
+            series.append(np.full(len(idx), k))
+        y_pred = self._predict_by_window(model, b, np.concatenate(xs), ids)
+        return panel_eval.panel_score(np.concatenate(ys), y_pred, np.concatenate(series), data, metric)
 
     @staticmethod
     def _predict_by_window(model, b: PanelBundle, x: np.ndarray, ids: list[str]) -> np.ndarray:
