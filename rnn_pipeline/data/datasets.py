@@ -125,19 +125,20 @@ def rotten_tomatoes() -> pd.DataFrame:
 
 
 def synthetic_panel(n_series: int = 20, n_steps: int = 500, season: int = 24, seed: int = 0,
-                    noise: float = 0.1, regime_switches: bool = True) -> pd.DataFrame:
+                    noise: float = 0.1, regime_switches: bool = True, trend: float = 0.002) -> pd.DataFrame:
     """A panel with known structure, for tests and scale checks: `n_series` series of `n_steps` steps, one long
     table (`series`, `time` 0..n_steps-1, `value`). Each series is its own level (drawn from N(0, 10^2)) and linear
-    trend plus a seasonal cycle of `season` steps shared by every series (its amplitude drawn per series from
-    [0.5, 2]), plus N(0, noise^2) noise; with `regime_switches`, a quarter of the series shift level by 3 amplitudes at
-    a random step of their second half. Built with numpy at once (10,000 x 1,000 points: about 2 s)."""
+    trend (slope drawn from N(0, trend^2); `trend=0`: stationary series) plus a seasonal cycle of `season` steps
+    shared by every series (its amplitude drawn per series from [0.5, 2]), plus N(0, noise^2) noise; with
+    `regime_switches`, a quarter of the series shift level by 3 amplitudes at a random step of their second half.
+    Built with numpy at once (10,000 x 1,000 points: about 2 s)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_steps)
     level = rng.normal(0, 10, n_series)[:, None]
-    trend = rng.normal(0, 0.002, n_series)[:, None] * t
+    slope = rng.normal(0, trend, n_series)[:, None] if trend > 0 else np.zeros((n_series, 1))
     amp = rng.uniform(0.5, 2.0, n_series)[:, None]
     cycle = np.sin(2 * np.pi * t / season) + 0.3 * np.sin(4 * np.pi * t / season)
-    y = level + trend + amp * cycle + noise * rng.standard_normal((n_series, n_steps))
+    y = level + slope * t + amp * cycle + noise * rng.standard_normal((n_series, n_steps))
     if regime_switches:
         switching = rng.random(n_series) < 0.25
         at = rng.integers(n_steps // 2, n_steps, n_series)

@@ -5,6 +5,7 @@ task's retrain data, whose outcome completes the row.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -206,6 +207,10 @@ def log_run(ctx: Context, batch: str, digest: str, outcome: Outcome | None, verd
         if outcome is not None:
             mlflow.log_metrics(outcome.metrics())
             mlflow.log_dict(outcome.drift.scores, "feature_scores.json")
+            if outcome.series is not None:  # panels: each series' drift and error
+                mlflow.log_table(pd.DataFrame([{"series": k, **{f: v for f, v in s.items() if f != "top_features"},
+                                                "top_features": json.dumps(s.get("top_features", {}))}
+                                               for k, s in outcome.series.items()]), "per_series.json")
         if message:
             mlflow.set_tag("message", message[:4000])
         if report is not None:

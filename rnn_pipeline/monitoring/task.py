@@ -32,6 +32,8 @@ class Outcome:
     reference_accuracy: float | None = None
     prediction_drift: bool | None = None
     coverage: dict[str, float] | None = None  # forecasting with intervals: the share of actuals inside, per level
+    series: dict[str, dict] | None = None  # panels: each series' drift and error
+    series_drift_share: float | None = None  # panels: the share of the series judged that drifted
     warnings: list[str] = field(default_factory=list)  # for the run's log
 
     def fields(self) -> dict:
@@ -56,6 +58,10 @@ class Outcome:
             if k in ("accuracy", "f1_macro", "n_labelled"):
                 out[f"champion_{k}"] = v
         out.update({f"champion_coverage_{k}": v for k, v in (self.coverage or {}).items()})
+        if self.series is not None:
+            out["series_drift_share"] = self.series_drift_share or 0.0
+            out["n_series"] = len(self.series)
+            out["n_series_drifted"] = sum(bool(s.get("drifted")) for s in self.series.values())
         return out
 
 

@@ -5,37 +5,22 @@ per series), and judging (each series beside its own baselines, aggregated scale
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from rnn_pipeline.errors import ConfigError, PipelineError
+from rnn_pipeline.errors import ConfigError
 from rnn_pipeline.forecasting import backtest, evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
 from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
-from rnn_pipeline.monitoring.drift import REFERENCE_META
-from rnn_pipeline.monitoring.task import TaskMonitor
 from rnn_pipeline.panel import evaluation as panel_eval
 from rnn_pipeline.panel.bundle import PanelBundle
 from rnn_pipeline.panel.data import PreparedPanel, prepare_panel, validate_panel
+from rnn_pipeline.panel.monitoring import PanelMonitor, write_reference
 from rnn_pipeline.tasks import Artifacts, log_common_metrics, summary_head
-
-REFERENCE_FILE = "reference.parquet"
-
-
-class PanelMonitor(TaskMonitor):
-    """Monitoring a panel model is not built yet: it says so instead of judging batches as one series."""
-
-    task = "panel"
-
-    @classmethod
-    def load(cls, folder: Path, cfg, bundle, version: str):
-        raise PipelineError(f"model '{cfg.model_name}' forecasts a panel of series; monitoring panels (drift and "
-                            "error per series) is not supported yet")
 
 
 class PanelTask(ForecastingTask):
@@ -162,17 +147,16 @@ class PanelTask(ForecastingTask):
         example = bundle.windows_frame(lag_matrix(data.parts[series[0]].values, np.array([first]), bundle.window),
                                        [data.series_ids[series[0]]])
         predictions = self.series_table(ev)
-        reference = folder / "reference"
-        reference.mkdir(parents=True, exist_ok=True)
         frames = [pd.DataFrame(p.values, columns=[*data.target_columns, *data.feature_columns])
                   .assign(**{self.cfg.data.time_column: p.time.to_numpy(), data.id_column: sid})
                   for sid, p in zip(data.series_ids, data.parts)]
-        pd.concat(frames, ignore_index=True).to_parquet(reference / REFERENCE_FILE, index=False)
-        (reference / REFERENCE_META).write_text(json.dumps(
-            {"format": 1, "task": "panel", "id_column": data.id_column, "time_column": self.cfg.data.time_column,
-             "columns": [*data.target_columns, *data.feature_columns], "n_targets": data.n_targets,
-             "window": int(bundle.window), "horizon": int(data.horizon), "n_series": data.n_series,
-             "test_std_mse": float(ev["metrics"]["std_mse"]), "data_digest": digest}, indent=2))
+        reference = write_reference(folder / "reference", pd.concat(frames, ignore_index=True), {
+            "format": 1, "task": "panel", "id_column": data.id_column, "time_column": self.cfg.data.time_column,
+            "columns": [*data.target_columns, *data.feature_columns], "n_targets": data.n_targets,
+            "static_columns": list(self.cfg.data.static_columns), "window": int(bundle.window),
+            "horizon": int(data.horizon), "n_series": data.n_series, "test_std_mse": float(ev["metrics"]["std_mse"]),
+            "series_test_std_mse": {sid: float(m["std_mse"]) for sid, m in ev["per_series"].items()},
+            "data_digest": digest})
         plots = []
         if self.cfg.evaluation.plots:  # the best and the worst series' last test window, with their intervals
             shown = list(dict.fromkeys([*ev["best_series"][:2], *ev["worst_series"][:2]]))

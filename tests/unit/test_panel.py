@@ -172,14 +172,7 @@ def test_weather_panel_is_three_real_stations():
     assert list(frame.columns[:2]) == ["station", "time"]
 
 
-def test_monitoring_a_panel_says_it_is_not_built_yet_and_the_id_column_is_checked():
-    from pathlib import Path
-
-    from rnn_pipeline.errors import PipelineError
-    from rnn_pipeline.monitoring.champion import monitor_class
-
-    with pytest.raises(PipelineError, match="monitoring panels .* is not supported yet"):
-        monitor_class("panel").load(Path("."), config(), None, "1")
+def test_the_id_column_is_checked():
     with pytest.raises(ValueError, match="data.id_column 'value' is also the time, a target or a feature column"):
         config(data={"id_column": "value"})
 
