@@ -128,6 +128,10 @@ class FeatureConfig(_Strict):
     window: int = Field(50, ge=1, description="L: past steps fed to the model (tuned if tuning.space.window is set)")
     horizon: int = Field(1, ge=1, description="H: future steps predicted at once (direct multi-output)")
     scaler: Literal["standard", "minmax", "none"] = "standard"
+    calendar: list[Literal["hour", "dayofweek", "dayofyear", "month"]] = Field(
+        default_factory=list, description="forecasting: known-future covariates from the timestamps (a datetime time "
+                                          "column): each cycle's phase as sine and cosine inputs (cal_<cycle>_sin, "
+                                          "_cos); a request sends its rows' times")
     max_windows_per_series: int | None = Field(None, ge=1, description="panels: at most this many training windows "
                                                                       "per series, spread evenly over its training "
                                                                       "split (None: all)")

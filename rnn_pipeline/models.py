@@ -7,7 +7,8 @@ channel handling wrap a recurrent core, so each is a setting, not a branch in th
   one more cell step (parallel multi-step decoding, as SegRNN does).
 - `norm`: `none`; `revin` (each window's mean and std per channel removed before the network and restored after it,
   with an optional learnable affine); `last` (each channel's last input value subtracted and added back). Both read
-  only the window's inputs: no leakage.
+  only the window's inputs: no leakage. Covariates whose absolute value matters (calendar phases, static values:
+  `n_exempt` columns at the end) pass unnormalised.
 - `channels`: `mixed` (every column into one network: (B, L, F) -> (B, H, T)); `independent` (one shared network over
   each target channel, folded into the batch, seeing its own history plus the feature columns, with an optional
   learned channel embedding).
@@ -47,6 +48,8 @@ class ForecasterSpec:
     highway: bool = False  # add a linear map of the (normalised) window to the output, as LSTNet does
     window: int = 0  # L; needed by the highway only
     members: int = 1  # a seed ensemble: the mean of this many forecasters of this shape (training.ensemble)
+    n_exempt: int = 0  # the last input columns left out of the per-window norm: covariates whose absolute value
+    # matters (calendar phases, static per-series values), which a window's own mean or last value would erase
 
     def __post_init__(self):
         for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES), ("norm", self.norm, NORMS),
@@ -74,9 +77,9 @@ class InstanceNorm(nn.Module):
 
     eps = 1e-5
 
-    def __init__(self, kind: str, n_channels: int, affine: bool = False):
+    def __init__(self, kind: str, n_channels: int, affine: bool = False, n_exempt: int = 0):
         super().__init__()
-        self.kind = kind
+        self.kind, self.n_exempt = kind, n_exempt
         if kind == "revin" and affine:
             self.weight = nn.Parameter(torch.ones(n_channels))
             self.bias = nn.Parameter(torch.zeros(n_channels))
@@ -86,6 +89,12 @@ class InstanceNorm(nn.Module):
     def normalise(self, x: torch.Tensor):
         if self.kind == "none":
             return x, None
+        if self.n_exempt:  # the covariates at the end pass as they are
+            z, stats = self._normalise(x[..., :-self.n_exempt])
+            return torch.cat([z, x[..., -self.n_exempt:]], dim=-1), stats
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor):
         if self.kind == "last":
             loc = x[:, -1:, :].detach()
             return x - loc, (loc, None)
@@ -137,7 +146,7 @@ class Forecaster(nn.Module):
         self.c_in = 1 + s.n_features - s.n_targets if self.independent else s.n_features
         self.c_out = 1 if self.independent else s.n_targets
         self.n_channel_ids = s.n_targets if (self.independent and s.channel_embedding and s.n_targets > 1) else 0
-        self.norm = InstanceNorm(s.norm, s.n_features, s.affine)
+        self.norm = InstanceNorm(s.norm, s.n_features - s.n_exempt, s.affine, s.n_exempt)
         if s.highway and s.window < 1:
             raise ValueError("a highway needs the window length")
         # LSTNet's autoregressive 'highway': a linear map of the normalised window (all of its columns in mixed mode,

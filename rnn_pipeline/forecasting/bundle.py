@@ -14,7 +14,7 @@ import torch
 from rnn_pipeline.bundle import WINDOW_ID, labelled, load_weights, save_files
 from rnn_pipeline.data.scaling import Scaling
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.forecasting import intervals
+from rnn_pipeline.forecasting import calendar, intervals
 from rnn_pipeline.forecasting.ensemble import spec_from_json
 from rnn_pipeline.models import Forecaster, build_forecaster
 
@@ -32,6 +32,10 @@ class ForecastBundle:
     # prediction intervals: {"levels": [0.8, ...], "halfwidth": (levels, H, T) in scaled units} (see intervals.py);
     # None: none (models trained with evaluation.intervals: [], or by earlier code)
     intervals: dict | None = None
+    # calendar features (features.calendar): {"cycles": [...], "time_column": ..., "timezone": ..., "example_time":
+    # the training data's last `window` times}; their columns end feature_columns and are computed from a request's
+    # times. None: none
+    calendar: dict | None = None
 
     task = "forecasting"
     reads = "series"         # what a request sends (the PredictRequest field)
@@ -42,6 +46,31 @@ class ForecastBundle:
     @property
     def input_columns(self) -> list[str]:
         return [*self.target_columns, *self.feature_columns]
+
+    @property
+    def calendar_columns(self) -> list[str]:
+        return calendar.columns(self.calendar["cycles"]) if self.calendar else []
+
+    @property
+    def request_columns(self) -> list[str]:
+        """The input columns a client sends (the calendar's come from the rows' times)."""
+        cal = set(self.calendar_columns)
+        return [c for c in self.input_columns if c not in cal]
+
+    def with_calendar(self, frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+        """A history table with the calendar columns computed from its time column (kept where it already has them
+        all, as the frames built from windows do)."""
+        cols = self.calendar_columns
+        if not cols or all(c in frame.columns for c in cols):
+            return frame
+        tcol = self.calendar["time_column"]
+        if tcol not in frame.columns:
+            raise DataValidationError(f"input lacks column '{tcol}': the model reads calendar features "
+                                      f"({', '.join(self.calendar['cycles'])}) computed from each row's time",
+                                      source=source)
+        cal = calendar.frame(frame[tcol], self.calendar["cycles"], source, tcol, self.calendar.get("timezone"))
+        cal.index = frame.index
+        return pd.concat([frame.drop(columns=[c for c in cols if c in frame.columns]), cal], axis=1)
 
     @property
     def output_columns(self) -> list[str]:
@@ -75,7 +104,8 @@ class ForecastBundle:
         return {"format": 1, "task": "forecasting", "model": self.model.spec.to_json(),
                 "scaling": self.scaling.to_json(), "target_columns": self.target_columns,
                 "feature_columns": self.feature_columns, "window": self.window, "horizon": self.horizon,
-                **({"intervals": self.intervals} if self.intervals else {})}
+                **({"intervals": self.intervals} if self.intervals else {}),
+                **({"calendar": self.calendar} if self.calendar else {})}
 
     def save(self, folder: str | Path) -> dict[str, str]:
         return save_files(folder, self.preprocess_json(), self.model)
@@ -88,7 +118,7 @@ class ForecastBundle:
     def from_meta(cls, meta: dict, weights_path: str | Path) -> ForecastBundle:
         model = load_weights(build_forecaster(spec_from_json(meta["model"])), weights_path)
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
-                   meta["window"], meta["horizon"], meta.get("intervals"))
+                   meta["window"], meta["horizon"], meta.get("intervals"), meta.get("calendar"))
 
     def predict_windows(self, x: np.ndarray) -> np.ndarray:
         """x: (N, L, F) in original units -> (N, H, T) forecasts in original units."""
@@ -102,6 +132,7 @@ class ForecastBundle:
     def frame_to_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Rows of history -> one window per `window_id` (the whole frame is one history when the column is
         absent): the last L rows of each group, in row order. Returns (ids, (N, L, F))."""
+        frame = self.with_calendar(frame)
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise DataValidationError(f"input lacks column(s) {missing}; the model needs {self.input_columns}")
@@ -150,15 +181,26 @@ class ForecastBundle:
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
 
-        inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + [ColSpec("double", c) for c in self.input_columns])
+        inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + self.input_specs())
         outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns]
                          + [ColSpec("double", c) for c in self.interval_columns])
         return ModelSignature(inputs=inputs, outputs=outputs)
 
+    def input_specs(self) -> list:
+        """The signature's input columns: every input column, the calendar's optional beside the time column they
+        are computed from (a string: MLflow's check refuses datetimes for it)."""
+        from mlflow.types.schema import ColSpec
+
+        cal = set(self.calendar_columns)
+        time = [ColSpec("string", self.calendar["time_column"], required=False)] if self.calendar else []
+        return [ColSpec("double", c, required=c not in cal) for c in self.input_columns] + time
+
     def describe(self) -> dict:
         """What a client needs to know to call the model (GET /metadata)."""
-        return {"task": self.task, "input_columns": self.input_columns, "target_columns": self.target_columns,
-                "window": self.window, "horizon": self.horizon, "interval_levels": self.levels}
+        return {"task": self.task, "input_columns": self.request_columns, "target_columns": self.target_columns,
+                "window": self.window, "horizon": self.horizon, "interval_levels": self.levels,
+                **({"calendar": self.calendar["cycles"], "time_column": self.calendar["time_column"]}
+                   if self.calendar else {})}
 
     def about(self) -> str:
         """What the model does and what a request sends, in one phrase (the service's /docs description)."""
@@ -175,10 +217,14 @@ class ForecastBundle:
         inside the range the model was scaled on."""
         wave = 0.5 + 0.25 * np.sin(2 * np.pi * np.arange(self.window) / max(self.window, 2))
         history = {c: [float(f"{v:.4g}") for v in self.scaling.offset[j] + self.scaling.scale[j] * wave]
-                   for j, c in enumerate(self.input_columns)}
-        return (f"one history of {self.window} steps (the model's window) of {', '.join(self.input_columns)}, "
-                f"oldest first -> the next {self.horizon} step(s) of {', '.join(self.target_columns)}",
-                {"series": [{"history": history}]})
+                   for j, c in enumerate(self.input_columns) if c in self.request_columns}
+        series = {"history": history}
+        if self.calendar:
+            series["time"] = list(self.calendar["example_time"])[-self.window:]
+        return (f"one history of {self.window} steps (the model's window) of {', '.join(self.request_columns)}"
+                + (" with the times of its steps" if self.calendar else "")
+                + f", oldest first -> the next {self.horizon} step(s) of {', '.join(self.target_columns)}",
+                {"series": [series]})
 
     def model_inputs(self, data: pd.DataFrame | list, source: str) -> tuple[np.ndarray, np.ndarray]:
         """A table in the training format -> (ids, (N, L, F) windows)."""
@@ -197,10 +243,10 @@ class ForecastBundle:
     def request_inputs(self, req, limits) -> np.ndarray:
         """A PredictRequest's `series` (histories, oldest first) -> (N, L, F) windows, the last L steps of each.
         `limits`: the serving settings (max_steps)."""
-        cols = self.input_columns
+        cols = self.request_columns
         if req.series is None:
             raise DataValidationError(f"this model forecasts series: send 'series' with histories of {cols}")
-        x = np.empty((len(req.series), self.window, len(cols)))
+        x = np.empty((len(req.series), self.window, len(self.input_columns)))
         for i, s in enumerate(req.series):
             missing = [c for c in cols if c not in s.history]
             extra = [c for c in s.history if c not in cols]
@@ -218,8 +264,18 @@ class ForecastBundle:
             if n < self.window:
                 raise DataValidationError(f"series[{i}].history has {n} steps; the model needs the last "
                                           f"{self.window}")
-            for j, c in enumerate(cols):
-                x[i, :, j] = s.history[c][n - self.window:]
+            for c in cols:
+                x[i, :, self.input_columns.index(c)] = s.history[c][n - self.window:]
+            if self.calendar:
+                if s.time is None or len(s.time) != n:
+                    got = "none" if s.time is None else f"{len(s.time)}"
+                    raise DataValidationError(f"series[{i}].time: the model reads calendar features "
+                                              f"({', '.join(self.calendar['cycles'])}) of each step: send 'time', one "
+                                              f"timestamp per history step ({n}; got {got})")
+                cal = calendar.frame(s.time[n - self.window:], self.calendar["cycles"], f"series[{i}].time", "time",
+                                     self.calendar.get("timezone"))
+                for c in cal.columns:
+                    x[i, :, self.input_columns.index(c)] = cal[c].to_numpy()
         return x
 
     def predict_inputs(self, x: np.ndarray, ids=None, source: str = "input") -> np.ndarray:

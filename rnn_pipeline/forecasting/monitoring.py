@@ -18,7 +18,7 @@ import pandas as pd
 from rnn_pipeline.data.timesteps import parse_time
 from rnn_pipeline.data.validation import check_columns, numeric_columns
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.forecasting import intervals
+from rnn_pipeline.forecasting import calendar, intervals
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, TaskMonitor, fmt, frames
@@ -91,6 +91,25 @@ def retrain_window(full: pd.DataFrame, policy: str, recent_points: int) -> pd.Da
     if policy == "recent":
         return full.iloc[-recent_points:].reset_index(drop=True)
     return full
+
+
+def described_columns(columns: list[str], bundle) -> list[str]:
+    """The columns whose windows monitoring describes: all but the calendar's (a function of the time, not data)."""
+    cal = set(getattr(bundle, "calendar_columns", None) or [])
+    return [c for c in columns if c not in cal]
+
+
+def read_calendar_batch(raw: pd.DataFrame, source: str, time_column: str, columns: list[str], cfg, after,
+                        bundle) -> pd.DataFrame:
+    """read_batch for a champion whose inputs may include calendar columns: the batch holds the others, and the
+    calendar's are computed from its times."""
+    cal = getattr(bundle, "calendar", None)
+    cal_cols = set(getattr(bundle, "calendar_columns", None) or [])
+    out = read_batch(raw, source, time_column, [c for c in columns if c not in cal_cols], cfg.data.missing,
+                     after=after, timezone=cfg.data.timezone)
+    if cal:
+        out = calendar.add(out, out[time_column], cal["cycles"], source, time_column)
+    return out[[time_column, *columns]]
 
 
 # ---- window features ------------------------------------------------------------------------------------------
@@ -178,8 +197,8 @@ class ForecastingMonitor(TaskMonitor):
     @classmethod
     def load(cls, folder: Path, cfg, bundle, version: str) -> ForecastingMonitor:
         reference, meta = read_reference(folder)
-        features = window_features(reference[meta["columns"]].to_numpy(), meta["columns"], meta["n_targets"],
-                                   meta["window"])
+        described = described_columns(meta["columns"], bundle)
+        features = window_features(reference[described].to_numpy(), described, meta["n_targets"], meta["window"])
         return cls(reference, meta, features, bundle, version)
 
     def initial_state(self, accepted: list[dict]) -> pd.DataFrame:
@@ -187,8 +206,7 @@ class ForecastingMonitor(TaskMonitor):
 
     def read_batch(self, raw: pd.DataFrame, source: str, cfg, state: pd.DataFrame) -> pd.DataFrame:
         tcol = self.meta["time_column"]
-        return read_batch(raw, source, tcol, self.meta["columns"], cfg.data.missing, after=state[tcol].iloc[-1],
-                          timezone=cfg.data.timezone)
+        return read_calendar_batch(raw, source, tcol, self.meta["columns"], cfg, state[tcol].iloc[-1], self.bundle)
 
     def judge(self, cfg, state: pd.DataFrame, batch: pd.DataFrame) -> Outcome:
         """Evidently drift over window features (the series' last window supplies the first ones) and the champion's
@@ -197,7 +215,9 @@ class ForecastingMonitor(TaskMonitor):
         cols, window = m["columns"], m["window"]
         tail = state.iloc[-window:]
         combined = np.concatenate([tail[cols].to_numpy(), batch[cols].to_numpy()])
-        current = window_features(combined, cols, m["n_targets"], window, start=len(tail))
+        described = described_columns(cols, b)
+        current = window_features(combined[:, [cols.index(c) for c in described]], described, m["n_targets"], window,
+                                  start=len(tail))
         drift = monitor.drift_report(self.features, current, mc.drift_method, mc.drift_threshold,
                                      mc.drift_calibration)
         x_cols = [cols.index(c) for c in b.input_columns]
@@ -218,7 +238,8 @@ class ForecastingMonitor(TaskMonitor):
         if len(x) < mc.min_windows:
             raise DataValidationError(f"only {len(x)} logged window(s) read the champion's columns {m['columns']} "
                                       f"over {m['window']} steps; monitoring needs at least {mc.min_windows}")
-        stats = window_stats(x, m["columns"])
+        described = described_columns(m["columns"], self.bundle)
+        stats = window_stats(x[:, :, [m["columns"].index(c) for c in described]], described)
         drift = monitor.drift_report(self.features[list(stats.columns)], stats, mc.drift_method, mc.drift_threshold,
                                      mc.drift_calibration)
         y_true, y_pred = forecast_errors(labelled, self.bundle.target_columns)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
 from rnn_pipeline.config import SearchSpace
 from rnn_pipeline.data.validation import validate_series
 from rnn_pipeline.errors import ConfigError, PipelineError
-from rnn_pipeline.forecasting import backtest, evaluation, intervals, tuning
+from rnn_pipeline.forecasting import backtest, calendar, evaluation, intervals, tuning
 from rnn_pipeline.forecasting.bundle import ForecastBundle
 from rnn_pipeline.forecasting.ensemble import ensemble_of, greedy_selection, window_of
 from rnn_pipeline.forecasting.monitoring import ForecastingMonitor, reference_meta, write_reference
@@ -35,13 +36,23 @@ class ForecastingTask(Task):
         d = self.cfg.data
         # rows from test_end: unused
         frame = before_test_end(frame, source, d.time_column, self.cfg.split.test_end, d.timezone)
-        return validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing,
-                               freq=d.freq, timezone=d.timezone)
+        time, values = validate_series(frame, source, d.time_column, d.target_columns, d.feature_columns, d.missing,
+                                       freq=d.freq, timezone=d.timezone)
+        return time, calendar.add(values, time, self.cfg.features.calendar, source, d.time_column)
+
+    def n_exempt(self) -> int:
+        """The input columns at the end that the per-window norm leaves alone: the calendar's (and a panel's static
+        ones)."""
+        return len(calendar.columns(self.cfg.features.calendar)) + len(self.cfg.data.static_columns)
+
+    def feature_columns(self) -> list[str]:
+        """The model's inputs after the targets: the data's feature columns, then the calendar's."""
+        return [*self.cfg.data.feature_columns, *calendar.columns(self.cfg.features.calendar)]
 
     def prepare(self, checked, source) -> PreparedSeries:
         cfg, s = self.cfg, self.cfg.split
         time_col, values = checked
-        return prepare_series(time_col, values, source, cfg.data.target_columns, cfg.data.feature_columns,
+        return prepare_series(time_col, values, source, cfg.data.target_columns, self.feature_columns(),
                               window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                               scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
                               test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
@@ -102,6 +113,7 @@ class ForecastingTask(Task):
     def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
         return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
                          dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
+                         n_exempt=self.n_exempt(),
                          horizon=data.horizon, architecture=params.get("architecture", "direct"),
                          norm=params.get("norm", "none"), channels=params.get("channels", "mixed"),
                          segment=min(int(params.get("segment", 24)), int(params["window"])),
@@ -118,7 +130,16 @@ class ForecastingTask(Task):
         # trial's) when validation keeps another candidate alone
         window = window_of(model) or int(params["window"])
         return ForecastBundle(model, data.scaling, data.target_columns, data.feature_columns, window, data.horizon,
-                              self.intervals(model, data, window))
+                              self.intervals(model, data, window), self.calendar_spec(data.time, window))
+
+    def calendar_spec(self, time: pd.Series, window: int) -> dict | None:
+        """What a bundle needs to compute the calendar columns of a request (None without features.calendar)."""
+        cycles = self.cfg.features.calendar
+        if not cycles:
+            return None
+        return {"cycles": list(cycles), "time_column": self.cfg.data.time_column,
+                "timezone": calendar.zone(time, self.cfg.data.timezone),
+                "example_time": [t.isoformat() for t in time.iloc[-window:]]}
 
     def intervals(self, model, data, window: int) -> dict | None:
         """The bundle's prediction intervals (evaluation.intervals' levels), calibrated on the validation windows

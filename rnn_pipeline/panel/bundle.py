@@ -61,7 +61,7 @@ class PanelBundle(ForecastBundle):
         model = load_weights(build_forecaster(spec_from_json(meta["model"])), weights_path)
         scalings = [Scaling.from_json(s) for s in meta["series"]["scaling"]]
         return cls(model, scalings[0], meta["target_columns"], meta["feature_columns"], meta["window"],
-                   meta["horizon"], meta.get("intervals"), id_column=meta["id_column"],
+                   meta["horizon"], meta.get("intervals"), meta.get("calendar"), id_column=meta["id_column"],
                    series_ids=list(meta["series"]["ids"]), scalings=scalings)
 
     def series_index(self, ids) -> np.ndarray:
@@ -159,7 +159,7 @@ class PanelBundle(ForecastBundle):
         from mlflow.types.schema import ColSpec, Schema
 
         inputs = Schema([ColSpec("string", self.id_column), ColSpec("long", WINDOW_ID, required=False)]
-                        + [ColSpec("double", c) for c in self.input_columns])
+                        + self.input_specs())
         outputs = Schema([ColSpec("string", self.id_column), ColSpec("string", WINDOW_ID, required=False)]
                          + [ColSpec("double", c) for c in [*self.output_columns, *self.interval_columns]])
         return ModelSignature(inputs=inputs, outputs=outputs)

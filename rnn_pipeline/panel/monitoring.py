@@ -76,7 +76,7 @@ class PanelMonitor(TaskMonitor):
     def described(self) -> list[str]:
         """The columns whose windows are described: every column but the static covariates (constant per series)."""
         static = set(self.meta.get("static_columns", []))
-        return [c for c in self.columns if c not in static]
+        return [c for c in single.described_columns(self.columns, self.bundle) if c not in static]
 
     # ---- the reference ----------------------------------------------------------------------------------------
     @classmethod
@@ -132,8 +132,8 @@ class PanelMonitor(TaskMonitor):
                     "series it was trained on (train with the new series in the data to add it)",
                     source=source, column=idc, row=int(rows[0]) + 1, value=sid)
             try:
-                part = single.read_batch(raw.iloc[rows].reset_index(drop=True), source, tcol, self.columns,
-                                         cfg.data.missing, after=state[sid][tcol].iloc[-1], timezone=cfg.data.timezone)
+                part = single.read_calendar_batch(raw.iloc[rows].reset_index(drop=True), source, tcol, self.columns,
+                                                  cfg, state[sid][tcol].iloc[-1], self.bundle)
             except DataValidationError as e:
                 raise _in_series(e, source, sid, rows) from None
             parts.append(part.assign(**{idc: sid}))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from rnn_pipeline.errors import ConfigError
-from rnn_pipeline.forecasting import backtest, evaluation, intervals
+from rnn_pipeline.forecasting import backtest, calendar, evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
 from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
@@ -29,11 +29,13 @@ class PanelTask(ForecastingTask):
 
     # ---- data -------------------------------------------------------------------------------------------------
     def read(self, frame, source):
-        return validate_panel(frame, source, self.cfg.data, self.cfg.split.test_end)
+        d, names = self.cfg.data, self.cfg.features.calendar
+        return [(sid, time, calendar.add(values, time, names, f"{source}, series {sid!r}", d.time_column))
+                for sid, time, values in validate_panel(frame, source, d, self.cfg.split.test_end)]
 
     def prepare(self, checked, source) -> PreparedPanel:
         cfg, s = self.cfg, self.cfg.split
-        return prepare_panel(checked, source, cfg.data.id_column, cfg.data.target_columns, cfg.data.feature_columns,
+        return prepare_panel(checked, source, cfg.data.id_column, cfg.data.target_columns, self.feature_columns(),
                              window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                              scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
                              test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
@@ -66,7 +68,8 @@ class PanelTask(ForecastingTask):
         scalings = [p.scaling for p in data.parts]
         window = window_of(model) or int(params["window"])
         return PanelBundle(model, scalings[0], data.target_columns, data.feature_columns, window, data.horizon,
-                           self.intervals(model, data, window), id_column=data.id_column,
+                           self.intervals(model, data, window), self.calendar_spec(data.parts[0].time, window),
+                           id_column=data.id_column,
                            series_ids=list(data.series_ids), scalings=scalings)
 
     # ---- evaluation -------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ Number = Annotated[float, Strict()]  # a JSON number: true/false and "1.5" are r
 class SeriesInput(_Strict):
     id: str | int | None = Field(None, description="a panel model (many series): the series this history belongs to "
                                              "(GET /metadata: id_column, n_series)")
+    time: list[str] | None = Field(None, description="a model reading calendar features (GET /metadata: calendar): "
+                                                     "the timestamps of the history's steps, oldest first (ISO 8601)")
     history: dict[str, list[Number]] = Field(
         ..., description="the recent history, oldest first: one list per input column of the model (its targets "
                          "and features), all of the same length, at least the model's window (GET /metadata: "

@@ -127,3 +127,20 @@ def test_evaluation_per_target_and_horizon_matches_a_direct_computation():
     ev0 = evaluate(data, lambda x: np.repeat(x[:, -1:, :2], 2, axis=1), 24, None, [1.0])
     assert ev0["metrics"]["mse"] == pytest.approx(ev0["baselines"]["persistence"]["mse"])
     assert ev0["skill"]["persistence"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["revin", "last"])
+def test_the_per_window_norm_leaves_exempt_covariates_as_they_are(norm):
+    """A covariate constant over the window (a static value, a slow calendar phase) is erased by a window's own mean
+    or last value; the exempt columns at the end reach the network as they are."""
+    from rnn_pipeline.models import ForecasterSpec, build_forecaster
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 12, 3)
+    moved = x.clone()
+    moved[..., 2] += 3.0  # the last column: constant shift
+    for n_exempt, changes in ((0, False), (1, True)):
+        m = build_forecaster(ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=3, n_targets=1,
+                                            horizon=2, norm=norm, n_exempt=n_exempt)).eval()
+        with torch.no_grad():
+            assert torch.allclose(m(x), m(moved), atol=1e-5) != changes, (norm, n_exempt)

@@ -204,3 +204,22 @@ def test_static_covariates_hold_one_value_per_series_and_are_scaled_over_all_ser
         prepared(changing, data={"static_columns": ["size"]})
     with pytest.raises(ValueError, match="per-series covariates need a panel"):
         PipelineConfig(name="x", data={"path": "x.csv", "static_columns": ["size"]})
+
+
+def test_static_and_calendar_covariates_reach_the_global_model():
+    """Both kinds are inputs of the model: its forecast moves when only a series' static value or only the times of
+    its history change."""
+    frame = synthetic_panel(3, 24 * 10, season=24, seed=8)
+    frame["time"] = pd.Timestamp("2024-05-01") + pd.to_timedelta(frame["time"], unit="h")
+    frame["size"] = frame["series"].map({"s0": 1.0, "s1": 5.0, "s2": 9.0})
+    t, data, b = fitted(frame, data={"static_columns": ["size"]}, features={"calendar": ["hour", "dayofweek"]})
+    assert data.feature_columns == ["cal_hour_sin", "cal_hour_cos", "cal_dayofweek_sin", "cal_dayofweek_cos", "size"]
+    assert b.request_columns == ["value", "size"] and b.calendar["cycles"] == ["hour", "dayofweek"]
+    hist = frame[frame.series == "s1"].tail(12)
+    base = b.predict_frame(hist).filter(like="value_h").to_numpy(float)
+    other_size = b.predict_frame(hist.assign(size=9.0)).filter(like="value_h").to_numpy(float)
+    later = b.predict_frame(hist.assign(time=hist.time + pd.Timedelta(hours=7))).filter(like="value_h").to_numpy(float)
+    assert not np.allclose(base, other_size) and not np.allclose(base, later)
+    # the model's inputs for that history are the prepared data's own last window of the series
+    ids, x = b.frame_to_windows(hist)
+    np.testing.assert_allclose(x[0], data.parts[1].values[-12:], rtol=1e-9)
