@@ -82,11 +82,15 @@ def phase(name: str, path: Path, window: int, horizon: int, cap: int) -> dict:
     return out
 
 
-def accuracy(seed: int, work: Path) -> dict:
-    """The weather_panel config through the training flow with `seed`: the run's aggregate figures."""
+def accuracy(seed: int, work: Path, calendar: list[str] | None = None) -> dict:
+    """The weather_panel config through the training flow with `seed` (and `calendar`: features.calendar): the run's
+    aggregate figures."""
     from flows.training import training_flow
 
-    s = training_flow("weather_panel", overrides={"seed": seed, "stores": {"root": str(work / f"s{seed}")}})
+    overrides = {"seed": seed, "stores": {"root": str(work / f"s{seed}")}}
+    if calendar:
+        overrides["features"] = {"calendar": calendar}
+    s = training_flow("weather_panel", overrides=overrides)
     keys = ("std_mse", "std_mae", "mase", "rel_mase")
     return {"seed": seed, "rnn": {k: s["metrics"][k] for k in keys},
             "intervals": {k: v for k, v in s["metrics"].items() if k.startswith(("coverage_", "std_width_"))},
@@ -132,6 +136,7 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=8, help="training windows per series")
     ap.add_argument("--accuracy", action="store_true", help="the real panel through the training flow")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--calendar", help="--accuracy with features.calendar, e.g. hour or hour,dayofweek")
     ap.add_argument("--out", help="write the results here")
     ap.add_argument("--report", nargs="+", help="print one table from --accuracy result files")
     ap.add_argument("--phase", choices=["prepare", "epoch", "predict"], help=argparse.SUPPRESS)
@@ -142,7 +147,8 @@ def main() -> None:
         return
     if args.accuracy:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = [accuracy(int(seed), Path(tmp)) for seed in args.seeds.split(",")]
+            cal = args.calendar.split(",") if args.calendar else None
+            rows = [accuracy(int(seed), Path(tmp), cal) for seed in args.seeds.split(",")]
         out = Path(args.out) if args.out else REPO / ".rnn_pipeline" / "bench_panel_accuracy.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2))
