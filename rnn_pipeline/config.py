@@ -56,9 +56,21 @@ class ModelConfig(_Strict):
     highway: bool = Field(False, description="forecasting: add a linear map of the (normalised) window to the output "
                                              "(LSTNet's highway), started at its Ridge fit on the training windows, "
                                              "so the recurrent part learns what the linear forecast leaves")
+    quantiles: list[float] = Field(default_factory=list, description=(
+        "forecasting: quantile levels the network also outputs, trained with the pinball loss (0.5 is added: the "
+        "point forecast is the median), e.g. [0.1, 0.9]; predictions gain `<target>_h<k>_q<level>` columns"))
     bidirectional: bool = Field(False, description="classification: read sequences both ways")
     pooling: Pooling = Field("last", description="classification: last valid state, or mean over valid steps")
     embedding_dim: int = Field(64, ge=1, description="text with encoding 'embedding'")
+
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v):
+        bad = [q for q in v if not 0 < q < 1]
+        if bad:
+            raise ValueError(f"quantile levels lie strictly between 0 and 1: {bad}")
+        return sorted({*v, 0.5}) if v else []
 
 
 class TrainingConfig(_Strict):

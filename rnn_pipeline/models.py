@@ -48,17 +48,25 @@ class ForecasterSpec:
     highway: bool = False  # add a linear map of the (normalised) window to the output, as LSTNet does
     window: int = 0  # L; needed by the highway only
     members: int = 1  # a seed ensemble: the mean of this many forecasters of this shape (training.ensemble)
+    quantiles: tuple = ()  # quantile levels (0.5 among them) the network also outputs, trained with the pinball
+    # loss; its point forecast is the median. (): point forecasts only
     n_exempt: int = 0  # the last input columns left out of the per-window norm: covariates whose absolute value
     # matters (calendar phases, static per-series values), which a window's own mean or last value would erase
 
     def __post_init__(self):
+        self.quantiles = tuple(float(q) for q in self.quantiles)
+        if self.quantiles and (0.5 not in self.quantiles or list(self.quantiles) != sorted(set(self.quantiles))
+                               or not all(0 < q < 1 for q in self.quantiles)):
+            raise ValueError(f"quantiles {list(self.quantiles)}: increasing levels in (0, 1), 0.5 among them")
         for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES), ("norm", self.norm, NORMS),
                                      ("channels", self.channels, CHANNEL_MODES)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} '{value}' (one of {', '.join(allowed)})")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["quantiles"] = list(self.quantiles)
+        return d
 
 
 def _cell(name: str, **kw) -> nn.Module:
@@ -144,7 +152,10 @@ class Forecaster(nn.Module):
         s = spec
         self.independent = s.channels == "independent"
         self.c_in = 1 + s.n_features - s.n_targets if self.independent else s.n_features
-        self.c_out = 1 if self.independent else s.n_targets
+        self.c_base = 1 if self.independent else s.n_targets
+        self.n_q = len(s.quantiles)
+        self.median = s.quantiles.index(0.5) if self.n_q else None
+        self.c_out = self.c_base * max(1, self.n_q)  # with quantiles: every quantile of every output channel
         self.n_channel_ids = s.n_targets if (self.independent and s.channel_embedding and s.n_targets > 1) else 0
         self.norm = InstanceNorm(s.norm, s.n_features - s.n_exempt, s.affine, s.n_exempt)
         if s.highway and s.window < 1:
@@ -153,6 +164,10 @@ class Forecaster(nn.Module):
         # the channel's own history in independent mode) added to the core's output, so the network models what a
         # linear forecast leaves
         self.highway = nn.Linear(s.window * self.c_in, s.horizon * self.c_out) if s.highway else None
+
+    @property
+    def quantile_levels(self) -> tuple:
+        return self.spec.quantiles
 
     @property
     def supports_all_steps(self) -> bool:
@@ -184,16 +199,19 @@ class Forecaster(nn.Module):
 
     def network_targets(self, y: torch.Tensor, stats) -> torch.Tensor:
         """y: (B, H, T) in the input's space -> what the network must output for the forecast to be y (B', H, C_out):
-        restore's inverse, folded like the inputs."""
+        restore's inverse, folded like the inputs (with quantiles, every quantile at y)."""
         y = self.norm.to_network(y, stats, self.spec.n_targets)
         if self.independent:
             y = y.transpose(1, 2).reshape(-1, y.shape[1], 1)
+        if self.n_q:
+            y = y.repeat_interleave(self.n_q, dim=-1)
         return y
 
-    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool = False) -> torch.Tensor:
         """x: (B, L', F), targets first; of a longer history (L' > L) only the last L steps are read. Returns
         (B, H, T); with all_steps, (B, L', H, T): the forecast made at every step (direct core on unnormalised
-        inputs only)."""
+        inputs only). A model with quantiles answers its median; with `quantiles`, every quantile in a last axis
+        (B, [L',] H, T, Q), in increasing order (sorted: quantiles never cross)."""
         if all_steps and not self.supports_all_steps:
             raise ValueError("all_steps needs architecture 'direct' with norm 'none' and no highway")
         s = self.spec
@@ -204,9 +222,21 @@ class Forecaster(nn.Module):
         y = self.core(z, channel, all_steps)
         if self.highway is not None:
             y = y + self.highway(z.reshape(z.shape[0], -1)).unflatten(-1, (s.horizon, self.c_out))
+        if self.n_q:
+            return self._quantiles(y, b, stats, quantiles)
         if self.independent:  # (B*T, [L,] H, 1) -> (B, [L,] H, T)
             y = y.reshape(b, s.n_targets, *y.shape[1:-1]).movedim(1, -1)
         return self.norm.restore(y, stats, s.n_targets)
+
+    def _quantiles(self, y: torch.Tensor, b: int, stats, every: bool) -> torch.Tensor:
+        """The core's (B', [L,] H, C_base * Q) -> (B, [L,] H, T, Q) restored and sorted, or the median (B, [L,] H, T)."""
+        s = self.spec
+        y = y.unflatten(-1, (self.c_base, self.n_q))  # (B', [L,] H, C_base, Q)
+        if self.independent:  # (B*T, [L,] H, 1, Q) -> (B, [L,] H, T, Q)
+            y = y.reshape(b, s.n_targets, *y.shape[1:-2], self.n_q).movedim(1, -2)
+        y = self.norm.restore(y.movedim(-1, 1), stats, s.n_targets).movedim(1, -1)  # each quantile as a forecast
+        y = torch.sort(y, dim=-1).values
+        return y if every else y[..., self.median]
 
     def output_layer(self) -> nn.Linear:
         """The core's last linear layer (zeroed when the model starts from its highway's linear fit)."""

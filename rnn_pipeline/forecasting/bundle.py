@@ -77,6 +77,36 @@ class ForecastBundle:
         return [f"{t}_h{h + 1}" for h in range(self.horizon) for t in self.target_columns]
 
     @property
+    def quantile_levels(self) -> tuple:
+        """The quantile levels the network outputs (model.quantiles; () for a point model, or one from older code)."""
+        return tuple(getattr(self.model, "quantile_levels", ()) or ())
+
+    @property
+    def quantile_columns(self) -> list[str]:
+        """`<target>_h<k>_q<level>` ('q10' for 0.1), level by level, in the order of the point forecasts' columns."""
+        return [f"{t}_h{h + 1}_q{intervals.label(q)}" for q in self.quantile_levels for h in range(self.horizon)
+                for t in self.target_columns]
+
+    def quantile_frame(self, q: np.ndarray | None, n: int) -> pd.DataFrame:
+        """Quantile forecasts (N, H, T, Q) -> their columns (none for a point model)."""
+        if q is None or not self.quantile_levels:
+            return pd.DataFrame(index=range(n))
+        return pd.DataFrame(np.moveaxis(q, -1, 1).reshape(n, -1), columns=self.quantile_columns)
+
+    def quantile_inputs(self, x, ids=None) -> np.ndarray | None:
+        """What model_inputs or request_inputs returned -> (N, H, T, Q) quantile forecasts (None: a point model)."""
+        return self.predict_windows(x, quantiles=True) if self.quantile_levels else None
+
+    def run_model(self, z: np.ndarray, quantiles: bool = False) -> np.ndarray:
+        """The network on scaled windows (N, L, F), in chunks: (N, H, T), or with `quantiles` (N, H, T, Q)."""
+        self.model.eval()
+        with torch.inference_mode():
+            out = [self.model(torch.from_numpy(z[i:i + 4096]), quantiles=True).numpy() if quantiles
+                   else self.model(torch.from_numpy(z[i:i + 4096])).numpy() for i in range(0, len(z), 4096)]
+        shape = (0, self.horizon, len(self.target_columns)) + ((len(self.quantile_levels),) if quantiles else ())
+        return (np.concatenate(out) if out else np.zeros(shape, "float32")).astype("float64")
+
+    @property
     def levels(self) -> list[float]:
         return list(self.intervals["levels"]) if self.intervals else []
 
@@ -120,14 +150,14 @@ class ForecastBundle:
         return cls(model, Scaling.from_json(meta["scaling"]), meta["target_columns"], meta["feature_columns"],
                    meta["window"], meta["horizon"], meta.get("intervals"), meta.get("calendar"))
 
-    def predict_windows(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, L, F) in original units -> (N, H, T) forecasts in original units."""
-        z = self.scaling.transform(x).astype("float32")
-        self.model.eval()
-        with torch.inference_mode():
-            out = [self.model(torch.from_numpy(z[i:i + 4096])).numpy() for i in range(0, len(z), 4096)]
-        y = np.concatenate(out) if out else np.zeros((0, self.horizon, len(self.target_columns)), "float32")
-        return self.scaling.inverse(y.astype("float64"), list(range(len(self.target_columns))))
+    def predict_windows(self, x: np.ndarray, quantiles: bool = False) -> np.ndarray:
+        """x: (N, L, F) in original units -> (N, H, T) forecasts in original units; with `quantiles` (a quantile
+        model), (N, H, T, Q): every quantile."""
+        y = self.run_model(self.scaling.transform(x).astype("float32"), quantiles)
+        cols = list(range(len(self.target_columns)))
+        if quantiles:
+            return np.moveaxis(self.scaling.inverse(np.moveaxis(y, -1, 1), cols), 1, -1)
+        return self.scaling.inverse(y, cols)
 
     def frame_to_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Rows of history -> one window per `window_id` (the whole frame is one history when the column is
@@ -157,16 +187,18 @@ class ForecastBundle:
             out[i] = arr[rows[-self.window:]]
         return order, out
 
-    def result_frame(self, ids, y: np.ndarray) -> pd.DataFrame:
-        """(N, H, T) forecasts -> one row per window: its id and `<target>_h<k>` columns."""
+    def result_frame(self, ids, y: np.ndarray, x=None) -> pd.DataFrame:
+        """(N, H, T) forecasts -> one row per window: its id and `<target>_h<k>` columns, the intervals' and, for a
+        quantile model given the inputs `x`, the quantiles'."""
+        q = self.quantile_inputs(x, ids) if x is not None else None
         result = pd.concat([pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns),
-                            self.interval_frame(y)], axis=1)
+                            self.interval_frame(y), self.quantile_frame(q, len(ids))], axis=1)
         result.insert(0, WINDOW_ID, ids)
         return result
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         ids, x = self.frame_to_windows(frame)
-        return self.result_frame(ids, self.predict_windows(x))
+        return self.result_frame(ids, self.predict_windows(x), x)
 
     def windows_frame(self, x: np.ndarray) -> pd.DataFrame:
         """The inverse of frame_to_windows: (N, L, F) -> the long frame a client would send."""
@@ -183,7 +215,7 @@ class ForecastBundle:
 
         inputs = Schema([ColSpec("long", WINDOW_ID, required=False)] + self.input_specs())
         outputs = Schema([ColSpec("long", WINDOW_ID)] + [ColSpec("double", c) for c in self.output_columns]
-                         + [ColSpec("double", c) for c in self.interval_columns])
+                         + [ColSpec("double", c) for c in [*self.interval_columns, *self.quantile_columns]])
         return ModelSignature(inputs=inputs, outputs=outputs)
 
     def input_specs(self) -> list:
@@ -284,7 +316,8 @@ class ForecastBundle:
 
     def answers(self, y: np.ndarray, x=None) -> list[dict]:
         """(N, H, T) forecasts -> one JSON answer per window: per target, the next H values; with intervals, per
-        level ("80"), the lower and upper bounds the same way. `x`: what request_inputs gave (panels read it)."""
+        level ("80"), the lower and upper bounds the same way; a quantile model's quantiles per level ("10"). `x`:
+        what request_inputs gave (the quantiles and panels read it)."""
         out = [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
                for i in range(len(y))]
         if self.levels:
@@ -294,6 +327,11 @@ class ForecastBundle:
                                                              for j, c in enumerate(self.target_columns)}
                                                        for side, b in zip(("lo", "hi"), pair)}
                                   for a, pair in zip(self.levels, pairs)}
+        q = self.quantile_inputs(x) if x is not None else None
+        if q is not None:  # a quantile model: per level ("10"), each target's H values
+            for i, o in enumerate(out):
+                o["quantiles"] = {intervals.label(a): {c: q[i, :, j, k].tolist() for j, c in enumerate(self.target_columns)}
+                                  for k, a in enumerate(self.quantile_levels)}
         return out
 
     def _series_of(self, x):

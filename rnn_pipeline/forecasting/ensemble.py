@@ -49,10 +49,17 @@ class ForecastEnsemble(nn.Module):
         w = torch.tensor(spec.weights, dtype=torch.float32)
         self.register_buffer("weights", w / w.sum(), persistent=False)  # the JSON spec keeps them, not the weights file
 
-    def forward(self, x: torch.Tensor, all_steps: bool = False) -> torch.Tensor:
+    @property
+    def quantile_levels(self) -> tuple:
+        """The members' quantile levels (every member is trained with the same ones)."""
+        return self.members[0].spec.quantiles
+
+    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool = False) -> torch.Tensor:
         out = 0
         for w, m in zip(self.weights, self.members):
-            out = out + w * m(x, all_steps)  # each member reads its own last L steps
+            # each member reads its own last L steps; with `quantiles`, the weighted mean of sorted quantiles (still
+            # sorted)
+            out = out + w * (m(x, all_steps, quantiles=True) if quantiles else m(x, all_steps))
         return out
 
 

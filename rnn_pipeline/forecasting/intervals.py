@@ -82,3 +82,22 @@ def interval_metrics(y_true: np.ndarray, y_pred: np.ndarray, halfwidth: np.ndarr
     if losses:
         out["std_pinball"] = float(np.mean(losses))
     return out
+
+
+def quantile_metrics(y_true: np.ndarray, q: np.ndarray, std, levels) -> dict:
+    """A quantile forecaster's figures on the test windows (`q`: (N, H, T, Q) at `levels`, original units; `std`
+    as for interval_metrics): `std_quantile_loss`, the mean pinball loss over the levels; `std_crps`, CRPS
+    approximated by twice that mean (the quantile decomposition of CRPS over these levels: the finer the levels,
+    the closer); `below_q<level>`, the share of actuals below each quantile (calibrated: the level itself); and
+    `qcoverage_<width>` for each pair of levels symmetric about the median (0.1 and 0.9: `qcoverage_80`)."""
+    z_true, z_q = y_true / std, q / np.asarray(std)[..., None]
+    losses = [pinball(z_true, z_q[..., k], tau).mean() for k, tau in enumerate(levels)]
+    out = {"std_quantile_loss": float(np.mean(losses)), "std_crps": float(2 * np.mean(losses))}
+    for k, tau in enumerate(levels):
+        out[f"below_q{label(tau)}"] = float(np.mean(y_true < q[..., k]))
+    for k, tau in enumerate(levels):
+        hi = [j for j, t in enumerate(levels) if abs(t - (1 - tau)) < 1e-9 and t > tau]
+        if hi:
+            inside = (q[..., k] <= y_true) & (y_true <= q[..., hi[0]])
+            out[f"qcoverage_{label(1 - 2 * tau)}"] = float(np.mean(inside))
+    return out

@@ -113,7 +113,7 @@ class ForecastingTask(Task):
     def spec(self, params, data: PreparedSeries) -> ForecasterSpec:
         return ForecasterSpec(cell=params["cell"], hidden=int(params["hidden"]), layers=int(params["layers"]),
                          dropout=float(params["dropout"]), n_features=data.z.shape[1], n_targets=data.n_targets,
-                         n_exempt=self.n_exempt(),
+                         n_exempt=self.n_exempt(), quantiles=tuple(self.cfg.model.quantiles),
                          horizon=data.horizon, architecture=params.get("architecture", "direct"),
                          norm=params.get("norm", "none"), channels=params.get("channels", "mixed"),
                          segment=min(int(params.get("segment", 24)), int(params["window"])),
@@ -174,6 +174,10 @@ class ForecastingTask(Task):
         if bundle.levels:  # the intervals' coverage and width on the same test windows
             ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(),
                                                             evaluation.target_scaler(data).scale_, bundle.levels))
+        if bundle.quantile_levels:  # the network's own quantiles on the same windows
+            q = bundle.predict_windows(lag_matrix(data.values, ev["first_targets"], bundle.window), quantiles=True)
+            ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, evaluation.target_scaler(data).scale_,
+                                                            bundle.quantile_levels))
         return ev
 
     def ridge_windows(self, data: PreparedSeries, window: int) -> list[int]:
@@ -366,8 +370,13 @@ class ForecastingTask(Task):
 def interval_lines(m: dict) -> list[str]:
     """The summary's line on the prediction intervals' test coverage and width (none without intervals)."""
     levels = sorted((float(k.removeprefix("coverage_")), k[9:]) for k in m if k.startswith("coverage_"))
-    if not levels:
+    if not levels and "std_crps" not in m:
         return []
-    return ["prediction intervals on the test windows: " + ", ".join(
+    lines = ["prediction intervals on the test windows: " + ", ".join(
         f"{name}% covers {100 * m[f'coverage_{name}']:.1f}% (mean width {m[f'std_width_{name}']:.3f} std)"
-        for _, name in levels)]
+        for _, name in levels)] if levels else []
+    if "std_crps" in m:  # a quantile model
+        pairs = sorted((float(k.removeprefix("qcoverage_")), k) for k in m if k.startswith("qcoverage_"))
+        lines.append(f"quantiles: CRPS {m['std_crps']:.4f} std, pinball {m['std_quantile_loss']:.4f}" + "".join(
+            f", {k[10:]}% band covers {100 * m[k]:.1f}%" for _, k in pairs))
+    return lines

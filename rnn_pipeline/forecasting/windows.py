@@ -115,6 +115,13 @@ LOSSES = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_los
           "huber": lambda out, y: torch.nn.functional.huber_loss(out, y, delta=1.0)}
 
 
+def pinball_loss(out: torch.Tensor, y: torch.Tensor, levels) -> torch.Tensor:
+    """The mean pinball (quantile) loss of forecasts `out` (..., Q) at `levels` (Q,) for actuals `y` (...)."""
+    q = torch.as_tensor(levels, dtype=out.dtype, device=out.device)
+    diff = y.unsqueeze(-1) - out
+    return torch.maximum(q * diff, (q - 1) * diff).mean()
+
+
 class WindowSet:
     """Windows over a scaled (n, F) tensor, as a view: ``unfold`` gives (n-L-H+1, F, L+H) without copying.
     A batch gathers only its own windows. Columns 0..T-1 are the targets."""
@@ -155,10 +162,13 @@ class WindowSet:
         inputs; other models train on the last step's forecast)."""
         all_steps = loss_steps == "all" and getattr(model, "supports_all_steps", False)
         x, y = self.batch(idx, all_steps=all_steps)
-        out = model(x, all_steps=all_steps)
+        levels = getattr(model, "quantile_levels", ())
+        out = model(x, all_steps=all_steps, quantiles=True) if levels else model(x, all_steps=all_steps)
         if all_steps:
             first = int(self.L * burn_in)
             out, y = out[:, first:], y[:, first:]
+        if levels:  # a quantile model: the pinball loss, averaged over its levels (the median's is half the MAE)
+            return pinball_loss(out, y, levels)
         return LOSSES[self.criterion](out, y)
 
     @torch.no_grad()

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rnn_pipeline.bundle import WINDOW_ID, load_weights
 from rnn_pipeline.data.scaling import Scaling
@@ -85,19 +84,24 @@ class PanelBundle(ForecastBundle):
     def _series_of(self, x):
         return None if not isinstance(x, PanelInputs) else self.series_index([p[0] for p in self._split(x.keys)])
 
-    def predict_windows(self, x: np.ndarray, series: np.ndarray | None = None) -> np.ndarray:
+    def predict_windows(self, x: np.ndarray, series: np.ndarray | None = None, quantiles: bool = False) -> np.ndarray:
         """x: (N, L, F) in original units, `series`: each window's series position (default: the first series)
-        -> (N, H, T) forecasts in original units."""
+        -> (N, H, T) forecasts in original units (with `quantiles`, a quantile model's (N, H, T, Q))."""
         series = np.zeros(len(x), dtype=np.int64) if series is None else np.asarray(series)
         off = self._offsets[series][:, None, :]  # (N, 1, F)
         scale = self._scales[series][:, None, :]
-        z = ((x - off) / scale).astype("float32")
-        self.model.eval()
-        with torch.inference_mode():
-            out = [self.model(torch.from_numpy(z[i:i + 4096])).numpy() for i in range(0, len(z), 4096)]
+        y = self.run_model(((x - off) / scale).astype("float32"), quantiles)
         T = len(self.target_columns)
-        y = np.concatenate(out) if out else np.zeros((0, self.horizon, T), "float32")
-        return y.astype("float64") * scale[..., :T] + off[..., :T]
+        if quantiles:
+            return y * scale[..., :T, None] + off[..., :T, None]
+        return y * scale[..., :T] + off[..., :T]
+
+    def quantile_inputs(self, x, ids=None) -> np.ndarray | None:
+        if not self.quantile_levels:
+            return None
+        if isinstance(x, PanelInputs):
+            x, ids = x.x, x.keys
+        return self.predict_windows(x, self.series_index([p[0] for p in self._split(ids)]), quantiles=True)
 
     def frame_to_windows(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Rows of history of one or more series (`id_column` names each row's) -> one window per series: the last
@@ -123,11 +127,12 @@ class PanelBundle(ForecastBundle):
                 out.append((sid, wid))
         return out
 
-    def result_frame(self, keys, y: np.ndarray) -> pd.DataFrame:
+    def result_frame(self, keys, y: np.ndarray, x=None) -> pd.DataFrame:
         parts = self._split(keys)
         series = self.series_index([p[0] for p in parts]) if self.levels else None
+        q = self.quantile_inputs(x.x if isinstance(x, PanelInputs) else x, keys) if x is not None else None
         result = pd.concat([pd.DataFrame(y.reshape(len(parts), -1), columns=self.output_columns),
-                            self.interval_frame(y, series)], axis=1)
+                            self.interval_frame(y, series), self.quantile_frame(q, len(parts))], axis=1)
         result.insert(0, self.id_column, [p[0] for p in parts])
         if any(p[1] is not None for p in parts):
             result.insert(1, WINDOW_ID, [p[1] for p in parts])
@@ -135,7 +140,7 @@ class PanelBundle(ForecastBundle):
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         keys, x = self.frame_to_windows(frame)
-        return self.result_frame(keys, self.predict_inputs(x, keys))
+        return self.result_frame(keys, self.predict_inputs(x, keys), PanelInputs(x, list(keys)))
 
     def windows_frame(self, x: np.ndarray, ids=None, window_ids: bool = False) -> pd.DataFrame:
         """(N, L, F) windows of the series `ids` (default: the first series) -> the long frame a client sends; with
@@ -152,7 +157,11 @@ class PanelBundle(ForecastBundle):
         """The pyfunc's answer to inputs_frame(x, ids) (in their order: windows are answered as they come) ->
         one row per key, as result_frame labels them."""
         y = out[self.output_columns].to_numpy().reshape(len(out), self.horizon, len(self.target_columns))
-        return self.result_frame(ids, y)
+        result = self.result_frame(ids, y)
+        quantiles = [c for c in self.quantile_columns if c in out.columns]
+        if quantiles:  # as the pyfunc answered them
+            result = pd.concat([result, out[quantiles].reset_index(drop=True)], axis=1)
+        return result
 
     def signature(self):
         from mlflow.models.signature import ModelSignature
@@ -161,7 +170,8 @@ class PanelBundle(ForecastBundle):
         inputs = Schema([ColSpec("string", self.id_column), ColSpec("long", WINDOW_ID, required=False)]
                         + self.input_specs())
         outputs = Schema([ColSpec("string", self.id_column), ColSpec("string", WINDOW_ID, required=False)]
-                         + [ColSpec("double", c) for c in [*self.output_columns, *self.interval_columns]])
+                         + [ColSpec("double", c) for c in [*self.output_columns, *self.interval_columns,
+                                                            *self.quantile_columns]])
         return ModelSignature(inputs=inputs, outputs=outputs)
 
     def describe(self) -> dict:

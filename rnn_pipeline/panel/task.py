@@ -77,11 +77,19 @@ class PanelTask(ForecastingTask):
         ev = panel_eval.evaluate_panel(
             data, lambda k, x: bundle.predict_windows(x, np.full(len(x), k)), bundle.window, season,
             self.cfg.evaluation.ridge_alphas, self.ridge_windows(data.parts[0], bundle.window))
+        series = data.points.series_of(ev["first_targets"])
+        std = np.stack([evaluation.target_scaler(p).scale_ for p in data.parts])[series][:, None, :]
         if bundle.levels:  # coverage and width pooled over every series' test windows, each in its own units
-            series = data.points.series_of(ev["first_targets"])
-            std = np.stack([evaluation.target_scaler(p).scale_ for p in data.parts])[series][:, None, :]
             ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(series),
                                                             std, bundle.levels))
+        if bundle.quantile_levels:  # the network's own quantiles on the same windows
+            first = ev["first_targets"]
+            x = np.empty((len(first), bundle.window, len(bundle.input_columns)))
+            for k in np.unique(series):  # each series' windows from its own rows
+                at = np.flatnonzero(series == k)
+                x[at] = lag_matrix(data.parts[k].values, first[at] - data.points.offsets[k], bundle.window)
+            q = bundle.predict_windows(x, series, quantiles=True)
+            ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, std, bundle.quantile_levels))
         return ev
 
     # ---- backtesting ------------------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ def score(bundle, ids, inputs, chunk: int = 10_000, progress=None) -> tuple[pd.D
         hi = min(n, lo + chunk)
         t0 = time.perf_counter()
         y = bundle.predict_inputs(inputs[lo:hi], ids=ids[lo:hi])
-        frame = bundle.result_frame(ids[lo:hi], y)
+        # a quantile forecaster answers its quantiles too (from the inputs)
+        frame = (bundle.result_frame(ids[lo:hi], y, inputs[lo:hi]) if getattr(bundle, "quantile_levels", ())
+                 else bundle.result_frame(ids[lo:hi], y))
         finite = np.isfinite(y.reshape(hi - lo, -1)).all(1)
         if not finite.all():
             bad = ids[lo + int(np.flatnonzero(~finite)[0])]

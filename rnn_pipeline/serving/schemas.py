@@ -66,6 +66,9 @@ class Prediction(BaseModel):
     intervals: dict[str, dict[str, dict[str, list[float]]]] | None = Field(
         None, description="forecasting: per level ('80', '95'), the lower ('lo') and upper ('hi') bounds of the "
                           "prediction interval, per target, the next H values")
+    quantiles: dict[str, dict[str, list[float]]] | None = Field(
+        None, description="forecasting with a quantile model (model.quantiles): per level ('10', '50', '90'), per "
+                          "target, the next H values of that quantile")
     label: str | None = None
     probabilities: dict[str, float] | None = None
 

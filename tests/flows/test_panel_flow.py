@@ -30,6 +30,7 @@ def trained(tmp_path_factory, prefect_harness):
           target_columns: [value]""", extra="""\
         features: {window: 24, horizon: 6}
         evaluation: {season: 12, plots: false}
+        model: {quantiles: [0.1, 0.9]}
         """)
     return folder, cfg, frame, training_flow(str(cfg))
 
@@ -39,6 +40,7 @@ def test_a_panel_trains_one_global_model_judged_series_by_series(trained):
     assert s["task"] == "panel" and s["n_series"] == 4 and s["headline"] == "std_mse"
     assert set(s["per_series"]) == {"s0", "s1", "s2", "s3"}
     assert s["save_load_max_abs_diff"] < 1e-4
+    assert {"std_crps", "qcoverage_80", "below_q10"} <= set(s["metrics"])  # a quantile model's figures
     assert set(s["baselines"]) == {"persistence", "seasonal_naive", "ridge", "ridge_last"}
     # the gate scored the registered pyfunc on every series' test windows: the evaluation's pooled figure
     assert s["gate"]["metric"] == "std_mse"
@@ -71,7 +73,7 @@ def test_predict_answers_several_series_in_their_own_units(trained, cli):
     got = pd.read_csv(io.StringIO(stdout))
     points = [f"value_h{h}" for h in range(1, 7)]
     assert got["series"].tolist() == ["s3", "s1", "s2"] and got.columns.tolist()[:7] == ["series", *points]
-    assert {"value_h6_lo80", "value_h6_hi95"} <= set(got.columns)
+    assert {"value_h6_lo80", "value_h6_hi95", "value_h1_q10", "value_h6_q90"} <= set(got.columns)
     for sid, level in (("s3", -20.0), ("s1", 50.0), ("s2", 500.0)):
         assert abs(got.loc[got.series == sid, points].iloc[0].astype(float).mean() - level) < 25
     out = folder / "scored.csv"
@@ -110,6 +112,10 @@ def test_the_service_answers_histories_naming_their_series_and_logs_the_series(t
             assert abs(np.mean(got[0]) - 500) < 25 and abs(np.mean(got[1])) < 25  # each in its own series' units
             band = r.json()["predictions"][0]["intervals"]["95"]
             assert all(lo < f < hi for lo, f, hi in zip(band["lo"]["value"], got[0], band["hi"]["value"]))
+            for p, f in zip(r.json()["predictions"], got):  # the network's quantiles, for each series
+                q = p["quantiles"]
+                assert list(q) == ["10", "50", "90"] and q["50"]["value"] == pytest.approx(f)
+                assert all(a <= b <= c for a, b, c in zip(q["10"]["value"], q["50"]["value"], q["90"]["value"]))
             no_id = client.post("/predict", json={"series": [{"history": {"value": hist["s0"]}}]})
             assert no_id.status_code == 422 and "has no 'id'" in no_id.text
             unknown = client.post("/predict", json={"series": [{"id": "zz", "history": {"value": hist["s0"]}}]})

@@ -1,0 +1,86 @@
+"""Quantile forecasters (model.quantiles): the network outputs its quantiles, trained with the pinball loss; they
+never cross, the median is the point forecast, and on a synthetic panel with known Gaussian noise they sit where the
+noise puts them (coverage and width); the bundle answers them in every form."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from test_panel import fitted
+
+from rnn_pipeline.config import PipelineConfig
+from rnn_pipeline.data.datasets import synthetic_panel
+from rnn_pipeline.forecasting.windows import pinball_loss
+from rnn_pipeline.models import ForecasterSpec, build_forecaster
+
+NOISE = 0.5
+
+
+@pytest.fixture(scope="module")
+def panel():
+    frame = synthetic_panel(4, 400, season=12, seed=3, regime_switches=False, noise=NOISE, trend=0.0)
+    t, data, b = fitted(frame, model={"quantiles": [0.1, 0.9], "norm": "none"}, training={"max_epochs": 20},
+                        features={"window": 24})
+    return frame, t, data, b
+
+
+def test_levels_are_checked_and_the_median_is_added():
+    cfg = PipelineConfig(name="q", data={"builtin": "seed_sine"}, model={"quantiles": [0.9, 0.05]})
+    assert cfg.model.quantiles == [0.05, 0.5, 0.9]
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        PipelineConfig(name="q", data={"builtin": "seed_sine"}, model={"quantiles": [0.1, 1.0]})
+    with pytest.raises(ValueError, match="0.5 among them"):
+        ForecasterSpec(cell="gru", hidden=4, layers=1, dropout=0.0, n_features=1, n_targets=1, horizon=2,
+                       quantiles=(0.1, 0.9))
+
+
+@pytest.mark.parametrize("channels, norm_kind", [("mixed", "none"), ("independent", "revin"), ("mixed", "last")])
+def test_quantiles_never_cross_and_the_median_is_the_point_forecast(channels, norm_kind):
+    torch.manual_seed(0)
+    m = build_forecaster(ForecasterSpec(cell="gru", hidden=8, layers=1, dropout=0.0, n_features=3, n_targets=2,
+                                        horizon=3, channels=channels, norm=norm_kind, quantiles=(0.1, 0.5, 0.9)))
+    x = torch.randn(5, 10, 3)
+    q = m(x, quantiles=True)
+    assert q.shape == (5, 3, 2, 3)
+    assert (q.diff(dim=-1) >= 0).all()
+    assert torch.allclose(m(x), q[..., 1])
+    y = torch.randn(5, 3, 2)  # the pinball loss at 0.5 is half the absolute error
+    assert pinball_loss(q[..., 1:2], y, [0.5]).item() == pytest.approx(0.5 * (q[..., 1] - y).abs().mean().item(), rel=1e-6)
+
+
+def test_on_known_gaussian_noise_the_quantiles_cover_and_spread_as_the_noise_does(panel):
+    frame, t, data, b = panel
+    ev = t.evaluate(data, b, 12)
+    m = ev["metrics"]
+    # each quantile holds its share of the test actuals below it, within a few points
+    for level, key in ((0.1, "below_q10"), (0.5, "below_q50"), (0.9, "below_q90")):
+        assert abs(m[key] - level) < 0.05, (key, m[key])
+    assert abs(m["qcoverage_80"] - 0.8) < 0.06
+    # the 10-90 band is about as wide as the noise's: 2 x 1.2816 x sigma in original units
+    x = np.stack([data.parts[0].values[i - 24:i] for i in range(300, 380)])
+    q = b.predict_windows(x, np.zeros(len(x), dtype=int), quantiles=True)
+    width = (q[..., 2] - q[..., 0]).mean()
+    assert width == pytest.approx(2 * norm.ppf(0.9) * NOISE, rel=0.25)
+    assert m["std_crps"] == pytest.approx(2 * m["std_quantile_loss"])
+
+
+def test_the_bundle_answers_quantiles_for_several_series(panel, tmp_path):
+    from rnn_pipeline.bundle import load_bundle
+    from rnn_pipeline.config import ServingConfig
+    from rnn_pipeline.serving.schemas import PredictRequest
+
+    frame, t, data, b = panel
+    paths = b.save(tmp_path)
+    loaded = load_bundle(paths["preprocess"], paths["weights"])
+    assert loaded.quantile_levels == (0.1, 0.5, 0.9)
+    hist = {sid: frame[frame.series == sid].value.tail(24).tolist() for sid in ("s2", "s0")}
+    req = PredictRequest(series=[{"id": sid, "history": {"value": h}} for sid, h in hist.items()])
+    x = loaded.request_inputs(req, ServingConfig())
+    answers = loaded.answers(loaded.predict_inputs(x), x)
+    for a in answers:
+        q10, q50, q90 = (np.array(a["quantiles"][k]["value"]) for k in ("10", "50", "90"))
+        assert (q10 <= q50).all() and (q50 <= q90).all()
+        np.testing.assert_allclose(q50, a["forecast"]["value"], rtol=1e-6)
+    frame_out = loaded.predict_frame(frame[frame.series.isin(["s2", "s0"])].groupby("series").tail(24))
+    assert {"value_h1_q10", "value_h4_q90"} <= set(frame_out.columns)
+    assert (frame_out["value_h1_q10"] <= frame_out["value_h1_q90"]).all()
