@@ -26,8 +26,8 @@ Architecture = Literal["direct", "segment"]
 Norm = Literal["none", "revin", "last"]
 Channels = Literal["mixed", "independent"]
 Loss = Literal["mse", "mae", "huber"]
-GateMetric = Literal["mse", "mae", "rmse", "accuracy", "f1_macro", "f1_weighted", "log_loss"]
-FORECAST_METRICS = ("mse", "mae", "rmse")
+GateMetric = Literal["mse", "mae", "rmse", "crps", "accuracy", "f1_macro", "f1_weighted", "log_loss"]
+FORECAST_METRICS = ("mse", "mae", "rmse", "crps")
 HIGHER_IS_BETTER = ("accuracy", "f1_macro", "f1_weighted")
 # the baselines every evaluation logs, which `registry.floor` may name
 FORECAST_BASELINES = ("persistence", "seasonal_naive", "ridge", "ridge_last")
@@ -227,7 +227,8 @@ class BacktestConfig(_Strict):
 class RegistryConfig(_Strict):
     model_name: str | None = Field(None, description="registered model name (default: the config's name)")
     metric: GateMetric | None = Field(None, description="gate metric (default: mse for forecasting, f1_macro for "
-                                                        "classification)")
+                                                        "classification); crps: a quantile model's CRPS from its "
+                                                        "quantiles, a point forecast's (baselines too) its MAE")
     margin: float = Field(0.0, ge=0, lt=1, description="the challenger must beat the champion by this share (of the "
                                                        "champion's error, or for accuracy/F1 of its shortfall from 1)")
     floor: list[str] | None = Field(
@@ -282,8 +283,11 @@ class PipelineConfig(_Strict):
                 problems.append("backtest: forecasting only (a classifier has no forecast origins)")
         else:
             if m is not None and m not in FORECAST_METRICS:
-                problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae "
-                                "or rmse")
+                problems.append(f"registry.metric '{m}' is a classification metric; forecasting gates on mse, mae, "
+                                "rmse or crps")
+            if m == "crps" and self.backtest.gate:
+                problems.append("registry.metric crps with backtest.gate: the backtest scores point forecasts only "
+                                "(gate on the test windows, or on mse, mae or rmse)")
             if self.backtest.refit and self.data.id_column:
                 problems.append("backtest.refit: single series only for now (a panel backtests its trained model: "
                                 "refit 0)")

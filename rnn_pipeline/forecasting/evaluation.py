@@ -26,7 +26,7 @@ def headline(metric: str, n_targets: int) -> str:
     """The key of the figure a run is judged by (summary, gate): a multi-target forecast's error metric is read on
     the standardised scale ("std_mse"), since in original units it would add up different units; otherwise the
     metric itself ("mse", "f1_macro")."""
-    return f"std_{metric}" if n_targets > 1 and metric in STD_KEYS else metric
+    return f"std_{metric}" if n_targets > 1 and metric in (*STD_KEYS, "crps") else metric
 
 
 def mape_applies(y_true: np.ndarray) -> bool:
@@ -63,11 +63,28 @@ def all_metrics(y_true: np.ndarray, y_pred: np.ndarray, mean, std, mase_scale: f
     return {**metrics(y_true, y_pred, mase_scale), **{f"std_{k}": std_m[k] for k in STD_KEYS}}
 
 
-def forecast_score(y_true: np.ndarray, y_pred: np.ndarray, data: PreparedSeries, key: str) -> float:
-    """One gate score (mse, rmse, mae, or their std_ twins) of (N, H, T) forecasts on `data`'s test windows."""
+def crps(y_true: np.ndarray, y_pred: np.ndarray, q: np.ndarray | None = None, levels=()) -> float:
+    """CRPS of forecasts (N, H, T): from a quantile model's quantiles `q` (N, H, T, Q) at `levels`, twice the mean
+    pinball loss over them (the quantile decomposition of CRPS); of a point forecast (q None), its MAE (the CRPS of a
+    forecast that puts all its mass on one value)."""
+    if q is None:
+        return float(np.mean(np.abs(y_true - y_pred)))
+    from rnn_pipeline.forecasting.intervals import pinball
+
+    return float(2 * np.mean([pinball(y_true, q[..., k], tau).mean() for k, tau in enumerate(levels)]))
+
+
+def forecast_score(y_true: np.ndarray, y_pred: np.ndarray, data: PreparedSeries, key: str,
+                   q: np.ndarray | None = None, levels=()) -> float:
+    """One gate score (mse, rmse, mae, crps, or their std_ twins) of (N, H, T) forecasts on `data`'s test windows
+    (crps: from a quantile model's quantiles `q` at `levels`, see `crps`)."""
     if key.startswith("std_"):
         s = target_scaler(data)
         y_true, y_pred, key = (y_true - s.mean_) / s.scale_, (y_pred - s.mean_) / s.scale_, key[4:]
+        if q is not None:
+            q = (q - s.mean_[:, None]) / s.scale_[:, None]
+    if key == "crps":
+        return crps(y_true, y_pred, q, levels)
     t, p = y_true.reshape(-1), y_pred.reshape(-1)
     if key == "mae":
         return float(mean_absolute_error(t, p))

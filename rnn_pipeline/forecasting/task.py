@@ -174,10 +174,13 @@ class ForecastingTask(Task):
         if bundle.levels:  # the intervals' coverage and width on the same test windows
             ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(),
                                                             evaluation.target_scaler(data).scale_, bundle.levels))
+        q = None
         if bundle.quantile_levels:  # the network's own quantiles on the same windows
             q = bundle.predict_windows(lag_matrix(data.values, ev["first_targets"], bundle.window), quantiles=True)
             ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, evaluation.target_scaler(data).scale_,
                                                             bundle.quantile_levels))
+        if self.cfg.gate_metric == "crps":
+            crps_figures(ev, evaluation.crps(ev["y_true"], ev["y_pred"], q, bundle.quantile_levels))
         return ev
 
     def ridge_windows(self, data: PreparedSeries, window: int) -> list[int]:
@@ -360,11 +363,35 @@ class ForecastingTask(Task):
         out = model.predict(b.windows_frame(x))
         y_pred = out[b.output_columns].to_numpy().reshape(len(idx), b.horizon, len(b.target_columns))
         y_true = target_matrix(data.values, idx, data.horizon, data.n_targets)
-        return evaluation.forecast_score(y_true, y_pred, data, metric)
+        return evaluation.forecast_score(y_true, y_pred, data, metric, *answered_quantiles(b, out, metric))
 
     def predict_logged(self, model, bundle: ForecastBundle, data: PreparedSeries, index):
         x = lag_matrix(data.values, index, bundle.window)
         return model.predict(bundle.windows_frame(x))[bundle.output_columns].to_numpy()
+
+
+def crps_figures(ev: dict, model_crps: float | None = None) -> None:
+    """The gate's CRPS beside the figures (registry.metric crps): a quantile model's from its quantiles (std_crps is
+    already there), a point forecast's (the baselines', a point model's) its MAE."""
+    m = ev["metrics"]
+    if "std_crps" not in m:
+        m["std_crps"] = m["std_mae"]
+    if model_crps is not None:
+        m["crps"] = model_crps
+    for b in ev["baselines"].values():
+        b["std_crps"] = b["std_mae"]
+        if "mae" in b:
+            b["crps"] = b["mae"]
+
+
+def answered_quantiles(b, out, metric: str) -> tuple:
+    """(q (N, H, T, Q), levels) from a pyfunc's answer `out` when the gate scores CRPS and the model answered its
+    quantiles; else (None, ()): a point forecast."""
+    levels = tuple(getattr(b, "quantile_levels", ()) or ())
+    if not metric.endswith("crps") or not levels or not set(b.quantile_columns) <= set(out.columns):
+        return None, ()
+    q = out[b.quantile_columns].to_numpy().reshape(len(out), len(levels), b.horizon, len(b.target_columns))
+    return np.moveaxis(q, 1, -1), levels
 
 
 def interval_lines(m: dict) -> list[str]:

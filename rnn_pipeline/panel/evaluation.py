@@ -18,7 +18,7 @@ import numpy as np
 from rnn_pipeline.forecasting import evaluation
 from rnn_pipeline.forecasting.evaluation import mape_applies, skill
 
-POOLED = ("std_mse", "std_rmse", "std_mae")
+POOLED = ("std_mse", "std_rmse", "std_mae", "std_crps")
 BASELINE_NAMES = ("persistence", "seasonal_naive", "ridge", "ridge_last")
 
 
@@ -79,17 +79,24 @@ def evaluate_panel(data, predict_series, window: int, season: int | None, ridge_
             "series": evs}
 
 
-def panel_score(y_true: np.ndarray, y_pred: np.ndarray, series: np.ndarray, data, key: str) -> float:
-    """One gate score of a panel's test forecasts: `std_mse`, `std_rmse` or `std_mae` (each window on its series'
-    training z-scores, pooled). `series`: each window's series position."""
+def panel_score(y_true: np.ndarray, y_pred: np.ndarray, series: np.ndarray, data, key: str,
+                q: np.ndarray | None = None, levels=()) -> float:
+    """One gate score of a panel's test forecasts: `std_mse`, `std_rmse`, `std_mae` or `std_crps` (each window on
+    its series' training z-scores, pooled; crps from a quantile model's quantiles `q`, see evaluation.crps).
+    `series`: each window's series position."""
     if key not in POOLED:
         raise ValueError(f"a panel is judged on {', '.join(POOLED)} (the series' units differ), not {key}")
     z_true, z_pred = np.empty_like(y_true), np.empty_like(y_pred)
+    z_q = None if q is None else np.empty_like(q)
     for k, part in enumerate(data.parts):
         s = evaluation.target_scaler(part)
         rows = series == k
         z_true[rows] = (y_true[rows] - s.mean_) / s.scale_
         z_pred[rows] = (y_pred[rows] - s.mean_) / s.scale_
+        if q is not None:
+            z_q[rows] = (q[rows] - s.mean_[:, None]) / s.scale_[:, None]
+    if key == "std_crps":
+        return evaluation.crps(z_true, z_pred, z_q, levels)
     err = z_pred - z_true
     if key == "std_mae":
         return float(np.mean(np.abs(err)))

@@ -14,7 +14,7 @@ import pandas as pd
 from rnn_pipeline.errors import ConfigError
 from rnn_pipeline.forecasting import backtest, calendar, evaluation, intervals
 from rnn_pipeline.forecasting.ensemble import window_of
-from rnn_pipeline.forecasting.task import ForecastingTask, interval_lines
+from rnn_pipeline.forecasting.task import ForecastingTask, answered_quantiles, crps_figures, interval_lines
 from rnn_pipeline.forecasting.windows import lag_matrix, target_matrix
 from rnn_pipeline.panel import evaluation as panel_eval
 from rnn_pipeline.panel.bundle import PanelBundle
@@ -90,6 +90,8 @@ class PanelTask(ForecastingTask):
                 x[at] = lag_matrix(data.parts[k].values, first[at] - data.points.offsets[k], bundle.window)
             q = bundle.predict_windows(x, series, quantiles=True)
             ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, std, bundle.quantile_levels))
+        if self.cfg.gate_metric == "crps":
+            crps_figures(ev)
         return ev
 
     # ---- backtesting ------------------------------------------------------------------------------------------
@@ -223,8 +225,10 @@ class PanelTask(ForecastingTask):
             ys.append(target_matrix(part.values, idx, data.horizon, data.n_targets))
             ids += [sid] * len(idx)
             series.append(np.full(len(idx), k))
-        y_pred = self._predict_by_window(model, b, np.concatenate(xs), ids)
-        return panel_eval.panel_score(np.concatenate(ys), y_pred, np.concatenate(series), data, metric)
+        out = model.predict(b.windows_frame(np.concatenate(xs), ids, window_ids=True))
+        y_pred = out[b.output_columns].to_numpy().reshape(len(ids), b.horizon, len(b.target_columns))
+        return panel_eval.panel_score(np.concatenate(ys), y_pred, np.concatenate(series), data, metric,
+                                      *answered_quantiles(b, out, metric))
 
     @staticmethod
     def _predict_by_window(model, b: PanelBundle, x: np.ndarray, ids: list[str]) -> np.ndarray:

@@ -124,3 +124,21 @@ def test_the_service_answers_histories_naming_their_series_and_logs_the_series(t
         assert logged[-2:] == ["s2", "s0"]  # after predict-batch's (the test above, when it ran first)
     finally:
         store.dispose()
+
+
+def test_a_quantile_model_is_gated_on_its_crps_and_the_floor_on_the_baselines_mae(tmp_path, prefect_harness):
+    """registry.metric crps: the registered pyfunc's quantiles give the challenger's CRPS on the test windows (the
+    evaluation's figure), and the point baselines' CRPS is their MAE."""
+    from flows.training import training_flow
+
+    cfg = write_config(tmp_path, name="qgate", n_trials=1, epochs=4, floor=None, extra="""\
+        model: {quantiles: [0.1, 0.9]}
+        registry: {metric: crps}
+        """)
+    s = training_flow(str(cfg))
+    assert s["gate"]["metric"] == "crps"
+    assert s["gate"]["challenger"] == pytest.approx(s["metrics"]["crps"], rel=1e-4)
+    assert s["metrics"]["crps"] < s["metrics"]["mae"]  # the quantiles' CRPS beats the median's MAE
+    floor = s["gate"]["floor"]
+    assert floor["persistence"]["score"] == pytest.approx(s["baselines"]["persistence"]["mae"])
+    assert s["promoted"] == (s["metrics"]["crps"] < min(s["baselines"][b]["mae"] for b in floor))

@@ -84,3 +84,18 @@ def test_the_bundle_answers_quantiles_for_several_series(panel, tmp_path):
     frame_out = loaded.predict_frame(frame[frame.series.isin(["s2", "s0"])].groupby("series").tail(24))
     assert {"value_h1_q10", "value_h4_q90"} <= set(frame_out.columns)
     assert (frame_out["value_h1_q10"] <= frame_out["value_h1_q90"]).all()
+
+
+def test_crps_is_a_forecasting_gate_metric_on_the_test_windows():
+    from rnn_pipeline.forecasting.evaluation import crps
+
+    with pytest.raises(ValueError, match="crps with backtest.gate"):
+        PipelineConfig(name="q", data={"builtin": "seed_sine"}, registry={"metric": "crps"},
+                       backtest={"origins": 3, "gate": True})
+    with pytest.raises(ValueError, match="'crps' is a forecasting metric"):
+        PipelineConfig(name="q", task="classification", data={"builtin": "rotten_tomatoes", "text_column": "text"},
+                       registry={"metric": "crps"})
+    y, point = np.zeros((4, 2, 1)), np.ones((4, 2, 1))
+    assert crps(y, point) == pytest.approx(1.0)  # a point forecast's CRPS is its absolute error
+    q = np.stack([point - 1, point, point + 1], axis=-1)  # a band around it, whose lower quantile hits the actual
+    assert crps(y, point, q, (0.1, 0.5, 0.9)) < crps(y, point)
