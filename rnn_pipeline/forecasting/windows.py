@@ -110,7 +110,7 @@ def check_split_sizes(points: SplitPoints, source: str, max_window: int, horizon
             f"({desc}; need at least {min_windows} each)", source=source)
 
 
-# Training losses. Validation, pruning and early stopping always use the MSE (eval_loss).
+# Training losses. Validation, pruning and early stopping use the MSE (eval_loss); a quantile model, its pinball loss.
 LOSSES = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_loss,
           "huber": lambda out, y: torch.nn.functional.huber_loss(out, y, delta=1.0)}
 
@@ -173,12 +173,17 @@ class WindowSet:
 
     @torch.no_grad()
     def eval_loss(self, model, chunk: int = 8192) -> float:
-        """Mean squared error of the last-step forecast over all windows (scaled units)."""
+        """Mean squared error of the last-step forecast over all windows (scaled units); for a quantile model, the
+        mean pinball loss of its quantiles (what it is trained on: early stopping and the search judge that)."""
         model.eval()
+        levels = getattr(model, "quantile_levels", ())
         total, n = 0.0, 0
         for i in range(0, len(self), chunk):
             x, y = self.batch(torch.arange(i, min(i + chunk, len(self))))
-            total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
+            if levels:
+                total += pinball_loss(model(x, quantiles=True), y, levels).item() * len(x)
+            else:
+                total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
             n += len(x)
         return total / max(n, 1)
 

@@ -99,3 +99,15 @@ def test_crps_is_a_forecasting_gate_metric_on_the_test_windows():
     assert crps(y, point) == pytest.approx(1.0)  # a point forecast's CRPS is its absolute error
     q = np.stack([point - 1, point, point + 1], axis=-1)  # a band around it, whose lower quantile hits the actual
     assert crps(y, point, q, (0.1, 0.5, 0.9)) < crps(y, point)
+
+
+def test_a_quantile_model_started_from_its_linear_highway_learns_a_band():
+    """The highway's linear start puts every quantile at the mean forecast; early stopping judges the pinball loss (what
+    the model trains on), so training that spreads the quantiles is kept (judged on the median's MSE, the start won and
+    the band stayed at zero width)."""
+    frame = synthetic_panel(4, 300, season=12, seed=3, regime_switches=False, noise=NOISE, trend=0.0)
+    t, data, b = fitted(frame, model={"quantiles": [0.1, 0.9], "highway": True, "norm": "last"},
+                        training={"max_epochs": 5})
+    x = np.stack([data.parts[0].values[i - 12:i] for i in range(200, 240)])
+    q = b.predict_windows(x, np.zeros(len(x), dtype=int), quantiles=True)
+    assert (q[..., 2] - q[..., 0]).mean() > 0.5 * 2 * norm.ppf(0.9) * NOISE
