@@ -82,18 +82,22 @@ def phase(name: str, path: Path, window: int, horizon: int, cap: int) -> dict:
     return out
 
 
-def accuracy(seed: int, work: Path, calendar: list[str] | None = None) -> dict:
-    """The weather_panel config through the training flow with `seed` (and `calendar`: features.calendar): the run's
-    aggregate figures."""
+def accuracy(seed: int, work: Path, calendar: list[str] | None = None, quantiles: list[float] | None = None,
+             embedding: int = 0) -> dict:
+    """The weather_panel config through the training flow with `seed` (and `calendar`: features.calendar;
+    `quantiles`: model.quantiles; `embedding`: model.series_embedding): the run's aggregate figures."""
     from flows.training import training_flow
 
     overrides = {"seed": seed, "stores": {"root": str(work / f"s{seed}")}}
     if calendar:
         overrides["features"] = {"calendar": calendar}
+    if quantiles or embedding:
+        overrides["model"] = {"quantiles": quantiles or [], "series_embedding": embedding}
     s = training_flow("weather_panel", overrides=overrides)
     keys = ("std_mse", "std_mae", "mase", "rel_mase")
     return {"seed": seed, "rnn": {k: s["metrics"][k] for k in keys},
-            "intervals": {k: v for k, v in s["metrics"].items() if k.startswith(("coverage_", "std_width_"))},
+            "intervals": {k: v for k, v in s["metrics"].items()
+                          if k.startswith(("coverage_", "std_width_", "qcoverage_", "below_q", "std_crps"))},
             "baselines": {b: {k: m[k] for k in keys} for b, m in s["baselines"].items()},
             "per_series_rel_mase": {sid: m["rel_mase"] for sid, m in s["per_series"].items()},
             "promoted": s["promoted"], "reason": s["reason"],
@@ -120,6 +124,11 @@ def report(rows: list[dict]) -> str:
     cov = sorted(k for k in rows[0]["intervals"] if k.startswith("coverage_"))
     lines.append("intervals on the test windows: " + ", ".join(
         f"{k[9:]}% covers {ms([100 * r['intervals'][k] for r in rows])}%" for k in cov))
+    qcov = sorted(k for k in rows[0]["intervals"] if k.startswith("qcoverage_"))
+    if qcov:
+        lines.append("the quantile model's bands on the test windows: " + ", ".join(
+            f"{k[10:]}% covers {ms([100 * r['intervals'][k] for r in rows])}%" for k in qcov)
+            + f"; CRPS {ms([r['intervals']['std_crps'] for r in rows])} std")
     lines.append("per station rel_mase (mean over seeds): " + ", ".join(
         f"{sid} {statistics.fmean(r['per_series_rel_mase'][sid] for r in rows):.3f}"
         for sid in rows[0]["per_series_rel_mase"]))
@@ -137,6 +146,8 @@ def main() -> None:
     ap.add_argument("--accuracy", action="store_true", help="the real panel through the training flow")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--calendar", help="--accuracy with features.calendar, e.g. hour or hour,dayofweek")
+    ap.add_argument("--quantiles", help="--accuracy with model.quantiles, e.g. 0.025,0.1,0.9,0.975")
+    ap.add_argument("--embedding", type=int, default=0, help="--accuracy with model.series_embedding")
     ap.add_argument("--out", help="write the results here")
     ap.add_argument("--report", nargs="+", help="print one table from --accuracy result files")
     ap.add_argument("--phase", choices=["prepare", "epoch", "predict"], help=argparse.SUPPRESS)
@@ -148,7 +159,8 @@ def main() -> None:
     if args.accuracy:
         with tempfile.TemporaryDirectory() as tmp:
             cal = args.calendar.split(",") if args.calendar else None
-            rows = [accuracy(int(seed), Path(tmp), cal) for seed in args.seeds.split(",")]
+            qs = [float(q) for q in args.quantiles.split(",")] if args.quantiles else None
+            rows = [accuracy(int(seed), Path(tmp), cal, qs, args.embedding) for seed in args.seeds.split(",")]
         out = Path(args.out) if args.out else REPO / ".rnn_pipeline" / "bench_panel_accuracy.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2))

@@ -57,8 +57,12 @@ class ModelConfig(_Strict):
                                              "(LSTNet's highway), started at its Ridge fit on the training windows, "
                                              "so the recurrent part learns what the linear forecast leaves")
     quantiles: list[float] = Field(default_factory=list, description=(
-        "forecasting: quantile levels the network also outputs, trained with the pinball loss (0.5 is added: the "
-        "point forecast is the median), e.g. [0.1, 0.9]; predictions gain `<target>_h<k>_q<level>` columns"))
+        "forecasting: quantile levels the network outputs beside its point forecast, trained with the pinball loss "
+        "(the point forecast keeps the training loss), e.g. [0.1, 0.5, 0.9]; predictions gain "
+        "`<target>_h<k>_q<level>` columns"))
+    series_embedding: int = Field(0, ge=0, description=(
+        "panels: a learned vector of this many values per series, an extra input of the global model (0: none), "
+        "so that it can tell the series apart"))
     bidirectional: bool = Field(False, description="classification: read sequences both ways")
     pooling: Pooling = Field("last", description="classification: last valid state, or mean over valid steps")
     embedding_dim: int = Field(64, ge=1, description="text with encoding 'embedding'")
@@ -70,7 +74,7 @@ class ModelConfig(_Strict):
         bad = [q for q in v if not 0 < q < 1]
         if bad:
             raise ValueError(f"quantile levels lie strictly between 0 and 1: {bad}")
-        return sorted({*v, 0.5}) if v else []
+        return sorted(set(v))
 
 
 class TrainingConfig(_Strict):
@@ -288,6 +292,8 @@ class PipelineConfig(_Strict):
             if m == "crps" and self.backtest.gate:
                 problems.append("registry.metric crps with backtest.gate: the backtest scores point forecasts only "
                                 "(gate on the test windows, or on mse, mae or rmse)")
+            if self.model.series_embedding and not self.data.id_column:
+                problems.append("model.series_embedding: a panel setting (data.id_column); one series needs none")
             if self.backtest.refit and self.data.id_column:
                 problems.append("backtest.refit: single series only for now (a panel backtests its trained model: "
                                 "refit 0)")

@@ -48,16 +48,18 @@ class ForecasterSpec:
     highway: bool = False  # add a linear map of the (normalised) window to the output, as LSTNet does
     window: int = 0  # L; needed by the highway only
     members: int = 1  # a seed ensemble: the mean of this many forecasters of this shape (training.ensemble)
-    quantiles: tuple = ()  # quantile levels (0.5 among them) the network also outputs, trained with the pinball
-    # loss; its point forecast is the median. (): point forecasts only
+    quantiles: tuple = ()  # quantile levels the network outputs beside its point forecast, trained with the
+    # pinball loss (the point forecast with the training loss). (): point forecasts only
+    n_series: int = 0  # panels with a series embedding: how many series; the input's last column is then each
+    series_dim: int = 0  # window's series index, replaced by that series' learned vector of series_dim values
     n_exempt: int = 0  # the last input columns left out of the per-window norm: covariates whose absolute value
     # matters (calendar phases, static per-series values), which a window's own mean or last value would erase
 
     def __post_init__(self):
         self.quantiles = tuple(float(q) for q in self.quantiles)
-        if self.quantiles and (0.5 not in self.quantiles or list(self.quantiles) != sorted(set(self.quantiles))
+        if self.quantiles and (list(self.quantiles) != sorted(set(self.quantiles))
                                or not all(0 < q < 1 for q in self.quantiles)):
-            raise ValueError(f"quantiles {list(self.quantiles)}: increasing levels in (0, 1), 0.5 among them")
+            raise ValueError(f"quantiles {list(self.quantiles)}: increasing levels in (0, 1)")
         for name, value, allowed in (("architecture", self.architecture, ARCHITECTURES), ("norm", self.norm, NORMS),
                                      ("channels", self.channels, CHANNEL_MODES)):
             if value not in allowed:
@@ -151,13 +153,18 @@ class Forecaster(nn.Module):
         self.spec = spec
         s = spec
         self.independent = s.channels == "independent"
-        self.c_in = 1 + s.n_features - s.n_targets if self.independent else s.n_features
+        # a series embedding: the index column becomes the series' learned vector (exempt from the norm, like the
+        # other covariates at the end)
+        self.series_embed = nn.Embedding(s.n_series, s.series_dim) if s.n_series and s.series_dim else None
+        self.n_in = s.n_features - 1 + s.series_dim if self.series_embed is not None else s.n_features
+        exempt = s.n_exempt + (s.series_dim if self.series_embed is not None else 0)
+        self.c_in = 1 + self.n_in - s.n_targets if self.independent else self.n_in
         self.c_base = 1 if self.independent else s.n_targets
         self.n_q = len(s.quantiles)
-        self.median = s.quantiles.index(0.5) if self.n_q else None
-        self.c_out = self.c_base * max(1, self.n_q)  # with quantiles: every quantile of every output channel
+        # with quantiles, every output channel's point forecast and then its quantiles
+        self.c_out = self.c_base * (1 + self.n_q)
         self.n_channel_ids = s.n_targets if (self.independent and s.channel_embedding and s.n_targets > 1) else 0
-        self.norm = InstanceNorm(s.norm, s.n_features - s.n_exempt, s.affine, s.n_exempt)
+        self.norm = InstanceNorm(s.norm, self.n_in - exempt, s.affine, exempt)
         if s.highway and s.window < 1:
             raise ValueError("a highway needs the window length")
         # LSTNet's autoregressive 'highway': a linear map of the normalised window (all of its columns in mixed mode,
@@ -168,6 +175,11 @@ class Forecaster(nn.Module):
     @property
     def quantile_levels(self) -> tuple:
         return self.spec.quantiles
+
+    @property
+    def reads_series(self) -> bool:
+        """Whether the input's last column is each window's series index (a series embedding)."""
+        return self.series_embed is not None
 
     @property
     def supports_all_steps(self) -> bool:
@@ -184,13 +196,16 @@ class Forecaster(nn.Module):
         batch in independent mode (B', L, C_in); the normalisation's statistics; the channel id of each row."""
         s = self.spec
         b, length, _ = x.shape
+        if self.series_embed is not None:  # the series index (constant over the window) -> its vector at every step
+            sid = x[:, 0, -1].round().long().clamp(0, s.n_series - 1)
+            x = torch.cat([x[..., :-1], self.series_embed(sid).unsqueeze(1).expand(-1, length, -1)], dim=-1)
         z, stats = self.norm.normalise(x)
         channel = None
         if self.independent:
             t = s.n_targets
             own = z[..., :t].transpose(1, 2).reshape(b * t, length, 1)  # row b * T + j is target j of window b
             parts = [own]
-            if s.n_features > t:
+            if self.n_in > t:
                 parts.append(z[..., t:].repeat_interleave(t, dim=0))
             z = torch.cat(parts, dim=-1)
             if self.n_channel_ids:
@@ -199,19 +214,20 @@ class Forecaster(nn.Module):
 
     def network_targets(self, y: torch.Tensor, stats) -> torch.Tensor:
         """y: (B, H, T) in the input's space -> what the network must output for the forecast to be y (B', H, C_out):
-        restore's inverse, folded like the inputs (with quantiles, every quantile at y)."""
+        restore's inverse, folded like the inputs (with quantiles, the point and every quantile at y)."""
         y = self.norm.to_network(y, stats, self.spec.n_targets)
         if self.independent:
             y = y.transpose(1, 2).reshape(-1, y.shape[1], 1)
         if self.n_q:
-            y = y.repeat_interleave(self.n_q, dim=-1)
+            y = y.repeat_interleave(1 + self.n_q, dim=-1)
         return y
 
-    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool | str = False):
         """x: (B, L', F), targets first; of a longer history (L' > L) only the last L steps are read. Returns
         (B, H, T); with all_steps, (B, L', H, T): the forecast made at every step (direct core on unnormalised
-        inputs only). A model with quantiles answers its median; with `quantiles`, every quantile in a last axis
-        (B, [L',] H, T, Q), in increasing order (sorted: quantiles never cross)."""
+        inputs only). A model with quantiles answers its point forecast; with `quantiles`, its quantiles in a last
+        axis (B, [L',] H, T, Q), in increasing order (sorted: quantiles never cross); with quantiles='both', the
+        pair (point, quantiles)."""
         if all_steps and not self.supports_all_steps:
             raise ValueError("all_steps needs architecture 'direct' with norm 'none' and no highway")
         s = self.spec
@@ -228,15 +244,16 @@ class Forecaster(nn.Module):
             y = y.reshape(b, s.n_targets, *y.shape[1:-1]).movedim(1, -1)
         return self.norm.restore(y, stats, s.n_targets)
 
-    def _quantiles(self, y: torch.Tensor, b: int, stats, every: bool) -> torch.Tensor:
-        """The core's (B', [L,] H, C_base * Q) -> (B, [L,] H, T, Q) restored and sorted, or the median (B, [L,] H, T)."""
+    def _quantiles(self, y: torch.Tensor, b: int, stats, which):
+        """The core's (B', [L,] H, C_base * (1 + Q)) -> the point forecast (B, [L,] H, T), the quantiles restored and
+        sorted (B, [L,] H, T, Q), or both (`which`: False, True or 'both')."""
         s = self.spec
-        y = y.unflatten(-1, (self.c_base, self.n_q))  # (B', [L,] H, C_base, Q)
-        if self.independent:  # (B*T, [L,] H, 1, Q) -> (B, [L,] H, T, Q)
-            y = y.reshape(b, s.n_targets, *y.shape[1:-2], self.n_q).movedim(1, -2)
-        y = self.norm.restore(y.movedim(-1, 1), stats, s.n_targets).movedim(1, -1)  # each quantile as a forecast
-        y = torch.sort(y, dim=-1).values
-        return y if every else y[..., self.median]
+        y = y.unflatten(-1, (self.c_base, 1 + self.n_q))  # (B', [L,] H, C_base, 1 + Q)
+        if self.independent:  # (B*T, [L,] H, 1, 1 + Q) -> (B, [L,] H, T, 1 + Q)
+            y = y.reshape(b, s.n_targets, *y.shape[1:-2], 1 + self.n_q).movedim(1, -2)
+        y = self.norm.restore(y.movedim(-1, 1), stats, s.n_targets).movedim(1, -1)  # each output as a forecast
+        point, q = y[..., 0], torch.sort(y[..., 1:], dim=-1).values
+        return (point, q) if which == "both" else q if which else point
 
     def output_layer(self) -> nn.Linear:
         """The core's last linear layer (zeroed when the model starts from its highway's linear fit)."""

@@ -50,11 +50,17 @@ class ForecastEnsemble(nn.Module):
         self.register_buffer("weights", w / w.sum(), persistent=False)  # the JSON spec keeps them, not the weights file
 
     @property
+    def reads_series(self) -> bool:
+        return any(getattr(m, "reads_series", False) for m in self.members)
+
+    @property
     def quantile_levels(self) -> tuple:
         """The members' quantile levels (every member is trained with the same ones)."""
         return self.members[0].spec.quantiles
 
-    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_steps: bool = False, quantiles: bool | str = False):
+        if quantiles == "both":
+            return self(x, all_steps), self(x, all_steps, quantiles=True)
         out = 0
         for w, m in zip(self.weights, self.members):
             # each member reads its own last L steps; with `quantiles`, the weighted mean of sorted quantiles (still

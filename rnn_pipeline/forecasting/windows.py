@@ -110,7 +110,8 @@ def check_split_sizes(points: SplitPoints, source: str, max_window: int, horizon
             f"({desc}; need at least {min_windows} each)", source=source)
 
 
-# Training losses. Validation, pruning and early stopping use the MSE (eval_loss); a quantile model, its pinball loss.
+# Training losses. Validation, pruning and early stopping use the MSE (eval_loss); a quantile model's, plus its
+# quantiles' pinball loss.
 LOSSES = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_loss,
           "huber": lambda out, y: torch.nn.functional.huber_loss(out, y, delta=1.0)}
 
@@ -163,27 +164,32 @@ class WindowSet:
         all_steps = loss_steps == "all" and getattr(model, "supports_all_steps", False)
         x, y = self.batch(idx, all_steps=all_steps)
         levels = getattr(model, "quantile_levels", ())
-        out = model(x, all_steps=all_steps, quantiles=True) if levels else model(x, all_steps=all_steps)
+        if levels:  # a quantile model: its point forecast's loss plus its quantiles' mean pinball loss
+            out, q = model(x, all_steps=all_steps, quantiles="both")
+        else:
+            out, q = model(x, all_steps=all_steps), None
         if all_steps:
             first = int(self.L * burn_in)
             out, y = out[:, first:], y[:, first:]
-        if levels:  # a quantile model: the pinball loss, averaged over its levels (the median's is half the MAE)
-            return pinball_loss(out, y, levels)
-        return LOSSES[self.criterion](out, y)
+            q = None if q is None else q[:, first:]
+        loss = LOSSES[self.criterion](out, y)
+        return loss if q is None else loss + pinball_loss(q, y, levels)
 
     @torch.no_grad()
     def eval_loss(self, model, chunk: int = 8192) -> float:
-        """Mean squared error of the last-step forecast over all windows (scaled units); for a quantile model, the
-        mean pinball loss of its quantiles (what it is trained on: early stopping and the search judge that)."""
+        """Mean squared error of the last-step forecast over all windows (scaled units); for a quantile model, plus
+        the mean pinball loss of its quantiles (it is trained on both: early stopping and the search judge both)."""
         model.eval()
         levels = getattr(model, "quantile_levels", ())
         total, n = 0.0, 0
         for i in range(0, len(self), chunk):
             x, y = self.batch(torch.arange(i, min(i + chunk, len(self))))
             if levels:
-                total += pinball_loss(model(x, quantiles=True), y, levels).item() * len(x)
+                point, q = model(x, quantiles="both")
+                total += pinball_loss(q, y, levels).item() * len(x)
             else:
-                total += torch.sum((model(x) - y) ** 2).item() / y[0].numel()
+                point = model(x)
+            total += torch.sum((point - y) ** 2).item() / y[0].numel()
             n += len(x)
         return total / max(n, 1)
 

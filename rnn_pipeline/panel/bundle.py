@@ -90,7 +90,11 @@ class PanelBundle(ForecastBundle):
         series = np.zeros(len(x), dtype=np.int64) if series is None else np.asarray(series)
         off = self._offsets[series][:, None, :]  # (N, 1, F)
         scale = self._scales[series][:, None, :]
-        y = self.run_model(((x - off) / scale).astype("float32"), quantiles)
+        z = ((x - off) / scale).astype("float32")
+        if getattr(self.model, "reads_series", False):  # a series embedding: each window's series index, last
+            z = np.concatenate([z, np.broadcast_to(series.astype("float32")[:, None, None], (len(z), z.shape[1], 1))],
+                               axis=2)
+        y = self.run_model(z, quantiles)
         T = len(self.target_columns)
         if quantiles:
             return y * scale[..., :T, None] + off[..., :T, None]

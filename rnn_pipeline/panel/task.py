@@ -5,11 +5,13 @@ per series), and judging (each series beside its own baselines, aggregated scale
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 
 from rnn_pipeline.errors import ConfigError
 from rnn_pipeline.forecasting import backtest, calendar, evaluation, intervals
@@ -35,13 +37,26 @@ class PanelTask(ForecastingTask):
 
     def prepare(self, checked, source) -> PreparedPanel:
         cfg, s = self.cfg, self.cfg.split
-        return prepare_panel(checked, source, cfg.data.id_column, cfg.data.target_columns, self.feature_columns(),
-                             window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
-                             scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
-                             test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
-                             outlier_threshold=cfg.data.outlier_threshold,
-                             max_windows_per_series=cfg.features.max_windows_per_series,
-                             static_columns=cfg.data.static_columns)
+        return self.prepare_inputs(prepare_panel(
+            checked, source, cfg.data.id_column, cfg.data.target_columns, self.feature_columns(),
+            window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
+            scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start, test_start=s.test_start,
+            test_end=s.test_end, outliers=cfg.data.outliers, outlier_threshold=cfg.data.outlier_threshold,
+            max_windows_per_series=cfg.features.max_windows_per_series, static_columns=cfg.data.static_columns))
+
+    def prepare_inputs(self, data: PreparedPanel) -> PreparedPanel:
+        """With a series embedding (model.series_embedding), each row's series index as the last column of z (the
+        model looks up its vector; the bundle adds the column to every request)."""
+        if self.cfg.model.series_embedding:
+            index = np.repeat(np.arange(data.n_series, dtype="float32"), [p.points.n for p in data.parts])
+            data.z = torch.cat([data.z, torch.from_numpy(index)[:, None]], dim=1)
+        return data
+
+    def spec(self, params, data: PreparedPanel):
+        spec = super().spec(params, data)
+        if self.cfg.model.series_embedding:
+            spec = replace(spec, n_series=data.n_series, series_dim=self.cfg.model.series_embedding)
+        return spec
 
     def describe(self, data: PreparedPanel, source: str) -> str:
         rows = [p.points.n for p in data.parts]
