@@ -77,6 +77,7 @@ bench: setup
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/panel.py
 	$(PY) benchmarks/panel.py --accuracy
+	$(PY) benchmarks/backtest.py
 
 # The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
 demo: setup
