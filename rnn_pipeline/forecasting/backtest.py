@@ -98,8 +98,14 @@ def pooled(per_series: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict
             for m in models}
 
 
+def point_key(key: str) -> str:
+    """The backtest's figure for a gate key: a backtest scores point forecasts, whose CRPS is their MAE."""
+    return key.replace("crps", "mae")
+
+
 def table(result: dict, key: str) -> str:
     """The backtest's lines for a summary: each model's mean +- std of `key` over the origins."""
+    key = point_key(key)
     head = f"backtest: {result['n_origins']} origins, {result['step']} steps apart, {key} mean ± std over them"
     rows = [f"  {m:<16}{v[key]:>10.4f} ± {v[f'{key}_std']:.4f}" for m, v in result["models"].items() if key in v]
     return "\n".join([head, *rows])
@@ -107,6 +113,7 @@ def table(result: dict, key: str) -> str:
 
 def plot(path, result: dict, key: str = "std_mse"):
     """Each model's `key` per origin."""
+    key = point_key(key)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -165,7 +165,8 @@ class ForecastBundle:
         frame = self.with_calendar(frame)
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
-            raise DataValidationError(f"input lacks column(s) {missing}; the model needs {self.input_columns}")
+            raise DataValidationError(f"input lacks column(s) {missing}; the model needs {self.request_columns}"
+                                      + (f" and '{self.calendar['time_column']}'" if self.calendar else ""))
         arr = np.empty((len(frame), len(self.input_columns)))
         for c, col in enumerate(self.input_columns):
             raw = frame[col]
@@ -237,7 +238,8 @@ class ForecastBundle:
     def about(self) -> str:
         """What the model does and what a request sends, in one phrase (the service's /docs description)."""
         return (f"forecasting {', '.join(self.target_columns)} {self.horizon} step(s) ahead from histories of "
-                f"{', '.join(self.input_columns)}, at least {self.window} steps (send `series`)")
+                f"{', '.join(self.request_columns)}, at least {self.window} steps (send `series`"
+                + (", each with the 'time' of its steps" if self.calendar else "") + ")")
 
     def warm_up(self) -> None:
         """One prediction on a neutral input: a model that cannot answer is never swapped in."""

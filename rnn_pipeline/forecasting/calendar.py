@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from rnn_pipeline.errors import DataValidationError
 
@@ -76,6 +77,17 @@ def _parse(t: pd.Series) -> pd.Series:
     return parsed
 
 
+def keep_unscaled(parts, input_columns: list[str], names: list[str]) -> None:
+    """Calendar columns enter the model as the phases they are (in [-1, 1]): offset 0 and scale 1 in each prepared
+    series' scaling and z, in place (a series' own scaler would read the same hour differently in every series, and
+    inflate a cycle that its training rows barely span)."""
+    for col in columns(names):
+        j = input_columns.index(col)
+        for p in parts:
+            p.scaling.offset[j], p.scaling.scale[j] = 0.0, 1.0
+            p.z[:, j] = torch.from_numpy(p.values[:, j].astype("float32"))
+
+
 def zone(time: pd.Series, timezone: str | None) -> str | None:
     """The zone training read its times in: data.timezone, else that of tz-aware times (None: wall times)."""
     if timezone is not None:
@@ -85,11 +97,11 @@ def zone(time: pd.Series, timezone: str | None) -> str | None:
 
 
 def add(values: pd.DataFrame, time: pd.Series, names: list[str], source: str | None = None,
-        time_column: str = "time") -> pd.DataFrame:
+        time_column: str = "time", timezone: str | None = None) -> pd.DataFrame:
     """`values` with the calendar columns of `names` appended (replacing any of the same names)."""
     if not names:
         return values
-    cal = frame(time, names, source, time_column)
+    cal = frame(time, names, source, time_column, timezone)
     cal.index = values.index
     out = values.drop(columns=[c for c in cal.columns if c in values.columns])
     out = pd.concat([out, cal], axis=1)

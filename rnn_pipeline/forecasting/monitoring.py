@@ -107,8 +107,8 @@ def read_calendar_batch(raw: pd.DataFrame, source: str, time_column: str, column
     cal_cols = set(getattr(bundle, "calendar_columns", None) or [])
     out = read_batch(raw, source, time_column, [c for c in columns if c not in cal_cols], cfg.data.missing,
                      after=after, timezone=cfg.data.timezone)
-    if cal:
-        out = calendar.add(out, out[time_column], cal["cycles"], source, time_column)
+    if cal:  # in the zone training read its times in, as a request's are
+        out = calendar.add(out, out[time_column], cal["cycles"], source, time_column, cal.get("timezone"))
     return out[[time_column, *columns]]
 
 

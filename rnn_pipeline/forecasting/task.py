@@ -52,11 +52,13 @@ class ForecastingTask(Task):
     def prepare(self, checked, source) -> PreparedSeries:
         cfg, s = self.cfg, self.cfg.split
         time_col, values = checked
-        return prepare_series(time_col, values, source, cfg.data.target_columns, self.feature_columns(),
+        data = prepare_series(time_col, values, source, cfg.data.target_columns, self.feature_columns(),
                               window=cfg.features.window, max_window=cfg.max_window(), horizon=cfg.features.horizon,
                               scaler=cfg.features.scaler, val=s.val, test=s.test, val_start=s.val_start,
                               test_start=s.test_start, test_end=s.test_end, outliers=cfg.data.outliers,
                               outlier_threshold=cfg.data.outlier_threshold)
+        calendar.keep_unscaled([data], [*data.target_columns, *data.feature_columns], cfg.features.calendar)
+        return data
 
     def describe(self, data: PreparedSeries, source: str) -> str:
         return (f"data {source}: {data.points.n} rows, {data.values.shape[1]} columns; split at rows "
@@ -397,12 +399,12 @@ def answered_quantiles(b, out, metric: str) -> tuple:
 def interval_lines(m: dict) -> list[str]:
     """The summary's line on the prediction intervals' test coverage and width (none without intervals)."""
     levels = sorted((float(k.removeprefix("coverage_")), k[9:]) for k in m if k.startswith("coverage_"))
-    if not levels and "std_crps" not in m:
+    if not levels and "std_quantile_loss" not in m:
         return []
     lines = ["prediction intervals on the test windows: " + ", ".join(
         f"{name}% covers {100 * m[f'coverage_{name}']:.1f}% (mean width {m[f'std_width_{name}']:.3f} std)"
         for _, name in levels)] if levels else []
-    if "std_crps" in m:  # a quantile model
+    if "std_quantile_loss" in m:  # a quantile model
         pairs = sorted((float(k.removeprefix("qcoverage_")), k) for k in m if k.startswith("qcoverage_"))
         lines.append(f"quantiles: CRPS {m['std_crps']:.4f} std, pinball {m['std_quantile_loss']:.4f}" + "".join(
             f", {k[10:]}% band covers {100 * m[k]:.1f}%" for _, k in pairs))

@@ -183,7 +183,7 @@ class PanelBundle(ForecastBundle):
 
     def about(self) -> str:
         return (f"forecasting {', '.join(self.target_columns)} {self.horizon} step(s) ahead for any of "
-                f"{len(self.series_ids)} series from histories of {', '.join(self.input_columns)}, at least "
+                f"{len(self.series_ids)} series from histories of {', '.join(self.request_columns)}, at least "
                 f"{self.window} steps, each row naming its series in '{self.id_column}'")
 
     def model_inputs(self, data, source: str) -> tuple[list, PanelInputs]:
@@ -209,7 +209,7 @@ class PanelBundle(ForecastBundle):
         """A PredictRequest's `series`, each naming its series in `id` -> the last L steps of each, with the ids."""
         if req.series is None:
             raise DataValidationError(f"this model forecasts series: send 'series' with an 'id' and histories of "
-                                      f"{self.input_columns}")
+                                      f"{self.request_columns}")
         missing = [i for i, s in enumerate(req.series) if s.id is None]
         if missing:
             raise DataValidationError(f"series[{missing[0]}] has no 'id': this model forecasts many series, and scales "

@@ -138,6 +138,8 @@ class PanelMonitor(TaskMonitor):
                 raise _in_series(e, source, sid, rows) from None
             parts.append(part.assign(**{idc: sid}))
         out = pd.concat(parts, ignore_index=True)
+        if len(out) < 2:  # each row gives a window (the series' history supplies the inputs): a drift check needs 2
+            raise DataValidationError(f"the batch has {len(out)} row: a drift check needs at least 2", source=source)
         return out[[idc, tcol, *self.columns]]
 
     def judge(self, cfg, state: dict, batch: pd.DataFrame) -> Outcome:
@@ -170,7 +172,11 @@ class PanelMonitor(TaskMonitor):
         series = {}
         for sid, f in feats.items():
             series[sid] = {"n_windows": int(len(f)), **self._series_drift(cfg, sid, f)}
-        t_scale = {sid: b.target_scale([k])[0] for sid, k in per_series.items()}  # (1, T)
+        # each series' errors on its training z-scores, as its test figure was (the evaluation's target std; models
+        # registered before it was recorded: the bundle's scale, the same with the standard scaler)
+        stds = self.meta.get("series_target_std", {})
+        t_scale = {sid: np.asarray(stds[sid])[None] if sid in stds else b.target_scale([k])[0]
+                   for sid, k in per_series.items()}  # (1, T)
         ref = self.meta.get("series_test_std_mse", {})
         errs, trues, preds, ks = [], [], [], []
         for sid, y in per_true.items():

@@ -45,8 +45,13 @@ class PanelTask(ForecastingTask):
             max_windows_per_series=cfg.features.max_windows_per_series, static_columns=cfg.data.static_columns))
 
     def prepare_inputs(self, data: PreparedPanel) -> PreparedPanel:
-        """With a series embedding (model.series_embedding), each row's series index as the last column of z (the
-        model looks up its vector; the bundle adds the column to every request)."""
+        """The calendar columns unscaled (see calendar.keep_unscaled); with a series embedding
+        (model.series_embedding), each row's series index as the last column of z (the model looks up its vector;
+        the bundle adds the column to every request)."""
+        if self.cfg.features.calendar:
+            calendar.keep_unscaled(data.parts, [*data.target_columns, *data.feature_columns],
+                                   self.cfg.features.calendar)
+            data.z = torch.cat([p.z for p in data.parts])
         if self.cfg.model.series_embedding:
             index = np.repeat(np.arange(data.n_series, dtype="float32"), [p.points.n for p in data.parts])
             data.z = torch.cat([data.z, torch.from_numpy(index)[:, None]], dim=1)
@@ -184,6 +189,8 @@ class PanelTask(ForecastingTask):
             "static_columns": list(self.cfg.data.static_columns), "window": int(bundle.window),
             "horizon": int(data.horizon), "n_series": data.n_series, "test_std_mse": float(ev["metrics"]["std_mse"]),
             "series_test_std_mse": {sid: float(m["std_mse"]) for sid, m in ev["per_series"].items()},
+            "series_target_std": {sid: evaluation.target_scaler(p).scale_.tolist()
+                                  for sid, p in zip(data.series_ids, data.parts)},
             "data_digest": digest})
         plots = []
         if self.cfg.evaluation.plots:  # the best and the worst series' last test window, with their intervals

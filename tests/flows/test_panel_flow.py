@@ -131,9 +131,10 @@ def test_a_quantile_model_is_gated_on_its_crps_and_the_floor_on_the_baselines_ma
     evaluation's figure), and the point baselines' CRPS is their MAE."""
     from flows.training import training_flow
 
-    cfg = write_config(tmp_path, name="qgate", n_trials=1, epochs=4, floor=None, extra="""\
+    cfg = write_config(tmp_path, name="qgate", n_trials=1, epochs=4, floor=None, plots=True, extra="""\
         model: {quantiles: [0.1, 0.9]}
         registry: {metric: crps}
+        backtest: {origins: 2}
         """)
     s = training_flow(str(cfg))
     assert s["gate"]["metric"] == "crps"
@@ -142,3 +143,4 @@ def test_a_quantile_model_is_gated_on_its_crps_and_the_floor_on_the_baselines_ma
     floor = s["gate"]["floor"]
     assert floor["persistence"]["score"] == pytest.approx(s["baselines"]["persistence"]["mae"])
     assert s["promoted"] == (s["metrics"]["crps"] < min(s["baselines"][b]["mae"] for b in floor))
+    assert "rnn" in s["backtest"]["models"]  # a backtest beside a CRPS gate reads the point forecasts' MAE

@@ -134,10 +134,12 @@ def test_a_batch_naming_an_unknown_series_or_rewriting_one_is_quarantined_naming
     stale = b.copy()
     stale.loc[stale.series == "s3", "time"] -= BATCH  # s3's rows repeat times it already has
     stale.to_csv(folder / "incoming" / "b002.csv", index=False)
+    b.head(1).to_csv(folder / "incoming" / "b0025.csv", index=False)  # one row: too few windows to judge drift
     b.to_csv(folder / "incoming" / "b003.csv", index=False)
-    first, second, third = monitoring_flow(cfg)["batches"]
+    first, second, one_row, third = monitoring_flow(cfg)["batches"]
     h = history(folder)
-    assert first["verdict"] == "invalid" and second["verdict"] == "invalid"
+    assert first["verdict"] == "invalid" and second["verdict"] == "invalid" and one_row["verdict"] == "invalid"
+    assert "a drift check needs at least 2" in h["message"].tolist()[2]
     msg1, msg2 = h["message"].tolist()[:2]
     assert "series 's9' is not one of the champion's 4 series" in msg1 and "b001.csv" in msg1
     assert "series 's3'" in msg2 and "does not continue the series" in msg2

@@ -61,6 +61,9 @@ def test_calendar_columns_reach_the_model_and_forecast_what_the_window_cannot_se
     for cal in ((), ("hour",)):
         t, data, b = fitted(frame, cal)
         assert data.feature_columns == calendar.columns(list(cal))
+        if cal:  # the phases as they are: no series' own scaler reads an hour its own way
+            assert list(data.scaling.offset[1:]) == [0.0, 0.0] and list(data.scaling.scale[1:]) == [1.0, 1.0]
+            np.testing.assert_allclose(data.z[:, 1].numpy(), data.values[:, 1], atol=1e-6)
         ev = t.evaluate(data, b, t.season(data))
         scores[cal] = ev["metrics"]["mse"]
     # without the hour, the spike is a surprise (its share of the variance stays); with it, it is forecast

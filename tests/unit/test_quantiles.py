@@ -113,3 +113,11 @@ def test_a_quantile_model_started_from_its_linear_highway_learns_a_band():
     x = np.stack([data.parts[0].values[i - 12:i] for i in range(200, 240)])
     q = b.predict_windows(x, np.zeros(len(x), dtype=int), quantiles=True)
     assert (q[..., 1] - q[..., 0]).mean() > 0.5 * 2 * norm.ppf(0.9) * NOISE
+
+
+def test_the_summary_of_a_point_model_gated_on_crps_has_no_quantile_line():
+    from rnn_pipeline.forecasting.task import interval_lines
+
+    assert interval_lines({"std_crps": 0.3, "std_mae": 0.3}) == []
+    lines = interval_lines({"std_crps": 0.3, "std_quantile_loss": 0.15, "qcoverage_80": 0.79})
+    assert lines == ["quantiles: CRPS 0.3000 std, pinball 0.1500, 80% band covers 79.0%"]
