@@ -191,6 +191,9 @@ class EvaluationConfig(_Strict):
         "forecasting: prediction intervals at these levels (split conformal: each horizon step's and target's "
         "absolute validation errors); the model answers `<target>_h<k>_lo<level>`/`_hi<level>` beside each "
         "forecast and the run reports their test coverage and width; [] switches them off"))
+    interval_method: Literal["conformal", "quantiles"] = Field("conformal", description=(
+        "forecasting: 'conformal' (the point forecast +- the calibrated half-width) or 'quantiles' (a quantile "
+        "model's own quantiles at (1 - level) / 2 and (1 + level) / 2: model.quantiles must hold them)"))
 
     @field_validator("intervals")
     @classmethod
@@ -292,6 +295,13 @@ class PipelineConfig(_Strict):
             if m == "crps" and self.backtest.gate:
                 problems.append("registry.metric crps with backtest.gate: the backtest scores point forecasts only "
                                 "(gate on the test windows, or on mse, mae or rmse)")
+            if self.evaluation.interval_method == "quantiles" and self.evaluation.intervals:
+                from rnn_pipeline.forecasting.intervals import quantile_pairs
+
+                try:
+                    quantile_pairs(self.evaluation.intervals, self.model.quantiles)
+                except ValueError as e:
+                    problems.append(f"evaluation.interval_method quantiles: {e}")
             if self.model.series_embedding and not self.data.id_column:
                 problems.append("model.series_embedding: a panel setting (data.id_column); one series needs none")
             if self.backtest.refit and self.data.id_column:

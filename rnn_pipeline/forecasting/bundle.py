@@ -123,11 +123,29 @@ class ForecastBundle:
         hw = np.asarray(self.intervals["halfwidth"], dtype="float64")  # (levels, H, T)
         return hw[:, None] * self.target_scale(series)[None]
 
-    def interval_frame(self, y: np.ndarray, series=None) -> pd.DataFrame:
-        """The intervals' columns for forecasts `y` (N, H, T) (none without intervals)."""
+    @property
+    def interval_method(self) -> str:
+        """'conformal' (the point forecast +- a calibrated half-width) or 'quantiles' (a quantile model's own
+        quantiles at (1 - level) / 2 and (1 + level) / 2)."""
+        return (self.intervals or {}).get("method", "conformal")
+
+    def interval_bounds(self, y: np.ndarray, series=None, q: np.ndarray | None = None,
+                        x=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(lo, hi) per level, each (N, H, T) in original units, for forecasts `y` (N, H, T): conformal around y, or
+        from the quantiles `q` (N, H, T, Q) (computed from the inputs `x` when not given)."""
+        if self.interval_method != "quantiles":
+            return intervals.bounds(y, self.halfwidths(series))
+        if q is None:
+            q = self.predict_windows(x, quantiles=True) if series is None else \
+                self.predict_windows(x, series, quantiles=True)
+        return [(q[..., i], q[..., j]) for i, j in self.intervals["pairs"]]
+
+    def interval_frame(self, y: np.ndarray, series=None, q: np.ndarray | None = None) -> pd.DataFrame:
+        """The intervals' columns for forecasts `y` (N, H, T) (none without intervals; `q`: a quantile model's
+        quantiles, for intervals from them)."""
         if not self.levels:
             return pd.DataFrame(index=range(len(y)))
-        parts = [b.reshape(len(y), -1) for pair in intervals.bounds(y, self.halfwidths(series)) for b in pair]
+        parts = [b.reshape(len(y), -1) for pair in self.interval_bounds(y, series, q) for b in pair]
         return pd.DataFrame(np.concatenate(parts, axis=1), columns=self.interval_columns)
 
     def preprocess_json(self) -> dict:
@@ -193,7 +211,7 @@ class ForecastBundle:
         quantile model given the inputs `x`, the quantiles'."""
         q = self.quantile_inputs(x, ids) if x is not None else None
         result = pd.concat([pd.DataFrame(y.reshape(len(ids), -1), columns=self.output_columns),
-                            self.interval_frame(y), self.quantile_frame(q, len(ids))], axis=1)
+                            self.interval_frame(y, None, q), self.quantile_frame(q, len(ids))], axis=1)
         result.insert(0, WINDOW_ID, ids)
         return result
 
@@ -322,14 +340,14 @@ class ForecastBundle:
         what request_inputs gave (the quantiles and panels read it)."""
         out = [{"forecast": {c: y[i, :, j].tolist() for j, c in enumerate(self.target_columns)}}
                for i in range(len(y))]
+        q = self.quantile_inputs(x) if x is not None else None
         if self.levels:
-            pairs = intervals.bounds(y, self.halfwidths(self._series_of(x)))
+            pairs = self.interval_bounds(y, self._series_of(x), q)
             for i, o in enumerate(out):
                 o["intervals"] = {intervals.label(a): {side: {c: b[i, :, j].tolist()
                                                              for j, c in enumerate(self.target_columns)}
                                                        for side, b in zip(("lo", "hi"), pair)}
                                   for a, pair in zip(self.levels, pairs)}
-        q = self.quantile_inputs(x) if x is not None else None
         if q is not None:  # a quantile model: per level ("10"), each target's H values
             for i, o in enumerate(out):
                 o["quantiles"] = {intervals.label(a): {c: q[i, :, j, k].tolist() for j, c in enumerate(self.target_columns)}

@@ -311,8 +311,8 @@ def save_plots(folder: str | Path, ev: dict, time_values, history: list[dict], s
 
 def fan_charts(path: str | Path, panels: list[dict], levels: list[float]) -> Path:
     """One chart per entry of `panels` (a title, `t_hist`/`x_hist`: the window's inputs of its first target, and
-    `t_fut`, `actual`, `forecast`, `halfwidth` (levels, H) of its first target): the history, the actual future,
-    the forecast and its prediction intervals, the widest palest."""
+    `t_fut`, `actual`, `forecast`, `bounds` ((lo, hi) per level, each (H,)) of its first target): the history, the
+    actual future, the forecast and its prediction intervals, the widest palest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,8 +323,8 @@ def fan_charts(path: str | Path, panels: list[dict], levels: list[float]) -> Pat
         ax.plot(p["t_hist"], p["x_hist"], lw=1, c="tab:blue", label="history")
         ax.plot(p["t_fut"], p["actual"], lw=1, c="black", label="actual")
         ax.plot(p["t_fut"], p["forecast"], lw=1.2, ls="--", c="tab:orange", label="forecast")
-        for a, hw in sorted(zip(levels, p.get("halfwidth", [])), reverse=True):
-            ax.fill_between(p["t_fut"], p["forecast"] - hw, p["forecast"] + hw, color="tab:orange",
+        for a, (lo, hi) in sorted(zip(levels, p.get("bounds", [])), key=lambda t: t[0], reverse=True):
+            ax.fill_between(p["t_fut"], lo, hi, color="tab:orange",
                             alpha=0.15 if a >= 0.9 else 0.3, lw=0, label=f"{a * 100:g}% interval")
         ax.set_title(p["title"], fontsize=9)
         ax.legend(fontsize=7, loc="upper left")

@@ -61,26 +61,39 @@ def pinball(y: np.ndarray, q: np.ndarray, tau: float) -> np.ndarray:
     return np.maximum(tau * d, (tau - 1) * d)
 
 
-def interval_metrics(y_true: np.ndarray, y_pred: np.ndarray, halfwidth: np.ndarray, std, levels: list[float]) -> dict:
+def interval_metrics(y_true: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]], std, levels: list[float]) -> dict:
     """Per level: `coverage_<level>` (the share of test values inside their interval), `std_width_<level>` (the
     mean width) and `std_interval_score_<level>` (Winkler's: the width plus 2/alpha times how far an actual falls
     outside; lower is better, and it rewards narrow intervals only when they cover); and `std_pinball`, the mean
     pinball loss of the bounds as quantile forecasts ((1 - level) / 2 and (1 + level) / 2). std_ figures are over
-    each target's training std: comparable across targets and series. `halfwidth`: (levels, N or 1, H, T) in
-    original units; `std`: per target (T,) or per window (N, 1, T)."""
+    each target's training std: comparable across targets and series. `bounds`: (lo, hi) per level, each (N, H, T)
+    in original units (the bundle's interval_bounds); `std`: per target (T,) or per window (N, 1, T)."""
     out, losses = {}, []
-    z_true, z_pred = y_true / std, y_pred / std
-    for a, hw in zip(levels, halfwidth):
-        z_hw = np.broadcast_to(hw / std, y_true.shape)
-        lo, hi = z_pred - z_hw, z_pred + z_hw
+    z_true = y_true / std
+    for a, (b_lo, b_hi) in zip(levels, bounds):
+        lo, hi = b_lo / std, b_hi / std
         out[f"coverage_{label(a)}"] = float(np.mean((lo <= z_true) & (z_true <= hi)))
-        out[f"std_width_{label(a)}"] = float(np.mean(2 * z_hw))
+        out[f"std_width_{label(a)}"] = float(np.mean(hi - lo))
         alpha = 1 - a
         out[f"std_interval_score_{label(a)}"] = float(np.mean(
             (hi - lo) + 2 / alpha * (np.maximum(lo - z_true, 0) + np.maximum(z_true - hi, 0))))
         losses += [pinball(z_true, lo, alpha / 2), pinball(z_true, hi, 1 - alpha / 2)]
     if losses:
         out["std_pinball"] = float(np.mean(losses))
+    return out
+
+
+def quantile_pairs(levels: list[float], quantiles) -> list[list[int]]:
+    """For each interval level, the positions of the quantiles (1 - level) / 2 and (1 + level) / 2 among a quantile
+    model's `quantiles`; a level without both is a ValueError naming the quantiles it needs."""
+    out = []
+    for a in levels:
+        want = [(1 - a) / 2, (1 + a) / 2]
+        found = [next((i for i, q in enumerate(quantiles) if abs(q - w) < 1e-9), None) for w in want]
+        if None in found:
+            raise ValueError(f"the {label(a)}% interval from quantiles needs model.quantiles {want[0]:g} and "
+                             f"{want[1]:g}")
+        out.append(found)
     return out
 
 

@@ -135,15 +135,17 @@ def window_features(values: np.ndarray, columns: list[str], n_targets: int, wind
 
 
 def batch_errors(predict_windows, values: np.ndarray, n_targets: int, window: int, horizon: int,
-                 start: int) -> tuple[np.ndarray, np.ndarray]:
+                 start: int, with_inputs: bool = False) -> tuple:
     """Forecast every window whose targets lie at or after `start` and inside `values` (the history before
-    `start` supplies the inputs). Returns (y_true, y_pred), each (N, H, T), in original units."""
+    `start` supplies the inputs). Returns (y_true, y_pred), each (N, H, T), in original units (`with_inputs`: and
+    the windows (N, L, F))."""
     first = np.arange(max(start, window), len(values) - horizon + 1)
     if len(first) == 0:
         empty = np.zeros((0, horizon, n_targets))
-        return empty, empty
+        return (empty, empty, np.zeros((0, window, values.shape[1]))) if with_inputs else (empty, empty)
     x = lag_matrix(values, first, window)
-    return target_matrix(values, first, horizon, n_targets), predict_windows(x)
+    out = target_matrix(values, first, horizon, n_targets), predict_windows(x)
+    return (*out, x) if with_inputs else out
 
 
 # ---- the inference log ----------------------------------------------------------------------------------------
@@ -181,6 +183,24 @@ def forecast_errors(labelled: pd.DataFrame, targets: list[str]) -> tuple[np.ndar
     y_pred = np.asarray([[p[t] for t in targets] for p in pred], dtype="float64").transpose(0, 2, 1)
     y_true = np.asarray([[a[t] for t in targets] for a in true], dtype="float64").transpose(0, 2, 1)
     return y_true, y_pred
+
+
+def coverage(b, y_true: np.ndarray, y_pred: np.ndarray, x: np.ndarray | None = None,
+             series: np.ndarray | None = None) -> dict[str, float] | None:
+    """The champion's prediction intervals on the judged windows: the share of actuals inside, per level (None for a
+    champion without intervals, or with intervals from its quantiles when the windows `x` are not at hand: the
+    inference log's actuals)."""
+    if not getattr(b, "levels", None):
+        return None
+    if getattr(b, "interval_method", "conformal") == "quantiles":
+        if x is None:
+            return None
+        bounds = b.interval_bounds(y_pred, series, x=x)
+    elif series is not None:
+        bounds = intervals.bounds(y_pred, b.halfwidths(series))
+    else:
+        bounds = intervals.bounds(y_pred, b.halfwidths())
+    return {intervals.label(a): float(((lo <= y_true) & (y_true <= hi)).mean()) for a, (lo, hi) in zip(b.levels, bounds)}
 
 
 # ---- the task's monitoring ------------------------------------------------------------------------------------
@@ -221,9 +241,9 @@ class ForecastingMonitor(TaskMonitor):
         drift = monitor.drift_report(self.features, current, mc.drift_method, mc.drift_threshold,
                                      mc.drift_calibration)
         x_cols = [cols.index(c) for c in b.input_columns]
-        y_true, y_pred = batch_errors(b.predict_windows, combined[:, x_cols], len(b.target_columns), b.window,
-                                      b.horizon, start=len(tail))
-        return self._outcome(cfg, drift, y_true, y_pred)
+        y_true, y_pred, x = batch_errors(b.predict_windows, combined[:, x_cols], len(b.target_columns), b.window,
+                                         b.horizon, start=len(tail), with_inputs=True)
+        return self._outcome(cfg, drift, y_true, y_pred, x)
 
     def accept(self, state, raw, batch, cfg):
         tcol = self.meta["time_column"]
@@ -249,7 +269,8 @@ class ForecastingMonitor(TaskMonitor):
                                     "left out of the drift comparison")
         return outcome
 
-    def _outcome(self, cfg, drift: monitor.DriftResult, y_true: np.ndarray, y_pred: np.ndarray) -> Outcome:
+    def _outcome(self, cfg, drift: monitor.DriftResult, y_true: np.ndarray, y_pred: np.ndarray,
+                 x: np.ndarray | None = None) -> Outcome:
         """The champion's MSE on the scored windows (with at least min_windows of them) against its test MSE, and
         the verdict with the drift."""
         from sklearn.metrics import mean_squared_error
@@ -261,16 +282,7 @@ class ForecastingMonitor(TaskMonitor):
             ratio = champion_mse / ref if ref > 0 else (float("inf") if champion_mse > 0 else 1.0)
         return Outcome(drift, len(y_true), monitor.verdict(drift.share, ratio, mc.drift_share, mc.error_ratio),
                        champion_mse=champion_mse, error_ratio=ratio, reference_mse=ref,
-                       coverage=self._coverage(y_true, y_pred) if champion_mse is not None else None)
-
-    def _coverage(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float] | None:
-        """The champion's prediction intervals on the judged windows: the share of actuals inside, per level (None
-        for a champion without intervals)."""
-        b = self.bundle
-        if not getattr(b, "levels", None):
-            return None
-        inside = np.abs(y_true - y_pred)[None] <= b.halfwidths()
-        return {intervals.label(a): float(inside[i].mean()) for i, a in enumerate(b.levels)}
+                       coverage=coverage(self.bundle, y_true, y_pred, x) if champion_mse is not None else None)
 
     def log_frame(self, answered, cfg) -> None:
         return None  # forecasts and their actuals are not a series

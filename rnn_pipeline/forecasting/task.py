@@ -149,6 +149,9 @@ class ForecastingTask(Task):
         levels = self.cfg.evaluation.intervals
         if not levels:
             return None
+        if self.cfg.evaluation.interval_method == "quantiles":  # the model's own quantiles: nothing to calibrate
+            return {"levels": list(levels), "method": "quantiles",
+                    "pairs": intervals.quantile_pairs(levels, self.cfg.model.quantiles)}
         val = data.windows("val", window)
         return {"levels": list(levels), "halfwidth": intervals.conformal_halfwidths(model, val, levels).tolist(),
                 "calibration_windows": len(val)}
@@ -173,14 +176,14 @@ class ForecastingTask(Task):
     def evaluate(self, data, bundle: ForecastBundle, season):
         ev = evaluation.evaluate(data, bundle.predict_windows, bundle.window, season,
                                  self.cfg.evaluation.ridge_alphas, self.ridge_windows(data, bundle.window))
-        if bundle.levels:  # the intervals' coverage and width on the same test windows
-            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(),
-                                                            evaluation.target_scaler(data).scale_, bundle.levels))
         q = None
         if bundle.quantile_levels:  # the network's own quantiles on the same windows
             q = bundle.predict_windows(lag_matrix(data.values, ev["first_targets"], bundle.window), quantiles=True)
             ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, evaluation.target_scaler(data).scale_,
                                                             bundle.quantile_levels))
+        if bundle.levels:  # the intervals' coverage and width on the same test windows
+            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], bundle.interval_bounds(ev["y_pred"], None, q),
+                                                            evaluation.target_scaler(data).scale_, bundle.levels))
         if self.cfg.gate_metric == "crps":
             crps_figures(ev, evaluation.crps(ev["y_true"], ev["y_pred"], q, bundle.quantile_levels))
         return ev
@@ -289,8 +292,9 @@ class ForecastingTask(Task):
         chart = {"title": title, "t_hist": data.time.iloc[idx[0] - L: idx[0]].to_numpy(), "x_hist": x[0, :, 0],
                  "t_fut": data.time.iloc[idx[0]: idx[0] + H].to_numpy(), "actual": y[0, :, 0],
                  "forecast": pred[0, :, 0]}
-        if bundle.levels:
-            chart["halfwidth"] = bundle.halfwidths(kw.get("series"))[:, 0, :, 0]
+        if bundle.levels:  # (lo, hi) of the first target, per level
+            chart["bounds"] = [(lo[0, :, 0], hi[0, :, 0]) for lo, hi in bundle.interval_bounds(pred, kw.get("series"),
+                                                                                                x=x)]
         return chart
 
     def fan_chart(self, path: Path, data: PreparedSeries, bundle: ForecastBundle) -> Path:

@@ -136,7 +136,7 @@ class PanelBundle(ForecastBundle):
         series = self.series_index([p[0] for p in parts]) if self.levels else None
         q = self.quantile_inputs(x.x if isinstance(x, PanelInputs) else x, keys) if x is not None else None
         result = pd.concat([pd.DataFrame(y.reshape(len(parts), -1), columns=self.output_columns),
-                            self.interval_frame(y, series), self.quantile_frame(q, len(parts))], axis=1)
+                            self.interval_frame(y, series, q), self.quantile_frame(q, len(parts))], axis=1)
         result.insert(0, self.id_column, [p[0] for p in parts])
         if any(p[1] is not None for p in parts):
             result.insert(1, WINDOW_ID, [p[1] for p in parts])

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from rnn_pipeline.errors import DataValidationError
-from rnn_pipeline.forecasting import intervals
 from rnn_pipeline.forecasting import monitoring as single
 from rnn_pipeline.monitoring import drift as monitor
 from rnn_pipeline.monitoring.task import NothingToRetrain, Outcome, TaskMonitor, fmt, frames
@@ -147,20 +146,20 @@ class PanelMonitor(TaskMonitor):
         pooled: Evidently over every series' windows; the verdict from both and the pooled error."""
         idc, window, b = self.meta["id_column"], self.meta["window"], self.bundle
         x_cols = [self.columns.index(c) for c in b.input_columns]
-        feats, per_true, per_pred, per_series = {}, {}, {}, {}
+        feats, per_true, per_pred, per_series, per_x = {}, {}, {}, {}, {}
         for sid, g in batch.groupby(idc, sort=False):
             tail = state[sid].iloc[-window:][self.columns].to_numpy()
             combined = np.concatenate([tail, g[self.columns].to_numpy()])
             feats[sid] = self._features(sid, combined, start=len(tail))
             k = int(b.series_index([sid])[0])
-            per_true[sid], per_pred[sid] = single.batch_errors(
+            per_true[sid], per_pred[sid], per_x[sid] = single.batch_errors(
                 lambda x, k=k: b.predict_windows(x, np.full(len(x), k)), combined[:, x_cols], len(b.target_columns),
-                b.window, b.horizon, start=len(tail))
+                b.window, b.horizon, start=len(tail), with_inputs=True)
             per_series[sid] = k
-        return self._outcome(cfg, feats, per_true, per_pred, per_series)
+        return self._outcome(cfg, feats, per_true, per_pred, per_series, per_x)
 
     def _outcome(self, cfg, feats: dict[str, pd.DataFrame], per_true: dict, per_pred: dict,
-                 per_series: dict[str, int]) -> Outcome:
+                 per_series: dict[str, int], per_x: dict | None = None) -> Outcome:
         mc, b = cfg.monitoring, self.bundle
         current = pd.concat([f for f in feats.values() if len(f)], ignore_index=True) if feats else pd.DataFrame()
         if len(current) < 2:
@@ -178,7 +177,7 @@ class PanelMonitor(TaskMonitor):
         t_scale = {sid: np.asarray(stds[sid])[None] if sid in stds else b.target_scale([k])[0]
                    for sid, k in per_series.items()}  # (1, T)
         ref = self.meta.get("series_test_std_mse", {})
-        errs, trues, preds, ks = [], [], [], []
+        errs, trues, preds, ks, xs = [], [], [], [], []
         for sid, y in per_true.items():
             if len(y) == 0:
                 continue
@@ -192,13 +191,16 @@ class PanelMonitor(TaskMonitor):
             trues.append(y)
             preds.append(per_pred[sid])
             ks.append(np.full(len(y), per_series[sid]))
+            if per_x is not None:
+                xs.append(per_x[sid])
         n_scored = sum(len(e) for e in errs)
         champion = ratio = coverage = None
         if n_scored >= mc.min_windows:
             champion = float(np.concatenate(errs).mean())
             test = self.meta["test_std_mse"]
             ratio = champion / test if test > 0 else (float("inf") if champion > 0 else 1.0)
-            coverage = self._coverage(np.concatenate(trues), np.concatenate(preds), np.concatenate(ks))
+            coverage = single.coverage(b, np.concatenate(trues), np.concatenate(preds),
+                                       np.concatenate(xs) if per_x is not None else None, np.concatenate(ks))
         judged = [s for s in series.values() if s.get("drifted") is not None]
         drifted = sum(bool(s["drifted"]) for s in judged)
         series_share = drifted / len(judged) if judged else 0.0
@@ -237,13 +239,6 @@ class PanelMonitor(TaskMonitor):
         share = hits / len(current.columns)
         top = sorted(worst, key=worst.get, reverse=True)[:3]
         return {"drift_share": share, "drifted": share >= mc.drift_share, "top_features": {c: worst[c] for c in top}}
-
-    def _coverage(self, y_true: np.ndarray, y_pred: np.ndarray, series: np.ndarray) -> dict[str, float] | None:
-        b = self.bundle
-        if not getattr(b, "levels", None):
-            return None
-        inside = np.abs(y_true - y_pred)[None] <= b.halfwidths(series)
-        return {intervals.label(a): float(inside[i].mean()) for i, a in enumerate(b.levels)}
 
     def accept(self, state: dict, raw, batch: pd.DataFrame, cfg):
         idc, tcol = self.meta["id_column"], self.meta["time_column"]

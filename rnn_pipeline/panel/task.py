@@ -99,9 +99,7 @@ class PanelTask(ForecastingTask):
             self.cfg.evaluation.ridge_alphas, self.ridge_windows(data.parts[0], bundle.window))
         series = data.points.series_of(ev["first_targets"])
         std = np.stack([evaluation.target_scaler(p).scale_ for p in data.parts])[series][:, None, :]
-        if bundle.levels:  # coverage and width pooled over every series' test windows, each in its own units
-            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], ev["y_pred"], bundle.halfwidths(series),
-                                                            std, bundle.levels))
+        q = None
         if bundle.quantile_levels:  # the network's own quantiles on the same windows
             first = ev["first_targets"]
             x = np.empty((len(first), bundle.window, len(bundle.input_columns)))
@@ -110,6 +108,9 @@ class PanelTask(ForecastingTask):
                 x[at] = lag_matrix(data.parts[k].values, first[at] - data.points.offsets[k], bundle.window)
             q = bundle.predict_windows(x, series, quantiles=True)
             ev["metrics"].update(intervals.quantile_metrics(ev["y_true"], q, std, bundle.quantile_levels))
+        if bundle.levels:  # coverage and width pooled over every series' test windows, each in its own units
+            ev["metrics"].update(intervals.interval_metrics(ev["y_true"], bundle.interval_bounds(ev["y_pred"], series, q),
+                                                            std, bundle.levels))
         if self.cfg.gate_metric == "crps":
             crps_figures(ev)
         return ev

@@ -38,7 +38,8 @@ def test_the_half_width_is_the_finite_sample_quantile_of_the_absolute_validation
 def test_interval_scores_on_known_numbers():
     y_true = np.array([0.0, 1.0, 5.0])[:, None, None]  # inside, on the bound, 3 above the upper bound
     y_pred = np.zeros((3, 1, 1))
-    m = intervals.interval_metrics(y_true, y_pred, np.full((1, 1, 1, 1), 2.0), np.array([2.0]), [0.8])
+    m = intervals.interval_metrics(y_true, intervals.bounds(y_pred, np.full((1, 1, 1, 1), 2.0)), np.array([2.0]),
+                                   [0.8])
     # on the std scale (std 2): actuals 0, 0.5, 2.5, bounds -1 and 1
     assert m["coverage_80"] == pytest.approx(2 / 3) and m["std_width_80"] == pytest.approx(2.0)
     assert m["std_interval_score_80"] == pytest.approx(2 + (2 / 0.2) * 1.5 / 3)  # width + 2/alpha * 1.5 once

@@ -121,3 +121,24 @@ def test_the_summary_of_a_point_model_gated_on_crps_has_no_quantile_line():
     assert interval_lines({"std_crps": 0.3, "std_mae": 0.3}) == []
     lines = interval_lines({"std_crps": 0.3, "std_quantile_loss": 0.15, "qcoverage_80": 0.79})
     assert lines == ["quantiles: CRPS 0.3000 std, pinball 0.1500, 80% band covers 79.0%"]
+
+
+def test_intervals_from_the_quantiles_are_the_quantile_bands(tmp_path):
+    """evaluation.interval_method quantiles: a level's interval is the model's (1 - level) / 2 and (1 + level) / 2
+    quantiles, in every answer and figure; the config must hold them."""
+    from rnn_pipeline.bundle import load_bundle
+
+    frame = synthetic_panel(3, 300, season=12, seed=4, regime_switches=False, noise=NOISE, trend=0.0)
+    t, data, b = fitted(frame, model={"quantiles": [0.1, 0.9], "norm": "none"}, training={"max_epochs": 8},
+                        evaluation={"intervals": [0.8], "interval_method": "quantiles"})
+    assert b.intervals == {"levels": [0.8], "method": "quantiles", "pairs": [[0, 1]]}
+    m = t.evaluate(data, b, 12)["metrics"]
+    assert m["coverage_80"] == pytest.approx(m["qcoverage_80"])
+    hist = frame[frame.series.isin(["s0", "s2"])].groupby("series").tail(12)
+    paths = b.save(tmp_path)
+    out = load_bundle(paths["preprocess"], paths["weights"]).predict_frame(hist)
+    np.testing.assert_allclose(out["value_h2_lo80"], out["value_h2_q10"])
+    np.testing.assert_allclose(out["value_h4_hi80"], out["value_h4_q90"])
+    with pytest.raises(ValueError, match="the 95% interval from quantiles needs model.quantiles 0.025 and 0.975"):
+        PipelineConfig(name="q", data={"builtin": "seed_sine"}, model={"quantiles": [0.1, 0.9]},
+                       evaluation={"interval_method": "quantiles"})
