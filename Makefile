@@ -22,7 +22,7 @@ CPUS := $(shell nproc 2>/dev/null || echo 2)
 TEST_WORKERS ?= $(shell echo $$(( 2 * $(CPUS) < 8 ? 2 * $(CPUS) : 8 )))
 FAULT_WORKERS ?= auto
 
-.PHONY: setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
+.PHONY: stack stack-down setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
 
 setup: $(STAMP)
 
@@ -78,6 +78,15 @@ bench: setup
 	$(PY) benchmarks/panel.py
 	$(PY) benchmarks/panel.py --accuracy
 	$(PY) benchmarks/backtest.py
+
+# The server-backed stack (README, "Scaling out"): MLflow and Prefect servers on the PostgreSQL at RNNP_STACK_DB
+# (default postgresql://postgres@127.0.0.1:5432) and a process work pool with STACK_WORKERS workers.
+STACK_WORKERS ?= 2
+stack: setup
+	$(VENV)/bin/rnn-pipeline stack up --workers $(STACK_WORKERS)
+
+stack-down: setup
+	$(VENV)/bin/rnn-pipeline stack down
 
 # The monitoring loop on the seed series, hands-free: prints the timeline, writes .rnn_pipeline/demo_timeline.json.
 demo: setup

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows import cli_services
+from flows import cli_services, cli_stack
 from flows.runtime import exit_process, hide_from_console, quiet_libraries, set_environment, stop_children, stop_on_sigterm
 
 
@@ -371,6 +371,7 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
 
 
 cli_services.register(app, sys.modules[__name__])  # serve, ui (after the commands above: --help lists them in order)
+cli_stack.register(app, _Command)  # stack up | status | down
 
 
 def main() -> None:

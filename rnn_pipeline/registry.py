@@ -210,7 +210,10 @@ def register(model_uri: str, name: str, decision: GateDecision, metric: str, run
     if description is None:
         description = version_description(decision, metric, run_id, tags=tags)
     try:
-        version = str(client.create_model_version(name, model_uri, run_id=run_id, description=description).version)
+        # a logged model's URI (models:/m-...) names its id: a tracking server checks the source against it
+        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+        version = str(client.create_model_version(name, model_uri, run_id=run_id, description=description,
+                                                  model_id=model_id).version)
         all_tags = {"gate.metric": metric, "gate.challenger_score": f"{decision.challenger_score:.8g}",
                     "gate.champion_score": "" if decision.champion_score is None else f"{decision.champion_score:.8g}",
                     "gate.champion_version": decision.champion_version or "",
