@@ -186,6 +186,10 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
     floor = t.floor(season)
     if cfg.backtest.origins:  # origins that do not fit in the test period: said now, not after training
         t.check_backtest(data)
+    if cfg.tuning.workers and cfg.tuning.n_trials:  # a Prefect server and a shared study store: said now
+        from flows import tune_worker
+
+        tune_worker.check_setup(cfg, st)
     data_warnings = t.warnings(data)
     logger.info(t.describe(data, source))
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
@@ -222,6 +226,17 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
                 logger.warning("the dataset was not logged to MLflow: %s: %s", type(e).__name__, e)
 
         t0 = time.perf_counter()
+        if cfg.tuning.workers and cfg.tuning.n_trials:  # workers on the pool share the study first
+            from flows import tune_worker
+
+            tune.prepare_study(data, cfg, st.optuna_url, study_name)
+            workers = tune_worker.run_workers(cfg.tuning.workers, cfg.tuning.work_pool, {
+                "config": tune_worker.config_parameter(config), "study_name": study_name, "experiment_id": experiment_id,
+                "parent_run_id": run_id, "overrides": overrides}, logger)
+            mlflow.log_params({"tuning.workers": cfg.tuning.workers, "tuning.work_pool": cfg.tuning.work_pool})
+            timings["tune_workers"] = time.perf_counter() - t0
+            logger.info("tuning workers done (%s); resuming the study here for what is missing",
+                        ", ".join(f"{w['name']} {w['state']}" for w in workers))
         tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
         timings["tune"] = time.perf_counter() - t0
         logger.info("tuning: %d complete, %d pruned, %d failed in %.1fs; best %s", tuned.n_complete, tuned.n_pruned,

@@ -175,6 +175,11 @@ class TuningConfig(_Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     max_epochs: int = Field(60, ge=1, description="epochs per trial (the final fit uses training.max_epochs)")
     patience: int = Field(10, ge=1)
+    workers: int = Field(0, ge=0, description="tuning workers: flow runs on the Prefect work pool `work_pool` that "
+                                              "share the study (on a server store, stores.optuna_url) with the "
+                                              "training run; 0: the training run tunes alone, in-process")
+    work_pool: str = Field("rnn-pipeline", description="the work pool the tuning workers run on (rnn-pipeline "
+                                                       "stack up starts one)")
     space: SearchSpace = Field(default_factory=SearchSpace, description="forecasting: left out entirely, a default "
                                                                          "space is searched (see tune.default_space)")
 

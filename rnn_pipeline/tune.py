@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import mlflow
 import optuna
 from mlflow.entities import Metric
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from rnn_pipeline import faults, tasks
@@ -256,14 +258,25 @@ class TuneResult:
     trial_seconds: float  # training time of the trials run by this call (resumed ones excluded)
 
 
-def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
-         experiment_id: str | None = None, parent_run_id: str | None = None) -> TuneResult:
-    """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out)."""
-    t0 = time.perf_counter()
+def prepare_study(data, cfg: PipelineConfig, storage_url: str, study_name: str) -> optuna.Study:
+    """The study opened by the run that owns it (trials left running by an interrupted run marked failed), with the
+    configured model enqueued when it is new: what tuning workers then share."""
     study = open_study(storage_url, study_name, cfg)
-    space = search_space(cfg, data)
     if not study.get_trials(deepcopy=False) and cfg.tuning.n_trials:
-        enqueue_configured(study, cfg, space)
+        enqueue_configured(study, cfg, search_space(cfg, data))
+    return study
+
+
+def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
+         experiment_id: str | None = None, parent_run_id: str | None = None, worker: bool = False) -> TuneResult:
+    """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out). A `worker`
+    shares the study with other processes (tuning.workers): it leaves their running trials alone and the owner
+    prepared the study; every process stops once the study holds n_trials finished ones (Optuna's
+    MaxTrialsCallback), so the total is capped across them."""
+    t0 = time.perf_counter()
+    study = open_study(storage_url, study_name, cfg, exclusive=not worker) if worker else \
+        prepare_study(data, cfg, storage_url, study_name)
+    space = search_space(cfg, data)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = max(cfg.tuning.n_trials - done, 0)
     if done:
@@ -276,6 +289,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     every = cfg.tuning.progress_seconds
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("pid", os.getpid())  # which process runs it (tuning workers share the study)
         params = suggest(trial, cfg, space)
         if trial.number >= 1:
             faults.point("tuning")  # crash tests: killed with this trial running and an earlier one finished
@@ -327,7 +341,8 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
         if left is not None and left <= 0:
             log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
             break
-        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False)
+        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False,
+                       callbacks=[MaxTrialsCallback(cfg.tuning.n_trials, states=FINISHED)])
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         if finished == cfg.tuning.n_trials - remaining:
             break  # nothing finished in this round
