@@ -1,0 +1,81 @@
+"""Parallel tuning on the stack (issue 16): trials per minute with 1, 2 and 4 tuning workers sharing one study on
+PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
+
+Brings up the stack (`rnn pipeline stack up`, 4 process workers, its own databases), trains the seed config with
+`tuning.workers` = each count (a fresh study each: the study name holds the config's digest, and the seed differs),
+and reads the workers' phase from the run summary: finished trials over the time from starting the workers to the
+last one ending. Then brings the stack down and drops its databases.
+
+    python benchmarks/tuning_workers.py [--trials 8] [--workers 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    args = ap.parse_args()
+    from rnn_pipeline import stack
+
+    why = stack.reachable(os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB))
+    if why:
+        sys.exit(f"needs PostgreSQL: {why}")
+    counts = [int(n) for n in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "stack"
+        state = stack.up(folder, os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB), workers=max(counts),
+                         mlflow_port=stack.free_port(), prefect_port=stack.free_port(),
+                         prefix=f"rnnp_b{uuid.uuid4().hex[:6]}_", log=lambda m: print(m, file=sys.stderr))
+        rows = []
+        try:
+            for i, n in enumerate(counts):
+                config = tmp / f"w{n}.yaml"
+                config.write_text(textwrap.dedent(f"""\
+                    name: bench-w{n}
+                    seed: {100 + i}
+                    data: {{builtin: seed_sine}}
+                    training: {{max_epochs: 2, ensemble_trials: 1, threads: 1}}
+                    tuning: {{n_trials: {args.trials}, max_epochs: {args.epochs}, patience: {args.epochs},
+                              pruner: none, workers: {n}}}
+                    evaluation: {{plots: false}}
+                    registry: {{floor: []}}
+                    stores: {{root: "{tmp / f'state{n}'}", mlflow_uri: "{state.mlflow_url}",
+                              optuna_url: "{state.optuna_url}"}}
+                    """))
+                run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(config)],
+                                     capture_output=True, text=True, env={**os.environ, **stack.prefect_env(state)})
+                if run.returncode != 0:
+                    raise SystemExit(f"training with {n} worker(s) failed:\n{run.stderr[-3000:]}")
+                s = json.loads((tmp / f"state{n}" / "last_run.json").read_text())
+                seconds = s["timings"]["tune_workers"]
+                finished = s["n_complete"] + s["n_pruned"]
+                rows.append({"workers": n, "finished_trials": finished, "seconds": round(seconds, 1),
+                             "trials_per_minute": round(60 * finished / seconds, 2)})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+        finally:
+            stack.down(folder, drop=True, log=lambda m: None)
+    base = rows[0]["trials_per_minute"]
+    for r in rows:
+        r["speedup"] = round(r["trials_per_minute"] / base, 2)
+    print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
