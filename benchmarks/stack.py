@@ -1,12 +1,17 @@
-"""Parallel tuning on the stack (issue 16): trials per minute with 1, 2 and 4 tuning workers sharing one study on
-PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
+"""The server-backed stack (issue 16). Two measurements:
+
+- **overhead** (`--overhead`): the seed task's `rnn-pipeline train` (the built-in config as `make run` trains it),
+  embedded (SQLite stores, the ephemeral Prefect API) against server-backed (the MLflow server, the Prefect server,
+  Optuna on PostgreSQL), wall time of the whole command each (target: within 1.3x);
+- **parallel tuning** (default): trials per minute with 1, 2 and 4 tuning workers sharing one study on
+  PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
 
 Brings up the stack (`rnn pipeline stack up`, 4 process workers, its own databases), trains the seed config with
 `tuning.workers` = each count (a fresh study each: the study name holds the config's digest, and the seed differs),
 and reads the workers' phase from the run summary: finished trials over the time from starting the workers to the
 last one ending. Then brings the stack down and drops its databases.
 
-    python benchmarks/tuning_workers.py [--trials 8] [--workers 1,2,4]
+    python benchmarks/stack.py [--trials 8] [--workers 1,2,4] | --overhead
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -30,7 +36,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    ap.add_argument("--overhead", action="store_true", help="embedded against server-backed train, seed task")
     args = ap.parse_args()
+    if args.overhead:
+        return overhead()
     from rnn_pipeline import stack
 
     why = stack.reachable(os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB))
@@ -79,3 +88,31 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def overhead() -> None:
+    """The seed config's train, embedded then server-backed, each in a fresh stores root."""
+    from rnn_pipeline import stack
+
+    def train(root: Path, extra: dict, env: dict) -> float:
+        sets = [f"stores.root={root}", *[f"stores.{k}={v}" for k, v in extra.items()]]
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", "seed_sine",
+                              *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True,
+                             env={**os.environ, **env})
+        if run.returncode != 0:
+            raise SystemExit(run.stderr[-3000:])
+        return time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        embedded = train(tmp / "embedded", {}, {})
+        state = stack.up(tmp / "stack", os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB), workers=1,
+                         mlflow_port=stack.free_port(), prefect_port=stack.free_port(),
+                         prefix=f"rnnp_o{uuid.uuid4().hex[:6]}_", log=lambda m: print(m, file=sys.stderr))
+        try:
+            served = train(tmp / "served", state.stores(), stack.prefect_env(state))
+        finally:
+            stack.down(tmp / "stack", drop=True, log=lambda m: None)
+    print(json.dumps({"embedded_seconds": round(embedded, 1), "server_backed_seconds": round(served, 1),
+                      "ratio": round(served / embedded, 3), "target_ratio": 1.3}, indent=2))
