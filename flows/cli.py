@@ -90,6 +90,44 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
     STATE["debug"] = debug
 
 
+@app.command("train-many")
+def train_many(config: Annotated[list[str], typer.Option("--config", "-c", help="A config to train (repeat for each; "
+                                                          "each trains its own model into its own stores).")],
+               set_: Annotated[Optional[list[str]], typer.Option(
+                   "--set", help="Override one setting in every config, as train's --set (repeatable).")] = None,
+               runner: Annotated[str, typer.Option(help="dask (in parallel: a local cluster, or --dask-address) or "
+                                                   "sequential (one after another, for comparison).")] = "dask",
+               workers: Annotated[int, typer.Option(help="Processes of the local Dask cluster.")] = 2,
+               dask_address: Annotated[Optional[str], typer.Option(
+                   "--dask-address", help="A running Dask scheduler (tcp://host:8786) instead of a local cluster.")]
+               = None):
+    """Train several configs at once, each a training run of its own, fanned out over Prefect's Dask task runner;
+    prints one line per config (a failed config does not stop the others)."""
+    from rnn_pipeline.overrides import parse_overrides
+
+    if runner not in ("dask", "sequential"):
+        raise typer.BadParameter(f"--runner {runner!r}: dask or sequential")
+    overrides = parse_overrides(set_, None)
+    for c in config:
+        _load(c, overrides)  # every config checked before anything starts
+    from flows import fanout
+    from flows.tune_worker import config_parameter
+
+    _one_line_pipeline_errors()
+    quiet_libraries()
+    hide_from_console("run_summary")
+    rows = fanout.run([config_parameter(c) for c in config], overrides or None, runner, workers, dask_address)
+    for r in rows:
+        if "error" in r:
+            typer.echo(f"{r['config']}: FAILED ({r['error']})")
+        else:
+            typer.echo(f"{r['config']}: {r['model_name']} v{r['model_version']} "
+                       f"{'promoted' if r['promoted'] else 'not promoted'}, {r['headline']} {r['score']:.6g}, "
+                       f"{r['wall_seconds']:.1f}s (pid {r['pid']})")
+    if any("error" in r for r in rows):
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name "
                                                 "(seed_sine, greensboro_weather, japanese_vowels, "
