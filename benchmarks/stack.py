@@ -3,6 +3,8 @@
 - **overhead** (`--overhead`): the seed task's `rnn-pipeline train` (the built-in config as `make run` trains it),
   embedded (SQLite stores, the ephemeral Prefect API) against server-backed (the MLflow server, the Prefect server,
   Optuna on PostgreSQL), wall time of the whole command each (target: within 1.3x);
+- **fan-out** (`--fanout K`): K independent training runs (the seed task, 2 trials each) one after another, then
+  through `rnn-pipeline train-many` on a local Dask cluster of 2 processes;
 - **parallel tuning** (default): trials per minute with 1, 2 and 4 tuning workers sharing one study on
   PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
 
@@ -11,7 +13,7 @@ Brings up the stack (`rnn pipeline stack up`, 4 process workers, its own databas
 and reads the workers' phase from the run summary: finished trials over the time from starting the workers to the
 last one ending. Then brings the stack down and drops its databases.
 
-    python benchmarks/stack.py [--trials 8] [--workers 1,2,4] | --overhead
+    python benchmarks/stack.py [--trials 8] [--workers 1,2,4] | --overhead | --fanout 4
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--epochs", type=int, default=20, help="epochs per trial")
     ap.add_argument("--overhead", action="store_true", help="embedded against server-backed train, seed task")
+    ap.add_argument("--fanout", type=int, default=0, help="K independent trainings: sequential against Dask")
     args = ap.parse_args()
     if args.overhead:
         return overhead()
+    if args.fanout:
+        return fanout(args.fanout)
     from rnn_pipeline import stack
 
     why = stack.reachable(os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB))
@@ -116,3 +121,34 @@ def overhead() -> None:
             stack.down(tmp / "stack", drop=True, log=lambda m: None)
     print(json.dumps({"embedded_seconds": round(embedded, 1), "server_backed_seconds": round(served, 1),
                       "ratio": round(served / embedded, 3), "target_ratio": 1.3}, indent=2))
+
+
+def fanout(k: int) -> None:
+    """K seed-task configs (each its own model and stores) trained sequentially, then over Dask with 2 processes."""
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for runner in ("sequential", "dask"):
+            configs = []
+            for i in range(k):
+                c = tmp / f"{runner}{i}.yaml"
+                c.write_text(textwrap.dedent(f"""\
+                    name: fan{i}
+                    seed: {i}
+                    data: {{builtin: seed_sine}}
+                    training: {{max_epochs: 20, ensemble_trials: 1, threads: 1}}
+                    tuning: {{n_trials: 2, max_epochs: 10}}
+                    evaluation: {{plots: false}}
+                    registry: {{floor: []}}
+                    stores: {{root: "{tmp / runner / str(i)}"}}
+                    """))
+                configs.append(str(c))
+            t0 = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", "flows.cli", "train-many", "--runner", runner, "--workers",
+                                  "2", *[a for c in configs for a in ("--config", c)]], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(run.stdout + run.stderr[-3000:])
+            times[runner] = time.perf_counter() - t0
+    print(json.dumps({"trainings": k, "sequential_seconds": round(times["sequential"], 1),
+                      "dask_seconds": round(times["dask"], 1),
+                      "speedup": round(times["sequential"] / times["dask"], 2)}, indent=2))
