@@ -91,9 +91,6 @@ def main() -> None:
     print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows}, indent=2))
 
 
-if __name__ == "__main__":
-    main()
-
 
 def overhead() -> None:
     """The seed config's train, embedded then server-backed, each in a fresh stores root."""
@@ -152,3 +149,7 @@ def fanout(k: int) -> None:
     print(json.dumps({"trainings": k, "sequential_seconds": round(times["sequential"], 1),
                       "dask_seconds": round(times["dask"], 1),
                       "speedup": round(times["sequential"] / times["dask"], 2)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -49,8 +49,11 @@ def run(configs: list[str], overrides: dict | None = None, runner: str = "dask",
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return train_many_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(configs, overrides)
+    import dask
     from prefect_dask import DaskTaskRunner
 
+    # a task whose worker died is not rerun elsewhere: it would train and register its model a second time
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
     tr = DaskTaskRunner(address=address) if address else DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None})

@@ -232,7 +232,11 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
             tune.prepare_study(data, cfg, st.optuna_url, study_name)
             workers = tune_worker.run_workers(cfg.tuning.workers, cfg.tuning.work_pool, {
                 "config": tune_worker.config_parameter(config), "study_name": study_name, "experiment_id": experiment_id,
-                "parent_run_id": run_id, "overrides": overrides}, logger)
+                "parent_run_id": run_id,
+                # the stores as this run resolved them (environment included): the workers log where it logs
+                "overrides": {**(overrides or {}), "stores": {**(overrides or {}).get("stores", {}),
+                                                              "mlflow_uri": st.mlflow_uri,
+                                                              "optuna_url": st.optuna_url}}}, logger)
             mlflow.log_params({"tuning.workers": cfg.tuning.workers, "tuning.work_pool": cfg.tuning.work_pool})
             timings["tune_workers"] = time.perf_counter() - t0
             logger.info("tuning workers done (%s); resuming the study here for what is missing",

@@ -50,8 +50,7 @@ class StackState:
 
     def env(self) -> dict[str, str]:
         """The environment a client (a laptop, a worker) needs to use this stack."""
-        return {"MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": f"{self.prefect_url}/api",
-                "RNNP_OPTUNA_URL": self.optuna_url}
+        return {"MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": f"{self.prefect_url}/api"}
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -130,6 +129,35 @@ def alive(pid: int) -> bool:
         return True
 
 
+def ours(pid: int) -> bool:
+    """Whether `pid` is still a process of the stack (its command line names mlflow or prefect): a pid recorded
+    before a reboot may belong to anything now, and is never signalled."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return alive(pid) and ("mlflow" in cmd or "prefect" in cmd)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (by parent links in /proc): a Prefect worker starts each flow run in a
+    session of its own, outside the worker's process group."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -184,10 +212,10 @@ def http_ok(url: str, timeout: float = 5.0) -> bool:
 def _wait_healthy(name: str, url: str, pid: int, folder: Path, seconds: float = START_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if not alive(pid):  # it exited: whatever answers on the port is not it
+            break
         if http_ok(url):
             return
-        if not alive(pid):
-            break
         time.sleep(0.5)
     log = folder / "logs" / f"{name}.log"
     tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
@@ -223,12 +251,18 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     old = read_state(folder)
-    if old is not None and any(alive(p) for p in old.processes.values()):
+    if old is not None and any(ours(p) for p in old.processes.values()):
         raise PipelineError(f"a stack is already running from {folder} (rnn-pipeline stack status; stack down first)")
+    busy = [f"{name} port {port}" for name, port in (("MLflow", mlflow_port), ("Prefect", prefect_port))
+            if not port_free(port)]
+    if busy:
+        raise PipelineError(f"{' and '.join(busy)} already in use (another stack, or another server): stop it, or "
+                            "give other ports (--mlflow-port, --prefect-port)")
     databases = {role: f"{prefix}{role}" for role in ("mlflow", "prefect", "optuna")}
     ensure_databases(db_url, list(databases.values()))
     state = StackState(str(folder), db_url, databases, f"http://127.0.0.1:{mlflow_port}",
                        f"http://127.0.0.1:{prefect_port}", pool)
+    _write_state(state)  # from here on, `down` (or the cleanup below) sees whatever has started
     try:
         dest = artifacts or str(folder / "artifacts")
         state.processes["mlflow"] = _start("mlflow", [
@@ -238,7 +272,9 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
         _write_state(state)
         pg = db_url.replace("postgresql://", "postgresql+asyncpg://", 1)
         penv = {**prefect_env(state), "PREFECT_API_DATABASE_CONNECTION_URL": f"{pg}/{databases['prefect']}",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+                # the UI calls the API on 4200 unless told its port
+                "PREFECT_UI_API_URL": f"{state.prefect_url}/api"}
         penv.pop("PREFECT_API_URL")  # the server itself
         state.processes["prefect"] = _start("prefect", [
             sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
@@ -257,12 +293,21 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
             state.processes[f"worker-{i + 1}"] = _start(f"worker-{i + 1}", [
                 sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"worker-{i + 1}",
                 "--type", "process"], folder, env)
-        _write_state(state)
+            _write_state(state)
         _wait_workers(state, workers)
     except BaseException:
-        down(folder, log=lambda *_: None)
+        try:  # what has started, from memory (the state file may lag behind)
+            _stop_all(state)
+            (folder / STATE_FILE).unlink(missing_ok=True)
+        except Exception as e:  # the cause of the failed start stays the error
+            log(f"cleaning up after the failed start: {type(e).__name__}: {e}")
         raise
     return state
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _wait_workers(state: StackState, n: int, seconds: float = START_SECONDS) -> None:
@@ -310,6 +355,33 @@ def status(folder: str | Path) -> dict:
             "parts": parts, "env": state.env(), "stores": state.stores()}
 
 
+def _stop_all(state: StackState, log=lambda *_: None) -> list[str]:
+    """Stop the stack's processes (workers first, with the flow runs they started); an error names what is left."""
+    order = sorted(state.processes, key=lambda k: (not k.startswith("worker"), k))
+    for name in order:
+        pid = state.processes[name]
+        if not ours(pid) and not _members(pid):
+            log(f"{name} (pid {pid}) is not running")
+            continue
+        groups = {_pgid(p) for p in descendants(pid)} - {None, pid}  # flow runs in sessions of their own
+        _stop(pid)
+        for g in groups:
+            _stop(g)
+        log(f"stopped {name} (pid {pid})")
+    left = [n for n in order if _members(state.processes[n])]
+    if left:
+        raise PipelineError(f"still running after down: {', '.join(left)} (their pids are in "
+                            f"{Path(state.folder) / STATE_FILE}; kill them, then run stack down again)")
+    return order
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def down(folder: str | Path, drop: bool = False, log=print) -> list[str]:
     """Stop everything `up` started (workers first, then the servers); with `drop`, remove its databases. Returns the
     names stopped."""
@@ -317,13 +389,7 @@ def down(folder: str | Path, drop: bool = False, log=print) -> list[str]:
     if state is None:
         log(f"no stack state in {folder}: nothing to stop")
         return []
-    order = sorted(state.processes, key=lambda k: (not k.startswith("worker"), k))
-    for name in order:
-        _stop(state.processes[name])
-        log(f"stopped {name} (pid {state.processes[name]})")
-    left = [n for n in order if group_alive(state.processes[n]) and _members(state.processes[n])]
-    if left:
-        raise PipelineError(f"still running after down: {', '.join(left)}")
+    order = _stop_all(state, log)
     if drop:
         drop_databases(state.db_url, list(state.databases.values()))
     (Path(folder) / STATE_FILE).unlink(missing_ok=True)

@@ -208,12 +208,13 @@ def n_startup_trials(cfg: PipelineConfig) -> int:
     return int(min(10, max(2, cfg.tuning.n_trials // 4)))
 
 
-def make_sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.TPESampler:
-    """Multivariate TPE with grouped (conditional) parameters: dropout exists only where it acts, and so on."""
+def make_sampler(cfg: PipelineConfig, seed: int, shared: bool = False) -> optuna.samplers.TPESampler:
+    """Multivariate TPE with grouped (conditional) parameters: dropout exists only where it acts, and so on. `shared`
+    (tuning workers): the constant liar, so that processes do not propose what another is already trying."""
     with warnings.catch_warnings():  # multivariate and group are flagged experimental; both have been stable for years
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials(cfg), multivariate=True,
-                                          group=True)
+                                          group=True, constant_liar=shared)
 
 
 HEARTBEAT_SECONDS = 30  # a running trial's heartbeat in the study's storage; stale after GRACE_SECONDS without one
@@ -268,14 +269,20 @@ def prepare_study(data, cfg: PipelineConfig, storage_url: str, study_name: str) 
 
 
 def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
-         experiment_id: str | None = None, parent_run_id: str | None = None, worker: bool = False) -> TuneResult:
+         experiment_id: str | None = None, parent_run_id: str | None = None, worker: int = 0) -> TuneResult:
     """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out). A `worker`
-    shares the study with other processes (tuning.workers): it leaves their running trials alone and the owner
-    prepared the study; every process stops once the study holds n_trials finished ones (Optuna's
-    MaxTrialsCallback), so the total is capped across them."""
+    (its number, from 1) shares the study with other processes (tuning.workers): it leaves their running trials
+    alone, the owner prepared the study, and its sampler is seeded apart from theirs (workers start together: the
+    same seed would propose the same trials) with the constant liar. Every process stops once the study holds
+    n_trials finished ones (Optuna's MaxTrialsCallback): trials already running then finish, so the study may hold
+    up to workers - 1 more."""
     t0 = time.perf_counter()
-    study = open_study(storage_url, study_name, cfg, exclusive=not worker) if worker else \
-        prepare_study(data, cfg, storage_url, study_name)
+    if worker:
+        study = open_study(storage_url, study_name, cfg, exclusive=False)
+        study.sampler = make_sampler(cfg, cfg.seed + 1000 * worker + len(study.get_trials(deepcopy=False)),
+                                     shared=True)
+    else:
+        study = prepare_study(data, cfg, storage_url, study_name)
     space = search_space(cfg, data)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = max(cfg.tuning.n_trials - done, 0)

@@ -24,14 +24,19 @@ def test_two_configs_train_in_two_dask_processes_and_a_failing_one_fails_alone(t
     cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "train-many", "--workers", "2",
                             *[a for c in configs for a in ("--config", str(c))]], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    out, err = cli.communicate(timeout=900)
+    try:
+        out, err = cli.communicate(timeout=900)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
     assert cli.returncode == 1, out + err[-3000:]  # the broken config's failure is reported
-    lines = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith(str(tmp_path)))
-    assert "FAILED" in lines[str(configs[2])] and "too short" in lines[str(configs[2])]
+    configs = [str(c.resolve()) for c in configs]  # as the command names them
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith(str(tmp_path.resolve())))
+    assert "FAILED" in lines[configs[2]] and "too short" in lines[configs[2]]
     pids = set()
     for name, config in zip(("fan_a", "fan_b"), configs):
-        assert lines[str(config)].startswith(f"{name} v1"), lines
-        pids.add(lines[str(config)].rsplit("pid ", 1)[1].rstrip(")"))
+        assert lines[config].startswith(f"{name} v1"), lines
+        pids.add(lines[config].rsplit("pid ", 1)[1].rstrip(")"))
         uri = f"sqlite:///{tmp_path / name / 'state' / 'mlflow.db'}"
         assert mlflow.MlflowClient(uri, registry_uri=uri).get_model_version(name, "1")
     assert str(cli.pid) not in pids  # Dask's worker processes trained them, not the command's own
