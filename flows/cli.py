@@ -409,7 +409,7 @@ def demo(batch_size: Annotated[int, typer.Option(help="Points per batch.")] = 25
 
 
 cli_services.register(app, sys.modules[__name__])  # serve, ui (after the commands above: --help lists them in order)
-cli_stack.register(app, _Command)  # stack up | status | down
+cli_stack.register(app, _Command, _Group)  # stack up | status | down
 
 
 def main() -> None:

@@ -13,8 +13,10 @@ DEFAULT_FOLDER = ".rnn_pipeline/stack"
 Folder = Annotated[Path, typer.Option("--folder", help="Where the stack keeps its state, logs and artifacts.")]
 
 
-def register(app: typer.Typer, cls) -> None:
-    stack = typer.Typer(no_args_is_help=True, help="The server-backed stack: MLflow and Prefect servers on "
+def register(app: typer.Typer, cls, group_cls) -> None:
+    """Add `stack up|status|down` to `app`; `cls`, `group_cls`: the CLI's command and group classes (flags shown as
+    flags in --help)."""
+    stack = typer.Typer(no_args_is_help=True, cls=group_cls, help="The server-backed stack: MLflow and Prefect servers on "
                                                    "PostgreSQL and a process work pool (see README, 'Scaling out').")
     stack.command("up", cls=cls)(up)
     stack.command("status", cls=cls)(status)
