@@ -1,1 +1,2 @@
 CREATE DATABASE optuna;
+CREATE DATABASE prefect;
