@@ -3,7 +3,8 @@
 - **overhead** (`--overhead`): the seed task's `rnn-pipeline train` (the built-in config as `make run` trains it),
   embedded (SQLite stores, the ephemeral Prefect API) against server-backed (the MLflow server, the Prefect server,
   Optuna on PostgreSQL), wall time of the whole command each (target: within 1.3x);
-- **fan-out** (`--fanout K`): K independent training runs (the seed task, 2 trials each) one after another, then
+- **fan-out** (`--fanout K`): K independent training runs (the seed task, `--trials` trials of `--epochs` epochs
+  each) one after another, then
   through `rnn-pipeline train-many` on a local Dask cluster of 2 processes;
 - **parallel tuning** (default): trials per minute with 1, 2 and 4 tuning workers sharing one study on
   PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
@@ -44,7 +45,7 @@ def main() -> None:
     if args.overhead:
         return overhead()
     if args.fanout:
-        return fanout(args.fanout)
+        return fanout(args.fanout, args.trials, args.epochs)
     from rnn_pipeline import stack
 
     why = stack.reachable(os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB))
@@ -120,8 +121,9 @@ def overhead() -> None:
                       "ratio": round(served / embedded, 3), "target_ratio": 1.3}, indent=2))
 
 
-def fanout(k: int) -> None:
-    """K seed-task configs (each its own model and stores) trained sequentially, then over Dask with 2 processes."""
+def fanout(k: int, trials: int, epochs: int) -> None:
+    """K seed-task configs (each its own model and stores, `trials` trials of `epochs` epochs) trained sequentially,
+    then over Dask with 2 processes."""
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -134,7 +136,7 @@ def fanout(k: int) -> None:
                     seed: {i}
                     data: {{builtin: seed_sine}}
                     training: {{max_epochs: 20, ensemble_trials: 1, threads: 1}}
-                    tuning: {{n_trials: 2, max_epochs: 10}}
+                    tuning: {{n_trials: {trials}, max_epochs: {epochs}, patience: {epochs}, pruner: none}}
                     evaluation: {{plots: false}}
                     registry: {{floor: []}}
                     stores: {{root: "{tmp / runner / str(i)}"}}
@@ -146,7 +148,8 @@ def fanout(k: int) -> None:
             if run.returncode != 0:
                 raise SystemExit(run.stdout + run.stderr[-3000:])
             times[runner] = time.perf_counter() - t0
-    print(json.dumps({"trainings": k, "sequential_seconds": round(times["sequential"], 1),
+    print(json.dumps({"trainings": k, "trials": trials, "epochs_per_trial": epochs,
+                      "sequential_seconds": round(times["sequential"], 1),
                       "dask_seconds": round(times["dask"], 1),
                       "speedup": round(times["sequential"] / times["dask"], 2)}, indent=2))
 
