@@ -109,10 +109,11 @@ def test_two_tuning_workers_share_one_study_and_a_killed_worker_loses_only_its_t
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, **stack.prefect_env(state)})
     killed, deadline = None, time.monotonic() + DEADLINE
+    storage = optuna.storages.RDBStorage(stores["optuna_url"])  # one connection pool for the whole poll
     try:
         while killed is None and time.monotonic() < deadline and train.poll() is None:
-            for summary in optuna.get_all_study_summaries(stores["optuna_url"]):
-                study = optuna.load_study(study_name=summary.study_name, storage=stores["optuna_url"])
+            for summary in optuna.get_all_study_summaries(storage):
+                study = optuna.load_study(study_name=summary.study_name, storage=storage)
                 trials = study.get_trials(deepcopy=False)
                 done_by = {t.user_attrs.get("pid") for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
                 for t in trials:
@@ -125,14 +126,14 @@ def test_two_tuning_workers_share_one_study_and_a_killed_worker_loses_only_its_t
                             continue
                         killed = (summary.study_name, t.number)
                         break
-            time.sleep(0.5)
+            time.sleep(1.0)
         out, err = train.communicate(timeout=DEADLINE)
     finally:
         if train.poll() is None:
             train.kill()
     assert killed is not None, "no worker trial was seen running"
     assert train.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=killed[0], storage=stores["optuna_url"])
+    study = optuna.load_study(study_name=killed[0], storage=storage)
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     # the killed trial alone was lost (unless it finished in the instant before the kill)
@@ -147,3 +148,4 @@ def test_two_tuning_workers_share_one_study_and_a_killed_worker_loses_only_its_t
     nested = client.search_runs([client.get_run(v.run_id).info.experiment_id],
                                 f"tags.mlflow.parentRunId = '{v.run_id}'")
     assert len([r for r in nested if r.info.status == "FINISHED"]) == len(finished)
+    storage.engine.dispose()
