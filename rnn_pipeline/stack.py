@@ -158,16 +158,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _stop(pgid: int, grace: float = 20.0) -> None:
     """SIGTERM to the process group, SIGKILL to what is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
