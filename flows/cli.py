@@ -111,7 +111,7 @@ def train_many(config: Annotated[list[str], typer.Option("--config", "-c", help=
     for c in config:
         _load(c, overrides)  # every config checked before anything starts
     from flows import fanout
-    from flows.tune_worker import config_parameter
+    from flows.deploy import config_parameter
 
     _one_line_pipeline_errors()
     quiet_libraries()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.deploy import config_parameter  # noqa: F401  (the training flow passes configs through it)
 from flows.runtime import quiet_libraries
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline import tasks, tune
@@ -52,12 +53,6 @@ def tune_worker(config: str, study_name: str, experiment_id: str | None = None, 
                 worker, r.n_complete, r.n_pruned, r.n_failed, r.trial_seconds)
     return {"worker": worker, "n_complete": r.n_complete, "n_pruned": r.n_pruned, "n_failed": r.n_failed,
             "trial_seconds": r.trial_seconds}
-
-
-def config_parameter(config: str) -> str:
-    """A config file as an absolute path (a worker runs from its own folder); a built-in name as it is."""
-    p = Path(config)
-    return str(p.resolve()) if p.is_file() else config
 
 
 def api_url() -> str | None:
