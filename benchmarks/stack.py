@@ -82,7 +82,8 @@ def main() -> None:
                 seconds = s["timings"]["tune_workers"]
                 finished = s["n_complete"] + s["n_pruned"]
                 rows.append({"workers": n, "finished_trials": finished, "seconds": round(seconds, 1),
-                             "trials_per_minute": round(60 * finished / seconds, 2)})
+                             "trials_per_minute": round(60 * finished / seconds, 2),
+                             **trial_timeline(state.optuna_url, f"bench-w{n}")})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stack.down(folder, drop=True, log=lambda m: None)
@@ -91,6 +92,26 @@ def main() -> None:
         r["speedup"] = round(r["trials_per_minute"] / base, 2)
     print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows}, indent=2))
 
+
+
+def trial_timeline(optuna_url: str, name: str) -> dict:
+    """What the workers' phase spent where, from the study itself: the mean training time of a trial (its own clock)
+    and the span from the first trial's start to the last one's end (trials per minute once the workers run)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(optuna_url)
+    try:
+        study = next(s for s in optuna.get_all_study_summaries(storage) if name in s.study_name)
+        trials = [t for t in optuna.load_study(study_name=study.study_name, storage=storage).get_trials(deepcopy=False)
+                  if t.datetime_complete is not None and t.state.is_finished()
+                  and t.state != optuna.trial.TrialState.FAIL]
+    finally:
+        storage.engine.dispose()
+    if not trials:
+        return {}
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    return {"trial_seconds_mean": round(sum(t.user_attrs.get("seconds", 0) for t in trials) / len(trials), 2),
+            "trials_span_seconds": round(span, 1), "steady_trials_per_minute": round(60 * len(trials) / span, 2)}
 
 
 def overhead() -> None:

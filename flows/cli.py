@@ -353,12 +353,26 @@ def history(config: Annotated[str, typer.Option("--config", "-c", help="Config f
 def deploy(config: Annotated[str, typer.Option("--config", "-c", help="Config file path, or a built-in name.")]
            = "seed_sine",
            port: Annotated[int, typer.Option(help="Port of the local Prefect server started when PREFECT_API_URL "
-                                                  "is not set.")] = 4200):
+                                                  "is not set.")] = 4200,
+           pool: Annotated[Optional[str], typer.Option(
+               help="Deploy on this work pool of the Prefect server at PREFECT_API_URL (the stack's: rnn-pipeline) "
+                    "and return; its workers run the flows.")] = None):
     """Keep the pipeline running: serve the monitoring deployment (on the config's interval or cron) and the
     training deployment (on demand, and on monitoring.training_cron) until Ctrl-C. Without PREFECT_API_URL a local
-    Prefect server is started on 127.0.0.1 for the schedules (its UI shows the runs)."""
+    Prefect server is started on 127.0.0.1 for the schedules (its UI shows the runs). With --pool, the same two
+    deployments go to that work pool (README, 'Scaling out') and the command returns."""
     cfg, st = _load(config)
     from flows import deploy as dep
+
+    if pool is not None:
+        _one_line_pipeline_errors()
+        quiet_libraries()
+        names = dep.deploy_to_pool(config, cfg, st, pool)
+        every = cfg.monitoring.cron or f"every {cfg.monitoring.interval_seconds}s"
+        typer.echo(f"deployed on pool '{pool}': {names[0]} ({every}) and {names[1]} "
+                   f"({cfg.monitoring.training_cron or 'on demand'}); batches go to {_incoming(cfg, st)}")
+        typer.echo(f"run one now: prefect deployment run '{names[0]}' --watch")
+        return
 
     stop_on_sigterm()  # SIGTERM stops like Ctrl-C: the server and every flow-run process too
 

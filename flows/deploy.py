@@ -5,6 +5,10 @@ server is started, bound to 127.0.0.1, with its database under the pipeline's ro
 deployments until Ctrl-C: monitoring on the configured interval or cron, and training (on demand, and on
 `monitoring.training_cron` when set). The monitoring deployment retrains through the training deployment, which
 runs one flow at a time.
+
+With `--pool NAME` (the server-backed stack, README "Scaling out"), the same two deployments go to that work pool of
+the Prefect server at PREFECT_API_URL instead, and the pool's workers run them; the command returns once they are
+registered.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
+from flows.runtime import WORKDIR_ENV
 from rnn_pipeline.config import PipelineConfig
 from rnn_pipeline.errors import PipelineError
 
+REPO = Path(__file__).resolve().parents[1]
 MONITORING_FLOW, TRAINING_FLOW = "rnn-monitoring", "rnn-training"
 
 
@@ -92,9 +98,10 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20) -> None:
             pass
 
 
-def serve(config: str, cfg: PipelineConfig) -> None:
-    """Serve the monitoring and training deployments from this process until interrupted."""
-    from prefect import serve as prefect_serve
+def _deployments(config: str, cfg: PipelineConfig) -> dict:
+    """What both ways of deploying share: each deployment's flow and keyword arguments (name, parameters, schedule,
+    concurrency limit, description, tags)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from .monitoring import monitoring_flow
     from .training import training_flow
@@ -103,20 +110,51 @@ def serve(config: str, cfg: PipelineConfig) -> None:
     param = config_parameter(config)
     m = cfg.monitoring
     schedule = {"cron": m.cron} if m.cron else {"interval": timedelta(seconds=m.interval_seconds or 3600)}
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    # one run at a time: a run the schedule starts while a pass is still going is cancelled, not queued (a schedule
+    # faster than its passes must not pile up processes); the store's lock stays as a second defence. Training too
+    # (the store's per-model lock is the second defence): a late cron run, or a retrain requested while one is still
+    # training, is cancelled and says so in the monitoring record
+    one_run = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    return {
+        "monitoring": (monitoring_flow, dict(
+            name=mon_name, parameters={"config": param, "training_deployment": f"{TRAINING_FLOW}/{train_name}"},
+            concurrency_limit=one_run, tags=["rnn-pipeline", cfg.name], **schedule,
+            description=f"judge new batches of {cfg.name}; retrain through {TRAINING_FLOW}/{train_name} on drift")),
+        "training": (training_flow, dict(
+            name=train_name, parameters={"config": param}, concurrency_limit=one_run, tags=["rnn-pipeline", cfg.name],
+            description=f"train, gate and register {cfg.model_name}",
+            **({"cron": m.training_cron} if m.training_cron else {}))),
+    }
 
-    # one monitoring pass at a time: a run the schedule starts while a pass is still going is cancelled, not queued
-    # (a schedule faster than its passes must not pile up processes); the store's lock stays as a second defence
-    one_pass = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-    monitoring = monitoring_flow.to_deployment(
-        name=mon_name, parameters={"config": param, "training_deployment": f"{TRAINING_FLOW}/{train_name}"},
-        concurrency_limit=one_pass,
-        description=f"judge new batches of {cfg.name}; retrain through {TRAINING_FLOW}/{train_name} on drift",
-        tags=["rnn-pipeline", cfg.name], **schedule)
-    # one training run at a time too (the store's per-model lock is the second defence): a late cron run, or a
-    # retrain requested while one is still training, is cancelled and says so in the monitoring record
-    training = training_flow.to_deployment(
-        name=train_name, parameters={"config": param}, concurrency_limit=one_pass,
-        description=f"train, gate and register {cfg.model_name}", tags=["rnn-pipeline", cfg.name],
-        **({"cron": m.training_cron} if m.training_cron else {}))
-    prefect_serve(monitoring, training)
+
+def serve(config: str, cfg: PipelineConfig) -> None:
+    """Serve the monitoring and training deployments from this process until interrupted."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*[f.to_deployment(**kw) for f, kw in _deployments(config, cfg).values()])
+
+
+def deploy_to_pool(config: str, cfg: PipelineConfig, stores, pool: str) -> list[str]:
+    """The monitoring and training deployments on the work pool `pool` of a Prefect server (the stack's), run from
+    this checkout by the pool's workers; returns their '<flow>/<deployment>' names. A worker's flow run sees what this
+    shell sees: it runs in this folder (RNNP_WORKDIR: relative paths and stores roots mean the same) with the stores
+    resolved here (the environment's MLFLOW_TRACKING_URI, RNNP_OPTUNA_URL and RNNP_MONITORING_URL included)."""
+    from prefect.client.orchestration import get_client
+
+    from flows.tune_worker import api_url, online_workers
+
+    if not api_url():
+        raise PipelineError(f"deploying on the work pool '{pool}' needs the Prefect server that owns it: "
+                            "eval \"$(rnn-pipeline stack env)\" (or export PREFECT_API_URL)")
+    with get_client(sync_client=True) as client:
+        online_workers(client, pool)  # a missing pool is an error that says what to do
+    env = {WORKDIR_ENV: str(Path.cwd()), "MLFLOW_TRACKING_URI": stores.mlflow_uri,
+           "RNNP_OPTUNA_URL": stores.optuna_url, "RNNP_MONITORING_URL": stores.monitoring_url}
+    names = []
+    for flow_, kw in _deployments(config, cfg).values():
+        entry = {"rnn-monitoring": "flows/monitoring.py:monitoring_flow",
+                 "rnn-training": "flows/training.py:training_flow"}[flow_.name]
+        flow_.from_source(source=str(REPO), entrypoint=entry).deploy(
+            work_pool_name=pool, job_variables={"env": env}, print_next_steps=False, ignore_warnings=True, **kw)
+        names.append(f"{flow_.name}/{kw['name']}")
+    return names

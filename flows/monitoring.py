@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from flows.runtime import quiet_libraries
+from flows.runtime import enter_workdir, quiet_libraries
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline import tasks
 from rnn_pipeline.config import PipelineConfig, load_config
@@ -102,6 +102,7 @@ def monitoring_flow(config: str, training_deployment: str | None = None, source:
     named after the worst verdict (Degraded, Drift, Invalid, OK) or No new batches / Skipped, and publishes the
     markdown artifact `monitoring-<model>` with the verdict table."""
     quiet_libraries()  # also in a flow-run process that a deployment started, where no CLI command did it
+    enter_workdir()
     logger = get_run_logger()
     cfg = load_config(config, {"monitoring": {"source": source}} if source else None)
     st = stores_mod.resolve(cfg.stores, os.environ)

@@ -151,3 +151,14 @@ def exit_process(code: int) -> NoReturn:
         timer.name, timer.daemon = "rnn-pipeline-exit-watchdog", True
         timer.start()
     sys.exit(code)
+
+
+WORKDIR_ENV = "RNNP_WORKDIR"  # set by `rnn-pipeline deploy --pool` on its deployments
+
+
+def enter_workdir() -> None:
+    """In a flow run that a work pool's worker started for `deploy --pool`: move to the folder it was deployed from,
+    so that relative stores roots and paths mean what they meant there (the worker's run starts in the checkout)."""
+    folder = os.environ.get(WORKDIR_ENV)
+    if folder and Path(folder).is_dir():
+        os.chdir(folder)

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.runtime import quiet_libraries
+from flows.runtime import enter_workdir, quiet_libraries
 from rnn_pipeline import faults, registry, tasks, tune
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline.config import PipelineConfig, load_config
@@ -158,6 +158,7 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
     run per model at a time: another run of the same model makes this one fail at once naming the holder, or wait up
     to `wait` seconds for it."""
     quiet_libraries()  # also in a flow-run process that a deployment started, where no CLI command did it
+    enter_workdir()
     logger = get_run_logger()
     cfg = load_config(config, overrides)
     st = stores_mod.resolve(cfg.stores, os.environ)

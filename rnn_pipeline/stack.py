@@ -3,8 +3,9 @@ server on PostgreSQL, and a process work pool with N workers (`rnn-pipeline stac
 
 Everything it starts runs in its own process group, recorded in `<folder>/stack.json` (pids, URLs, databases), so
 that `down` stops exactly what `up` started, and `status` checks each part. The databases (`<prefix>mlflow`,
-`<prefix>prefect`, `<prefix>optuna`) are created on the PostgreSQL server at `db_url` when missing and kept on
-`down` (`down --drop` removes them). Nothing here is used by the embedded default: `make run` needs no server.
+`<prefix>prefect`, `<prefix>optuna`, `<prefix>monitoring`) are created on the PostgreSQL server at `db_url` when
+missing and kept on `down` (`down --drop` removes them, also after a plain `down`). Nothing here is used by the
+embedded default: `make run` needs no server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from rnn_pipeline.errors import PipelineError
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432"
 STATE_FILE = "stack.json"
 START_SECONDS = 180  # a server that does not answer its health check in this long is a failed start
+# how often each worker asks for runs to start (Prefect's default is 10 s): a tuning worker run waits for the next
+# poll before it starts, and a study's workers start together, so the wait is part of every parallel study's time
+QUERY_SECONDS = 3
 
 
 @dataclass
@@ -34,7 +38,7 @@ class StackState:
 
     folder: str
     db_url: str
-    databases: dict[str, str]  # role (mlflow, prefect, optuna) -> database name
+    databases: dict[str, str]  # role (mlflow, prefect, optuna, monitoring) -> database name
     mlflow_url: str
     prefect_url: str
     pool: str
@@ -44,13 +48,22 @@ class StackState:
     def optuna_url(self) -> str:
         return f"{self.db_url}/{self.databases['optuna']}"
 
+    @property
+    def monitoring_url(self) -> str | None:
+        name = self.databases.get("monitoring")  # None in a state file written before the stack had it
+        return f"{self.db_url}/{name}" if name else None
+
     def stores(self) -> dict:
         """The config's `stores` section that points at this stack."""
-        return {"mlflow_uri": self.mlflow_url, "optuna_url": self.optuna_url}
+        return {"mlflow_uri": self.mlflow_url, "optuna_url": self.optuna_url,
+                **({"monitoring_url": self.monitoring_url} if self.monitoring_url else {})}
 
     def env(self) -> dict[str, str]:
-        """The environment a client (a laptop, a worker) needs to use this stack."""
-        return {"MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": f"{self.prefect_url}/api"}
+        """The environment a client (a laptop, a worker) needs to use this stack: the Prefect API, and the stores a
+        config that names none of its own takes from the environment (rnn_pipeline.stores.resolve)."""
+        return {"MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": f"{self.prefect_url}/api",
+                "RNNP_OPTUNA_URL": self.optuna_url,
+                **({"RNNP_MONITORING_URL": self.monitoring_url} if self.monitoring_url else {})}
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -248,7 +261,7 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
     if busy:
         raise PipelineError(f"{' and '.join(busy)} already in use (another stack, or another server): stop it, or "
                             "give other ports (--mlflow-port, --prefect-port)")
-    databases = {role: f"{prefix}{role}" for role in ("mlflow", "prefect", "optuna")}
+    databases = {role: f"{prefix}{role}" for role in ("mlflow", "prefect", "optuna", "monitoring")}
     ensure_databases(db_url, list(databases.values()))
     state = StackState(str(folder), db_url, databases, f"http://127.0.0.1:{mlflow_port}",
                        f"http://127.0.0.1:{prefect_port}", pool)
@@ -258,7 +271,9 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
         state.processes["mlflow"] = _start("mlflow", [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
             "--backend-store-uri", f"{db_url}/{databases['mlflow']}", "--serve-artifacts",
-            "--artifacts-destination", dest, "--workers", "1"], folder, {})
+            "--artifacts-destination", dest, "--workers", "1"], folder,
+            # MLflow's job runner (three huey consumers polling for GenAI jobs) serves nothing this pipeline uses
+            {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         _write_state(state)
         pg = db_url.replace("postgresql://", "postgresql+asyncpg://", 1)
         penv = {**prefect_env(state), "PREFECT_API_DATABASE_CONNECTION_URL": f"{pg}/{databases['prefect']}",
@@ -282,7 +297,7 @@ def up(folder: str | Path, db_url: str = DEFAULT_DB, workers: int = 2, mlflow_po
         for i in range(workers):
             state.processes[f"worker-{i + 1}"] = _start(f"worker-{i + 1}", [
                 sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", f"worker-{i + 1}",
-                "--type", "process"], folder, env)
+                "--type", "process"], folder, {**env, "PREFECT_WORKER_QUERY_SECONDS": str(QUERY_SECONDS)})
             _write_state(state)
         _wait_workers(state, workers)
     except BaseException:
@@ -327,7 +342,7 @@ def online_workers(state: StackState) -> list[str]:
 def status(folder: str | Path) -> dict:
     """Each part's health: its process, its HTTP health check, and the workers the Prefect server sees online."""
     state = read_state(folder)
-    if state is None:
+    if state is None or not state.processes:  # never started, or stopped (its databases kept for a later --drop)
         return {"running": False, "folder": str(folder), "parts": {}}
     parts = {}
     for name, pid in state.processes.items():
@@ -382,5 +397,8 @@ def down(folder: str | Path, drop: bool = False, log=print) -> list[str]:
     order = _stop_all(state, log)
     if drop:
         drop_databases(state.db_url, list(state.databases.values()))
-    (Path(folder) / STATE_FILE).unlink(missing_ok=True)
+        (Path(folder) / STATE_FILE).unlink(missing_ok=True)
+    else:  # what it ran is gone; which databases it made stays known, so that `down --drop` later removes them
+        state.processes = {}
+        _write_state(state)
     return order

@@ -32,15 +32,16 @@ class Stores:
 
 def resolve(cfg: StoresConfig, env: Mapping[str, str]) -> Stores:
     """Config wins over the environment for the stores it names; MLFLOW_TRACKING_URI keeps its usual meaning
-    when the config leaves the MLflow store at its default."""
+    when the config leaves the MLflow store at its default, and RNNP_OPTUNA_URL / RNNP_MONITORING_URL do the same
+    for the study and monitoring stores (`rnn-pipeline stack env` prints all three for the running stack)."""
     root = Path(cfg.root).resolve()
     mlflow_uri = cfg.mlflow_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     # A database or file store has no server to keep artifacts: they go under the root. A tracking server
     # (http, https, databricks) decides for itself.
     served = mlflow_uri.split(":", 1)[0] in ("http", "https", "databricks")
     artifacts = None if served else (root / "artifacts").as_uri()
-    optuna_url = cfg.optuna_url or f"sqlite:///{root / 'optuna.db'}"
-    monitoring_url = cfg.monitoring_url or f"sqlite:///{root / 'monitoring.db'}"
+    optuna_url = cfg.optuna_url or env.get("RNNP_OPTUNA_URL") or f"sqlite:///{root / 'optuna.db'}"
+    monitoring_url = cfg.monitoring_url or env.get("RNNP_MONITORING_URL") or f"sqlite:///{root / 'monitoring.db'}"
     return Stores(root, mlflow_uri, artifacts, optuna_url, monitoring_url)
 
 
