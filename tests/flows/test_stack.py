@@ -5,8 +5,9 @@ commands changes.
 
 While `rnn-pipeline train --config my.yaml --set tuning.workers=2` runs, one tuning worker's flow-run process is
 killed mid-trial: the study must still complete with every finished trial kept. Then the champion is on the MLflow
-server, its prediction goes through the server, the monitoring deployment on the work pool judged a batch into the
-stack's monitoring database, and `stack down` leaves no process behind. Skipped, with the reason, where PostgreSQL
+server, its prediction goes through the server, the monitoring deployment on the work pool judged a shifted batch
+into the stack's monitoring database and retrained through the training deployment on the pool, and `stack down`
+leaves no process behind. Skipped, with the reason, where PostgreSQL
 is unreachable."""
 
 import json
@@ -112,7 +113,8 @@ def test_the_readme_walkthrough_with_a_tuning_worker_killed_mid_trial(tmp_path):
     history.tail(200).to_csv(project / "hist.csv", index=False)
     incoming = project / ".rnn_pipeline" / "incoming" / "my-model"  # the config's default stores root
     incoming.mkdir(parents=True)
-    sine_stream(len(history), 250, seed=1).to_csv(incoming / "b001.csv", index=False)
+    # a regime shift: the monitoring pass finds drift and retrains through the training deployment, on the pool too
+    sine_stream(len(history), 250, seed=1, amplitude=2.0, frequency=1.7).to_csv(incoming / "b001.csv", index=False)
 
     prefix = f"rnnp_t{uuid.uuid4().hex[:8]}_"
     mlflow_port, prefect_port = stack.free_port(), stack.free_port()
@@ -156,7 +158,7 @@ def test_the_readme_walkthrough_with_a_tuning_worker_killed_mid_trial(tmp_path):
 
         # the champion is on the MLflow server, its trials nested under its run, its artifacts through the server
         client = mlflow.MlflowClient(mlflow_url, registry_uri=mlflow_url)
-        v = client.get_model_version_by_alias("my-model", "champion")
+        v = client.get_model_version("my-model", "1")  # the walkthrough's training (the retrain below adds one)
         nested = client.search_runs([client.get_run(v.run_id).info.experiment_id],
                                     f"tags.mlflow.parentRunId = '{v.run_id}'")
         assert len([r for r in nested if r.info.status == "FINISHED"]) == len(finished)
@@ -170,9 +172,16 @@ def test_the_readme_walkthrough_with_a_tuning_worker_killed_mid_trial(tmp_path):
         assert (incoming / "processed" / "b001.csv").exists()
         store = MonitoringStore(monitoring_url)
         try:
-            assert len(store.history("my-model")) == 1
+            rows = store.history("my-model")
         finally:
             store.dispose()
+        assert len(rows) == 1 and rows.iloc[0]["verdict"] in ("drift", "degraded"), rows.T
+        assert str(rows.iloc[0]["action"]).startswith("retrain →"), rows.T
+        champion = client.get_model_version_by_alias("my-model", "champion").version
+        assert champion == rows.iloc[0]["new_champion_version"] and client.get_model_version("my-model", "2")
+        retrains = [r for r in runs if r["deployment_id"] and str(r["parameters"].get("reason", "")).startswith(
+            "monitoring:") and r["state_type"] == "COMPLETED"]
+        assert len(retrains) == 1, [(r["name"], r["state_type"], r["parameters"].get("reason")) for r in runs]
     finally:
         stop.set()
         # 3. stop
