@@ -1,13 +1,21 @@
-"""Independent training runs fanned out on Dask (`rnn-pipeline train-many`): one `train-one` task per config, mapped
-over Prefect's DaskTaskRunner (prefect-dask). On one machine it starts a local cluster of `workers` processes (one
-thread each: a small RNN trains fastest on one); given `address` (tcp://host:8786) it uses that scheduler and its
-workers instead. Each task runs the ordinary training flow (tune, fit, evaluate, register, gate) for its config, as a
-subflow; a config that fails fails its own task only, and the others go on.
+"""Independent units fanned out on Dask through Prefect's DaskTaskRunner (prefect-dask). On one machine a local
+cluster of `workers` processes (one thread each: a small RNN trains fastest on one); given `address`
+(tcp://host:8786), that scheduler and its workers instead.
+
+- Training runs (`rnn-pipeline train-many`): one `train-one` task per config, each the ordinary training flow (tune,
+  fit, evaluate, register, gate) as a subflow; a config that fails fails its own task only, and the others go on.
+- A backtest's refits (`backtest.refit` with `backtest.workers` >= 2 or `backtest.dask_address`): one `refit-origin`
+  task per refitted origin, each fitting the best trial's parameters on everything before its origin; the training
+  flow's backtest then forecasts with them. Each task reads and prepares the config's data itself (once per worker
+  process), so that only names and numbers travel to the workers, and the fitted models back.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import time
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -41,6 +49,62 @@ def train_many_flow(configs: list[str], overrides: dict | None = None) -> list[d
     return rows
 
 
+def dask_runner(workers: int, address: str | None):
+    """Prefect's Dask task runner: a local cluster of `workers` single-threaded processes, or the scheduler at
+    `address`."""
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    # a task whose worker died is not rerun elsewhere: it would train (and register) a second time
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
+    return DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None})
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared(config: str, overrides_json: str):
+    """The config's task and prepared data, as the training run prepared them (once per worker process)."""
+    from rnn_pipeline import tasks
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.data import datasets
+
+    cfg = load_config(config, json.loads(overrides_json) or None)
+    t = tasks.for_config(cfg)
+    frame, source = datasets.load(cfg.data.builtin, cfg.data.path, cfg.base_dir)
+    return cfg, t, t.prepare(t.read(frame, source), source)
+
+
+@task(name="refit-origin", cache_policy=NO_CACHE)
+def refit_origin(config: str, overrides_json: str, params: dict, position: int, device: str):
+    from rnn_pipeline.train import setup_torch
+
+    cfg, t, data = _prepared(config, overrides_json)
+    setup_torch(1, cfg.seed)
+    t0 = time.perf_counter()
+    bundle = t.refit_bundle(params, data, position, device)
+    get_run_logger().info("refitted origin at position %d in %.1fs (pid %d)", position, time.perf_counter() - t0,
+                          os.getpid())
+    return bundle
+
+
+@flow(name="rnn-backtest-refits")
+def refits_flow(config: str, overrides_json: str, params: dict, positions: list[int], device: str = "cpu") -> dict:
+    """{position: fitted bundle} for each refitted origin."""
+    quiet_libraries()
+    futures = refit_origin.map(unmapped(config), unmapped(overrides_json), unmapped(params), positions,
+                               unmapped(device))
+    return {p: f.result() for p, f in zip(positions, futures)}
+
+
+def refit_origins(config: str, overrides: dict | None, params: dict, positions: list[int], device: str,
+                  workers: int, address: str | None) -> dict:
+    """The backtest's refits fitted on Dask (a subflow on the Dask task runner); {position: bundle}."""
+    runner = dask_runner(max(workers, 1), address)
+    return refits_flow.with_options(task_runner=runner)(config, json.dumps(overrides or {}, sort_keys=True), params,
+                                                        [int(p) for p in positions], str(device))
+
+
 def run(configs: list[str], overrides: dict | None = None, runner: str = "dask", workers: int = 2,
         address: str | None = None) -> list[dict]:
     """`configs` trained through the chosen task runner: 'dask' (a local cluster of `workers` processes, or the
@@ -49,12 +113,4 @@ def run(configs: list[str], overrides: dict | None = None, runner: str = "dask",
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return train_many_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(configs, overrides)
-    import dask
-    from prefect_dask import DaskTaskRunner
-
-    # a task whose worker died is not rerun elsewhere: it would train and register its model a second time
-    dask.config.set({"distributed.scheduler.allowed-failures": 0})
-    tr = DaskTaskRunner(address=address) if address else DaskTaskRunner(
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None})
-    return train_many_flow.with_options(task_runner=tr)(configs, overrides)
+    return train_many_flow.with_options(task_runner=dask_runner(workers, address))(configs, overrides)

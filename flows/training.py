@@ -76,8 +76,8 @@ def gate_task(t: tasks.Task, model_uri, cfg, data, key: str, floor: dict[str, fl
 
 
 @task(name="backtest", cache_policy=NO_CACHE)
-def backtest_task(t: tasks.Task, data, bundle, season, ev, params, device):
-    return t.backtest(data, bundle, season, ev, params, device)
+def backtest_task(t: tasks.Task, data, bundle, season, ev, params, device, refitted=None):
+    return t.backtest(data, bundle, season, ev, params, device, refitted=refitted)
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -270,7 +270,21 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
         t.log_evaluation(ev, data)
         bt = None
         if cfg.backtest.origins:  # rolling origins through the test period, beside the baselines from each
-            bt = backtest_task(t, data, bundle, season, ev, tuned.best_params, device)
+            refitted = None
+            if cfg.backtest.fans_out:  # the refits are independent fits: mapped over Dask (flows.fanout)
+                from flows.fanout import refit_origins
+
+                positions = t.refit_positions(data, bundle, tuned.best_params)
+                t1 = time.perf_counter()
+                from flows.deploy import config_parameter
+
+                refitted = refit_origins(config_parameter(config), overrides, tuned.best_params, positions,
+                                         str(device), cfg.backtest.workers, cfg.backtest.dask_address)
+                timings["backtest_refits"] = time.perf_counter() - t1
+                logger.info("backtest: %d refits on Dask (%s) in %.1fs", len(positions),
+                            cfg.backtest.dask_address or f"{cfg.backtest.workers} local processes",
+                            timings["backtest_refits"])
+            bt = backtest_task(t, data, bundle, season, ev, tuned.best_params, device, refitted)
             t.log_backtest(bt, gate_key)
         with tempfile.TemporaryDirectory() as tmp:
             model_uri, save_load_diff = log_artifacts(t, Path(tmp), ev, data, bundle, fitted, tuned, digest)

@@ -1,2 +1,3 @@
 CREATE DATABASE optuna;
 CREATE DATABASE prefect;
+CREATE DATABASE monitoring;

@@ -227,13 +227,26 @@ class BacktestConfig(_Strict):
                                             "1, 1 + k, 1 + 2k, ... (single series)")
     gate: bool = Field(False, description="the gate (and its floor) scores the backtest mean over the origins instead "
                                           "of the test windows (needs refit 0: the champion is scored the same way)")
+    workers: int = Field(0, ge=0, description="refits: 0 or 1 fits them one after another in the training process; "
+                                              "n >= 2 maps them over a local Dask cluster of n processes (one torch "
+                                              "thread each) through Prefect's Dask task runner")
+    dask_address: str | None = Field(None, description="refits on the Dask scheduler at this address "
+                                                        "(tcp://host:8786) instead of a local cluster")
 
     @model_validator(mode="after")
     def _gate(self):
         if self.gate and (self.origins == 0 or self.refit):
             raise ValueError("backtest.gate needs origins > 0 and refit 0 (the champion is scored from the same "
                              "origins without refitting)")
+        if (self.workers > 1 or self.dask_address) and not self.refit:
+            raise ValueError("backtest.workers / backtest.dask_address fan out the refits: set backtest.refit (a "
+                             "backtest without refits only forecasts, which takes less than starting workers)")
         return self
+
+    @property
+    def fans_out(self) -> bool:
+        """Refits go to Dask (backtest.workers >= 2, or a scheduler's address)."""
+        return bool(self.refit and (self.workers > 1 or self.dask_address))
 
 
 class RegistryConfig(_Strict):

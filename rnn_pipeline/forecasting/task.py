@@ -201,20 +201,22 @@ class ForecastingTask(Task):
 
     # ---- backtesting ------------------------------------------------------------------------------------------
     def backtest(self, data: PreparedSeries, bundle: ForecastBundle, season, ev: dict | None = None,
-                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None):
+                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None,
+                 refitted: dict | None = None):
         """The rolling-origin backtest (config `backtest`, or `origins`/`step` given): see forecasting.backtest.
         The Ridges read the look-backs the evaluation `ev` chose (chosen again on validation without one);
-        `params`: the best trial's, which backtest.refit refits."""
+        `params`: the best trial's, which backtest.refit refits; `refitted`: {position: bundle} of refits already
+        fitted elsewhere (refit_positions, refit_bundle)."""
         b = self.cfg.backtest
         self.check_bundle(bundle, data, inputs=True)
         n, step = origins or b.origins, step or b.step or data.horizon
         refit = None
-        window = bundle.window  # a refit reads the best trial's look-back, which the mix may not hold
+        window = self._backtest_window(bundle, params)
         if b.refit and params is not None:
-            window = max(window, int(params["window"]))
+            done = refitted or {}
 
-            def refit(pos):
-                return self._refitted(params, data, pos, device)
+            def refit(pos):  # fitted here, unless the flow fitted it already (fanned out: backtest.workers)
+                return (done.get(pos) or self.refit_bundle(params, data, pos, device)).predict_windows
         positions = backtest.origin_positions(data, window, n, step)
         ridge_windows = ev["baseline_windows"] if ev else self.chosen_ridge_windows(data, bundle.window, positions)
         per = backtest.series_forecasts(data, bundle.predict_windows, window, positions, season, ridge_windows,
@@ -230,9 +232,25 @@ class ForecastingTask(Task):
                                                 name == "ridge_last", np.asarray(positions))[1]
                 for name in ("ridge", "ridge_last")}
 
-    def _refitted(self, params: dict, data: PreparedSeries, position: int, device):
+    def _backtest_window(self, bundle: ForecastBundle, params: dict | None) -> int:
+        """The look-back the origins must leave room for: a refit reads the best trial's, which the mix may not
+        hold."""
+        if self.cfg.backtest.refit and params is not None:
+            return max(bundle.window, int(params["window"]))
+        return bundle.window
+
+    def refit_positions(self, data: PreparedSeries, bundle: ForecastBundle, params: dict) -> list[int]:
+        """The origins (positions in the series) where backtest.refit refits: origins 1, 1 + k, 1 + 2k, ... Each
+        refit is independent of the others: a flow may fit them anywhere (refit_bundle) and pass them to
+        backtest(refitted=...)."""
+        b = self.cfg.backtest
+        positions = backtest.origin_positions(data, self._backtest_window(bundle, params), b.origins,
+                                              b.step or data.horizon)
+        return [int(p) for p in positions[::b.refit]]
+
+    def refit_bundle(self, params: dict, data: PreparedSeries, position: int, device) -> ForecastBundle:
         """`params` fitted on everything before `position` (its validation: as many windows before it as the run's
-        validation split held); its forecasts, original units in and out."""
+        validation split held); its bundle forecasts in original units in and out."""
         import dataclasses
 
         from rnn_pipeline import tune
@@ -243,7 +261,7 @@ class ForecastingTask(Task):
         t = self.cfg.training
         fit = tune.fit_model(params, cut, self.cfg, max_epochs=t.max_epochs, patience=t.patience, device=device,
                              max_seconds=t.max_seconds)
-        return self.bundle(fit.model, cut, params).predict_windows
+        return self.bundle(fit.model, cut, params)
 
     def backtest_score(self, model, data, key: str, origins: int, step: int | None = None) -> float:
         """The gate's score from the backtest's origins (backtest.gate): `key` over every origin's window, forecast

@@ -65,3 +65,23 @@ def test_refit_every_k_origins_in_the_training_flow(tmp_path, prefect_harness):
     assert bt["n_origins"] == 3 and "backtest: 3 origins, 5 steps apart, mse mean ± std" in summary_table(s)
     # refitted models forecast the first and third origins: still scored beside the same baselines
     assert set(bt["models"]) >= {"rnn", "persistence"} and all(v["mse"] > 0 for v in bt["models"].values())
+
+
+def test_refits_fanned_out_on_dask_forecast_as_the_refits_fitted_in_process(tmp_path, prefect_harness):
+    """backtest.workers 2: the refits are fitted on a local Dask cluster (flows.fanout) and the backtest's figures
+    are those of the same refits fitted one after another in the training process."""
+    from flows.training import training_flow
+
+    runs = {}
+    for workers in (0, 2):
+        (tmp_path / f"w{workers}").mkdir()
+        cfg = write_config(tmp_path / f"w{workers}", name=f"btd{workers}", n_trials=0, epochs=2, extra=f"""\
+            features: {{window: 20, horizon: 5}}
+            backtest: {{origins: 4, refit: 1, workers: {workers}}}
+            """)
+        runs[workers] = training_flow(str(cfg))
+    assert "backtest_refits" in runs[2]["timings"] and "backtest_refits" not in runs[0]["timings"]
+    here, there = runs[0]["backtest"], runs[2]["backtest"]
+    assert there["n_origins"] == here["n_origins"] == 4
+    for m in ("rnn", "persistence", "ridge"):
+        assert there["models"][m]["mse"] == pytest.approx(here["models"][m]["mse"], rel=1e-3), m

@@ -82,10 +82,21 @@ def test_a_task_refit_learns_only_from_before_its_origin(monkeypatch):
         return real(p, d, c, **kw)
 
     monkeypatch.setattr(tune, "fit_model", spy)
-    predict = t._refitted(params, data, 570, "cpu")
+    bundle = t.refit_bundle(params, data, 570, "cpu")
     val_len = data.points.test_start - data.points.val_start
     assert seen["cuts"] == [(570 - val_len, 570)]  # trained on targets before 570 - val_len, stopped on the rest
-    assert predict(np.zeros((2, 24, 1))).shape == (2, 6, 1)
+    assert bundle.predict_windows(np.zeros((2, 24, 1))).shape == (2, 6, 1)
+    # the refits' origins, for a flow that fits them elsewhere: origins 1 and 2 (refit 1), given back as fitted
+    positions = t.refit_positions(data, bundle, params)
+    assert positions == [int(p) for p in backtest.origin_positions(data, 24, 2, 6)]
+    fitted = {p: t.refit_bundle(params, data, p, "cpu") for p in positions}
+    seen.clear()
+    here = t.backtest(data, bundle, None, params=params)
+    assert len(seen["cuts"]) == 2  # fitted in the backtest, one after another
+    seen.clear()
+    given = t.backtest(data, bundle, None, params=params, refitted=fitted)
+    assert "cuts" not in seen  # nothing refitted: the given ones forecast
+    assert given["models"]["rnn"]["mse"] == pytest.approx(here["models"]["rnn"]["mse"], rel=1e-6)
 
 
 def test_a_panel_pools_each_origin_over_its_series_on_their_z_scores():
