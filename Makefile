@@ -22,7 +22,7 @@ CPUS := $(shell nproc 2>/dev/null || echo 2)
 TEST_WORKERS ?= $(shell echo $$(( 2 * $(CPUS) < 8 ? 2 * $(CPUS) : 8 )))
 FAULT_WORKERS ?= auto
 
-.PHONY: stack stack-down setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
+.PHONY: bench-stack stack stack-down setup run test test-fast faults lint bench ui clean demo deploy monitor serve browser screenshots
 
 setup: $(STAMP)
 
@@ -78,6 +78,16 @@ bench: setup
 	$(PY) benchmarks/panel.py
 	$(PY) benchmarks/panel.py --accuracy
 	$(PY) benchmarks/backtest.py
+	$(MAKE) bench-stack
+
+# The server-backed stack's figures (issue 16; needs the PostgreSQL at RNNP_STACK_DB): parallel tuning with 1, 2 and
+# 4 workers, the server-backed train against the embedded one, 4 trainings fanned out on Dask, a backtest's refits
+# on Dask.
+bench-stack: setup
+	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,2,4
+	$(PY) benchmarks/stack.py --overhead
+	$(PY) benchmarks/stack.py --fanout 4 --trials 2 --epochs 20
+	$(PY) benchmarks/stack.py --refits 8 --epochs 30
 
 # The server-backed stack (README, "Scaling out"): MLflow and Prefect servers on the PostgreSQL at RNNP_STACK_DB
 # (default postgresql://postgres@127.0.0.1:5432) and a process work pool with STACK_WORKERS workers.

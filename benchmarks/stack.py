@@ -6,6 +6,10 @@
 - **fan-out** (`--fanout K`): K independent training runs (the seed task, `--trials` trials of `--epochs` epochs
   each) one after another, then
   through `rnn-pipeline train-many` on a local Dask cluster of 2 processes;
+- **backtest refits** (`--refits N`): the seed task's backtest with N origins refitted at each (backtest.refit 1,
+  `--epochs` epochs per refit), fitted one after another in this process, then through `flows.fanout.refit_origins`
+  on a local Dask cluster of 2 processes (as `backtest.workers: 2` does in the training flow; the cluster's start
+  counted), with the backtest's RNN figure from each to show they agree;
 - **parallel tuning** (default): trials per minute with 1, 2 and 4 tuning workers sharing one study on
   PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
 
@@ -17,6 +21,7 @@ included), and from the study: the mean trial's training time and the rate betwe
 last one's end (`steady_trials_per_minute`). Then brings the stack down and drops its databases.
 
     python benchmarks/stack.py [--trials 12] [--epochs 80] [--workers 1,2,4] | --overhead | --fanout 4
+        | --refits 8 --epochs 30
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=80, help="epochs per trial")
     ap.add_argument("--overhead", action="store_true", help="embedded against server-backed train, seed task")
     ap.add_argument("--fanout", type=int, default=0, help="K independent trainings: sequential against Dask")
+    ap.add_argument("--refits", type=int, default=0, help="a backtest of N refitted origins: sequential against Dask")
     args = ap.parse_args()
     if args.overhead:
         return overhead()
+    if args.refits:
+        return refits(args.refits, args.epochs)
     if args.fanout:
         return fanout(args.fanout, args.trials, args.epochs)
     from rnn_pipeline import stack
@@ -147,6 +155,48 @@ def overhead() -> None:
             stack.down(tmp / "stack", drop=True, log=lambda m: None)
     print(json.dumps({"embedded_seconds": round(embedded, 1), "server_backed_seconds": round(served, 1),
                       "ratio": round(served / embedded, 3), "target_ratio": 1.3}, indent=2))
+
+
+def refits(n: int, epochs: int) -> None:
+    """The seed task's backtest of `n` origins, each refitted: the refits in this process (one torch thread), then
+    on 2 Dask processes through the Prefect task runner."""
+    import torch
+    from prefect import flow
+
+    from flows.fanout import refit_origins
+    from rnn_pipeline import tasks, tune
+    from rnn_pipeline.config import load_config
+    from rnn_pipeline.data import datasets
+
+    torch.set_num_threads(1)
+    overrides = {"training": {"max_epochs": epochs, "patience": epochs, "ensemble_trials": 1, "threads": 1},
+                 "backtest": {"origins": n, "refit": 1}}
+    cfg = load_config("seed_sine", overrides)
+    t = tasks.for_config(cfg)
+    frame, source = datasets.load(cfg.data.builtin, cfg.data.path, cfg.base_dir)
+    data = t.prepare(t.read(frame, source), source)
+    params = tune.default_params(cfg)
+    quick = tune.fit_model(params, data, cfg, max_epochs=1, patience=1, device="cpu")
+    bundle = t.bundle(quick.model, data, params)
+    positions = t.refit_positions(data, bundle, params)
+
+    t0 = time.perf_counter()
+    here = {p: t.refit_bundle(params, data, p, "cpu") for p in positions}
+    sequential = time.perf_counter() - t0
+
+    @flow
+    def warm() -> None:  # the Prefect API up before the clock starts (the training flow has it already)
+        return None
+
+    warm()
+    t0 = time.perf_counter()
+    there = refit_origins("seed_sine", overrides, params, positions, "cpu", 2, None)
+    dask_seconds = time.perf_counter() - t0
+    figures = {k: t.backtest(data, bundle, None, params=params, refitted=v)["models"]["rnn"]["mse"]
+               for k, v in (("sequential", here), ("dask", there))}
+    print(json.dumps({"refits": len(positions), "epochs_per_refit": epochs, "sequential_seconds": round(sequential, 1),
+                      "dask_seconds": round(dask_seconds, 1), "speedup": round(sequential / dask_seconds, 2),
+                      "backtest_rnn_mse": {k: round(v, 6) for k, v in figures.items()}}, indent=2))
 
 
 def fanout(k: int, trials: int, epochs: int) -> None:
