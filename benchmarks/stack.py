@@ -190,7 +190,7 @@ def refits(n: int, epochs: int) -> None:
 
     warm()
     t0 = time.perf_counter()
-    there = refit_origins("seed_sine", overrides, params, positions, "cpu", 2, None)
+    there = refit_origins("seed_sine", overrides, params, positions, t.digest(data), "cpu", 2, None)
     dask_seconds = time.perf_counter() - t0
     figures = {k: t.backtest(data, bundle, None, params=params, refitted=v)["models"]["rnn"]["mse"]
                for k, v in (("sequential", here), ("dask", there))}

@@ -43,6 +43,8 @@ def up(folder: Folder = Path(DEFAULT_FOLDER),
                                                         "(default <folder>/artifacts) or s3://bucket/path.")] = None):
     """Start the MLflow server (PostgreSQL backend, serving artifacts), the Prefect server (PostgreSQL) and a process
     work pool with its workers; print how to point a config and a shell at them."""
+    import shlex
+
     from rnn_pipeline import stack
 
     state = stack.up(folder, db or stack.DEFAULT_DB, workers, mlflow_port,
@@ -50,8 +52,9 @@ def up(folder: Folder = Path(DEFAULT_FOLDER),
     typer.echo(f"stack up: MLflow {state.mlflow_url}, Prefect {state.prefect_url} (UI and API), pool {state.pool!r} "
                f"with {workers} worker(s); state and logs in {state.folder}")
     typer.echo("point a config at it:\n  stores: " + json.dumps(state.stores()))
+    where = "" if folder == Path(DEFAULT_FOLDER) else f" --folder {shlex.quote(str(folder))}"
     typer.echo("or point a shell at it (a config that names no stores then uses these):\n"
-               f"  eval \"$(rnn-pipeline stack env{'' if folder == Path(DEFAULT_FOLDER) else ' --folder ' + str(folder)})\"")
+               f"  eval \"$(rnn-pipeline stack env{where})\"")
 
 
 def status(folder: Folder = Path(DEFAULT_FOLDER),

@@ -76,10 +76,17 @@ def _prepared(config: str, overrides_json: str):
 
 
 @task(name="refit-origin", cache_policy=NO_CACHE)
-def refit_origin(config: str, overrides_json: str, params: dict, position: int, device: str):
+def refit_origin(config: str, overrides_json: str, params: dict, position: int, device: str, digest: str):
+    from rnn_pipeline.errors import PipelineError
     from rnn_pipeline.train import setup_torch
 
     cfg, t, data = _prepared(config, overrides_json)
+    if t.digest(data) != digest:  # a config or data file changed since (a long-lived cluster's cache, or an edit)
+        _prepared.cache_clear()
+        cfg, t, data = _prepared(config, overrides_json)
+        if t.digest(data) != digest:
+            raise PipelineError(f"refit-origin: the data of {config} read on this Dask worker is not the data the "
+                                "training run trained on (the config or its data changed while it ran)")
     setup_torch(1, cfg.seed)
     t0 = time.perf_counter()
     bundle = t.refit_bundle(params, data, position, device)
@@ -89,20 +96,24 @@ def refit_origin(config: str, overrides_json: str, params: dict, position: int, 
 
 
 @flow(name="rnn-backtest-refits")
-def refits_flow(config: str, overrides_json: str, params: dict, positions: list[int], device: str = "cpu") -> dict:
-    """{position: fitted bundle} for each refitted origin."""
+def refits_flow(config: str, overrides_json: str, params: dict, positions: list[int], digest: str,
+                device: str = "cpu") -> dict:
+    """{position: fitted bundle} for each refitted origin; `digest`: the training run's data digest, which each
+    worker's data must match."""
     quiet_libraries()
     futures = refit_origin.map(unmapped(config), unmapped(overrides_json), unmapped(params), positions,
-                               unmapped(device))
+                               unmapped(device), unmapped(digest))
     return {p: f.result() for p, f in zip(positions, futures)}
 
 
-def refit_origins(config: str, overrides: dict | None, params: dict, positions: list[int], device: str,
+def refit_origins(config: str, overrides: dict | None, params: dict, positions: list[int], digest: str, device: str,
                   workers: int, address: str | None) -> dict:
-    """The backtest's refits fitted on Dask (a subflow on the Dask task runner); {position: bundle}."""
+    """The backtest's refits fitted on Dask (a subflow on the Dask task runner); {position: bundle}. Overrides
+    travel as JSON (dates as ISO strings, which the config reads back)."""
     runner = dask_runner(max(workers, 1), address)
-    return refits_flow.with_options(task_runner=runner)(config, json.dumps(overrides or {}, sort_keys=True), params,
-                                                        [int(p) for p in positions], str(device))
+    return refits_flow.with_options(task_runner=runner)(
+        config, json.dumps(overrides or {}, sort_keys=True, default=str), params, [int(p) for p in positions],
+        digest, str(device))
 
 
 def run(configs: list[str], overrides: dict | None = None, runner: str = "dask", workers: int = 2,

@@ -160,5 +160,12 @@ def enter_workdir() -> None:
     """In a flow run that a work pool's worker started for `deploy --pool`: move to the folder it was deployed from,
     so that relative stores roots and paths mean what they meant there (the worker's run starts in the checkout)."""
     folder = os.environ.get(WORKDIR_ENV)
-    if folder and Path(folder).is_dir():
-        os.chdir(folder)
+    if not folder:
+        return
+    if not Path(folder).is_dir():
+        from rnn_pipeline.errors import PipelineError
+
+        raise PipelineError(f"this deployment runs in {folder} ({WORKDIR_ENV}, the folder `rnn-pipeline deploy --pool` "
+                            "ran in), which this worker cannot see: run the pool's workers on the machine that "
+                            "deployed, or deploy again from a folder they share")
+    os.chdir(folder)

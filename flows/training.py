@@ -278,7 +278,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
                 t1 = time.perf_counter()
                 from flows.deploy import config_parameter
 
-                refitted = refit_origins(config_parameter(config), overrides, tuned.best_params, positions,
+                refitted = refit_origins(config_parameter(config), overrides, tuned.best_params, positions, digest,
                                          str(device), cfg.backtest.workers, cfg.backtest.dask_address)
                 timings["backtest_refits"] = time.perf_counter() - t1
                 logger.info("backtest: %d refits on Dask (%s) in %.1fs", len(positions),

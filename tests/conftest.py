@@ -27,8 +27,9 @@ for k, v in {
 # itself already runs on training.threads (1).
 for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(k, "1")
-os.environ.pop("MLFLOW_TRACKING_URI", None)
-os.environ.pop("PREFECT_API_URL", None)
+# A shell pointed at a stack (`eval "$(rnn-pipeline stack env)"`) must not send the suite's runs to it
+for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RNNP_OPTUNA_URL", "RNNP_MONITORING_URL", "RNNP_WORKDIR"):
+    os.environ.pop(k, None)
 
 REPO = Path(__file__).resolve().parents[1]
 

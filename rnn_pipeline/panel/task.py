@@ -117,9 +117,11 @@ class PanelTask(ForecastingTask):
 
     # ---- backtesting ------------------------------------------------------------------------------------------
     def backtest(self, data: PreparedPanel, bundle: PanelBundle, season, ev: dict | None = None,
-                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None):
+                 params: dict | None = None, device="cpu", origins: int | None = None, step: int | None = None,
+                 refitted: dict | None = None):
         """Each series backtested from its own origins (counted back from its own end), each origin's windows pooled
-        over the series on their z-scores; the Ridges per series as its evaluation chose them."""
+        over the series on their z-scores; the Ridges per series as its evaluation chose them. A panel backtests
+        its trained model (backtest.refit is single-series): `refitted` is always None here."""
         b = self.cfg.backtest
         self.check_bundle(bundle, data, inputs=True)
         n, step = origins or b.origins, step or b.step or data.horizon

@@ -118,14 +118,16 @@ def test_the_readme_walkthrough_with_a_tuning_worker_killed_mid_trial(tmp_path):
 
     prefix = f"rnnp_t{uuid.uuid4().hex[:8]}_"
     mlflow_port, prefect_port = stack.free_port(), stack.free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "RNNP_OPTUNA", "RNNP_MONITORING"))}
+    # nothing of a shell pointed at another stack (RNNP_STACK_FOLDER, the stores' URLs, a Prefect profile) reaches
+    # the commands: they act on this folder's stack only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RNNP_"))}
+    folder = project / ".rnn_pipeline" / "stack"  # stack up's default folder, named so that nothing else decides it
     env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the venv, active
+                "RNNP_STACK_FOLDER": str(folder),
                 "RNNP_STACK_DB": DB, "RNNP_STACK_PREFIX": prefix, "RNNP_STACK_MLFLOW_PORT": str(mlflow_port),
                 "RNNP_STACK_PREFECT_PORT": str(prefect_port),
                 # the test's own Prefect home: no profile of this machine's is read
                 "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false"})
-    folder = project / ".rnn_pipeline" / "stack"
     optuna_url, monitoring_url = f"{DB}/{prefix}optuna", f"{DB}/{prefix}monitoring"
     mlflow_url, prefect_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}"
     stop, killed = threading.Event(), []

@@ -82,6 +82,10 @@ def test_a_pool_run_moves_to_the_folder_it_was_deployed_from(tmp_path, monkeypat
     monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "project"))
     enter_workdir()
     assert os.getcwd() == str(tmp_path / "project")
-    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "gone"))  # a folder that no longer exists: stay put
-    enter_workdir()
+    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "gone"))  # a folder this worker cannot see: said, not ignored
+    with pytest.raises(PipelineError, match="gone .*RNNP_WORKDIR.*cannot see"):
+        enter_workdir()
+    assert os.getcwd() == str(tmp_path / "project")
+    monkeypatch.delenv(WORKDIR_ENV)
+    enter_workdir()  # not a pool run: stays where it is
     assert os.getcwd() == str(tmp_path / "project")
