@@ -87,6 +87,7 @@ bench-stack: setup
 	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,2,4
 	$(PY) benchmarks/stack.py --overhead
 	$(PY) benchmarks/stack.py --fanout 4 --trials 2 --epochs 20
+	$(PY) benchmarks/stack.py --refits 8 --epochs 150
 	$(PY) benchmarks/stack.py --refits 8 --epochs 30
 
 # The server-backed stack (README, "Scaling out"): MLflow and Prefect servers on the PostgreSQL at RNNP_STACK_DB

@@ -98,20 +98,24 @@ def main() -> None:
                 finished = s["n_complete"] + s["n_pruned"]
                 rows.append({"workers": n, "finished_trials": finished, "seconds": round(seconds, 1),
                              "trials_per_minute": round(60 * finished / seconds, 2),
-                             **trial_timeline(state.optuna_url, f"bench-w{n}")})
+                             **trial_timeline(state.optuna_url, f"bench-w{n}", args.trials, seconds)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stack.down(folder, drop=True, log=lambda m: None)
     base = rows[0]["trials_per_minute"]
     for r in rows:
         r["speedup"] = round(r["trials_per_minute"] / base, 2)
+        if "first_n_per_minute" in r:
+            r["first_n_speedup"] = round(r["first_n_per_minute"] / rows[0]["first_n_per_minute"], 2)
     print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows}, indent=2))
 
 
 
-def trial_timeline(optuna_url: str, name: str) -> dict:
-    """What the workers' phase spent where, from the study itself: the mean training time of a trial (its own clock)
-    and the span from the first trial's start to the last one's end (trials per minute once the workers run)."""
+def trial_timeline(optuna_url: str, name: str, n: int, phase_seconds: float) -> dict:
+    """What the workers' phase spent where, from the study itself: the mean training time of a trial (its own clock),
+    the span from the first trial's start to the last one's end (trials per minute once the workers run), and the
+    phase's time until the study held `n` finished trials (the cap; workers mid-trial then finish theirs, which
+    1 worker never does): `n` over that time is the like-for-like rate."""
     import optuna
 
     storage = optuna.storages.RDBStorage(optuna_url)
@@ -124,9 +128,12 @@ def trial_timeline(optuna_url: str, name: str) -> dict:
         storage.engine.dispose()
     if not trials:
         return {}
-    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    ends = sorted(t.datetime_complete for t in trials)
+    span = (ends[-1] - min(t.datetime_start for t in trials)).total_seconds()
+    to_n = phase_seconds - (ends[-1] - ends[min(n, len(ends)) - 1]).total_seconds()
     return {"trial_seconds_mean": round(sum(t.user_attrs.get("seconds", 0) for t in trials) / len(trials), 2),
-            "trials_span_seconds": round(span, 1), "steady_trials_per_minute": round(60 * len(trials) / span, 2)}
+            "trials_span_seconds": round(span, 1), "steady_trials_per_minute": round(60 * len(trials) / span, 2),
+            "seconds_to_n": round(to_n, 1), "first_n_per_minute": round(60 * min(n, len(ends)) / to_n, 2)}
 
 
 def overhead() -> None:

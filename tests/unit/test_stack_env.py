@@ -68,7 +68,7 @@ def test_stack_env_and_down_on_a_stack_that_is_not_running(tmp_path):
 def test_deploy_on_a_pool_needs_the_prefect_server(tmp_path, monkeypatch):
     from flows import deploy
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr("flows.tune_worker.api_url", lambda: None)  # no Prefect server (nor a test harness's)
     cfg = load_config("seed_sine", {"stores": {"root": str(tmp_path)}})
     with pytest.raises(PipelineError, match="needs the Prefect server .*stack env"):
         deploy.deploy_to_pool("seed_sine", cfg, stores.resolve(cfg.stores, {}), "rnn-pipeline")
