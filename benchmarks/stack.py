@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,12 +71,12 @@ def main() -> None:
                          prefix=f"rnnp_b{uuid.uuid4().hex[:6]}_", log=lambda m: print(m, file=sys.stderr))
         rows = []
         try:
-            for n in counts:
-                config = tmp / f"w{n}.yaml"
+            for i, n in enumerate(counts):
+                config = tmp / f"w{n}-{i}.yaml"
                 # every trial the same size (one GRU of 64 units on 48 steps; the learning rate and dropout vary):
                 # trials per minute then measure the workers, not which sizes each study happened to sample
                 config.write_text(textwrap.dedent(f"""\
-                    name: bench-w{n}
+                    name: bench-w{n}-{i}
                     seed: 100
                     data: {{builtin: seed_sine}}
                     training: {{max_epochs: 2, ensemble_trials: 1, threads: 1}}
@@ -86,28 +87,33 @@ def main() -> None:
                                        lr: {{low: 0.0003, high: 0.01, log: true}}}}}}
                     evaluation: {{plots: false}}
                     registry: {{floor: []}}
-                    stores: {{root: "{tmp / f'state{n}'}", mlflow_uri: "{state.mlflow_url}",
+                    stores: {{root: "{tmp / f'state{i}'}", mlflow_uri: "{state.mlflow_url}",
                               optuna_url: "{state.optuna_url}"}}
                     """))
                 run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(config)],
                                      capture_output=True, text=True, env={**os.environ, **stack.prefect_env(state)})
                 if run.returncode != 0:
                     raise SystemExit(f"training with {n} worker(s) failed:\n{run.stderr[-3000:]}")
-                s = json.loads((tmp / f"state{n}" / "last_run.json").read_text())
+                s = json.loads((tmp / f"state{i}" / "last_run.json").read_text())
                 seconds = s["timings"]["tune_workers"]
                 finished = s["n_complete"] + s["n_pruned"]
                 rows.append({"workers": n, "finished_trials": finished, "seconds": round(seconds, 1),
                              "trials_per_minute": round(60 * finished / seconds, 2),
-                             **trial_timeline(state.optuna_url, f"bench-w{n}", args.trials, seconds)})
+                             **trial_timeline(state.optuna_url, f"bench-w{n}-{i}-", args.trials, seconds)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stack.down(folder, drop=True, log=lambda m: None)
-    base = rows[0]["trials_per_minute"]
-    for r in rows:
-        r["speedup"] = round(r["trials_per_minute"] / base, 2)
-        if "first_n_per_minute" in r:
-            r["first_n_speedup"] = round(r["first_n_per_minute"] / rows[0]["first_n_per_minute"], 2)
-    print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows}, indent=2))
+    # a count given more than once (--workers 1,2,1,2) is summarised by its median
+    summary = {}
+    for n in dict.fromkeys(counts):
+        mine = [r for r in rows if r["workers"] == n]
+        summary[n] = {k: statistics.median(r[k] for r in mine) for k in ("trials_per_minute", "first_n_per_minute")}
+    base = summary[counts[0]]
+    for v in summary.values():
+        v["speedup"] = round(v["trials_per_minute"] / base["trials_per_minute"], 2)
+        v["first_n_speedup"] = round(v["first_n_per_minute"] / base["first_n_per_minute"], 2)
+    print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows,
+                      "by_workers": summary}, indent=2))
 
 
 

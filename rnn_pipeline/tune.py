@@ -292,6 +292,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
         log.info("tuning %d trials over %s", remaining, {k: v for k, v in space.model_dump(mode="json").items()
                                                           if v is not None})
     client = mlflow.MlflowClient() if parent_run_id else None
+    pruning = not isinstance(study.pruner, optuna.pruners.NopPruner)  # tuning.pruner none: nothing reads the reports
     spent = [0.0]
     every = cfg.tuning.progress_seconds
 
@@ -311,9 +312,10 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
                 last_note[0] = now
                 log.info("trial %d epoch %d/%d  val %.5f  best %.5f  (%.0fs)", trial.number, epoch,
                          cfg.tuning.max_epochs, val_loss, min(v for _, v in curve), now - t_trial)
-            trial.report(val_loss, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val_loss:.5f})")
+            if pruning:  # each report is a write to the study's storage (80 cost 0.8 s on PostgreSQL here)
+                trial.report(val_loss, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val_loss:.5f})")
 
         state, value, error = "complete", None, None
         try:
