@@ -3,9 +3,10 @@
 - **overhead** (`--overhead`): the seed task's `rnn-pipeline train` (the built-in config as `make run` trains it),
   embedded (SQLite stores, the ephemeral Prefect API) against server-backed (the MLflow server, the Prefect server,
   Optuna on PostgreSQL), wall time of the whole command each (target: within 1.3x);
-- **fan-out** (`--fanout K`): K independent training runs (the seed task, `--trials` trials of `--epochs` epochs
-  each) one after another, then
-  through `rnn-pipeline train-many` on a local Dask cluster of 2 processes;
+- **fan-out** (`--fanout K [--runners sequential,dask,ray]`): K independent training runs (the seed task, `--trials`
+  trials of `--epochs` epochs each) one after another, then through `rnn-pipeline train-many` on a local Dask
+  cluster of 2 processes (and on a local Ray of 2 CPUs, where prefect-ray is installed), and each engine's own cost:
+  a flow of 4 no-op tasks on a fresh local cluster;
 - **backtest refits** (`--refits N`): the seed task's backtest with N origins refitted at each (backtest.refit 1,
   `--epochs` epochs per refit), fitted one after another in this process, then through `flows.fanout.refit_origins`
   on a local Dask cluster of 2 processes (as `backtest.workers: 2` does in the training flow; the cluster's start
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=80, help="epochs per trial")
     ap.add_argument("--overhead", action="store_true", help="embedded against server-backed train, seed task")
     ap.add_argument("--fanout", type=int, default=0, help="K independent trainings: sequential against Dask")
+    ap.add_argument("--runners", default="sequential,dask", help="--fanout: task runners to time (ray needs "
+                    "prefect-ray installed)")
     ap.add_argument("--refits", type=int, default=0, help="a backtest of N refitted origins: sequential against Dask")
     args = ap.parse_args()
     if args.overhead:
@@ -56,7 +59,7 @@ def main() -> None:
     if args.refits:
         return refits(args.refits, args.epochs)
     if args.fanout:
-        return fanout(args.fanout, args.trials, args.epochs)
+        return fanout(args.fanout, args.trials, args.epochs, args.runners.split(","))
     from rnn_pipeline import stack
 
     why = stack.reachable(os.environ.get("RNNP_STACK_DB", stack.DEFAULT_DB))
@@ -212,13 +215,13 @@ def refits(n: int, epochs: int) -> None:
                       "backtest_rnn_mse": {k: round(v, 6) for k, v in figures.items()}}, indent=2))
 
 
-def fanout(k: int, trials: int, epochs: int) -> None:
+def fanout(k: int, trials: int, epochs: int, runners: list[str]) -> None:
     """K seed-task configs (each its own model and stores, `trials` trials of `epochs` epochs) trained sequentially,
     then over Dask with 2 processes."""
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for runner in ("sequential", "dask"):
+        for runner in runners:
             configs = []
             for i in range(k):
                 c = tmp / f"{runner}{i}.yaml"
@@ -239,10 +242,42 @@ def fanout(k: int, trials: int, epochs: int) -> None:
             if run.returncode != 0:
                 raise SystemExit(run.stdout + run.stderr[-3000:])
             times[runner] = time.perf_counter() - t0
+    base = times.get("sequential")
     print(json.dumps({"trainings": k, "trials": trials, "epochs_per_trial": epochs,
-                      "sequential_seconds": round(times["sequential"], 1),
-                      "dask_seconds": round(times["dask"], 1),
-                      "speedup": round(times["sequential"] / times["dask"], 2)}, indent=2))
+                      **{f"{r}_seconds": round(v, 1) for r, v in times.items()},
+                      **({f"{r}_speedup": round(base / v, 2) for r, v in times.items() if r != "sequential"}
+                         if base else {}),
+                      "engine_start_seconds": {r: engine_start(r) for r in times if r != "sequential"}}, indent=2))
+
+
+ENGINE_START = """
+import time
+from prefect import flow, task
+from flows.fanout import dask_runner, ray_runner
+
+@task
+def noop(i):
+    return i
+
+@flow
+def fan():
+    return [f.result() for f in noop.map(range(4))]
+
+fan()  # the Prefect API up first: what is timed next is the engine
+t0 = time.perf_counter()
+fan.with_options(task_runner={"dask": dask_runner, "ray": ray_runner}[RUNNER](2, None))()
+print(time.perf_counter() - t0)
+"""
+
+
+def engine_start(runner: str) -> float:
+    """Seconds for a flow of 4 no-op tasks on a fresh local cluster of 2 processes of `runner` (its start, task
+    round trips and shutdown), in a new process."""
+    run = subprocess.run([sys.executable, "-c", ENGINE_START.replace("RUNNER", repr(runner))], capture_output=True,
+                         text=True, cwd=REPO)
+    if run.returncode != 0:
+        raise SystemExit(run.stderr[-3000:])
+    return round(float(run.stdout.strip().splitlines()[-1]), 1)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def train_many(config: Annotated[list[str], typer.Option("--config", "-c", help=
                                                           "each trains its own model into its own stores).")],
                set_: Annotated[Optional[list[str]], typer.Option(
                    "--set", help="Override one setting in every config, as train's --set (repeatable).")] = None,
-               runner: Annotated[str, typer.Option(help="dask (in parallel: a local cluster, or --dask-address) or "
+               runner: Annotated[str, typer.Option(help="dask (in parallel: a local cluster, or --dask-address), "
+                                                   "ray (a local Ray instead, with prefect-ray installed) or "
                                                    "sequential (one after another, for comparison).")] = "dask",
                workers: Annotated[int, typer.Option(help="Processes of the local Dask cluster.")] = 2,
                dask_address: Annotated[Optional[str], typer.Option(
@@ -105,8 +106,10 @@ def train_many(config: Annotated[list[str], typer.Option("--config", "-c", help=
     prints one line per config (a failed config does not stop the others)."""
     from rnn_pipeline.overrides import parse_overrides
 
-    if runner not in ("dask", "sequential"):
-        raise typer.BadParameter(f"--runner {runner!r}: dask or sequential")
+    if runner not in ("dask", "ray", "sequential"):
+        raise typer.BadParameter(f"--runner {runner!r}: dask, ray or sequential")
+    if dask_address and runner != "dask":
+        raise typer.BadParameter(f"--dask-address is a Dask scheduler's: not for --runner {runner}")
     overrides = parse_overrides(set_, None)
     for c in config:
         _load(c, overrides)  # every config checked before anything starts

@@ -116,12 +116,29 @@ def refit_origins(config: str, overrides: dict | None, params: dict, positions: 
         digest, str(device))
 
 
+def ray_runner(workers: int, address: str | None):
+    """Prefect's Ray task runner (prefect-ray, not installed with the project: `pip install prefect-ray`): a local
+    Ray instance with `workers` CPUs, or the cluster at `address` (ray://host:10001)."""
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        from rnn_pipeline.errors import ConfigError
+
+        raise ConfigError("--runner ray needs prefect-ray, which the project does not install (Dask is its engine): "
+                          "pip install prefect-ray") from None
+    return RayTaskRunner(address=address) if address else RayTaskRunner(
+        init_kwargs={"num_cpus": workers, "include_dashboard": False})
+
+
 def run(configs: list[str], overrides: dict | None = None, runner: str = "dask", workers: int = 2,
         address: str | None = None) -> list[dict]:
     """`configs` trained through the chosen task runner: 'dask' (a local cluster of `workers` processes, or the
-    scheduler at `address`) or 'sequential' (one after another in this process, for comparison)."""
+    scheduler at `address`), 'ray' (prefect-ray, when installed: a local Ray of `workers` CPUs, or the cluster at
+    `address`) or 'sequential' (one after another in this process, for comparison)."""
     if runner == "sequential":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return train_many_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(configs, overrides)
+    if runner == "ray":
+        return train_many_flow.with_options(task_runner=ray_runner(workers, address))(configs, overrides)
     return train_many_flow.with_options(task_runner=dask_runner(workers, address))(configs, overrides)
