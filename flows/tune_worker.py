@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLOW_NAME, DEPLOYMENT = "rnn-tune-worker", "tune-worker"
 WAIT_SECONDS = 24 * 3600
 START_SECONDS = 600  # worker runs that no worker picks up in this long are cancelled
+POLL_SECONDS = 1.0  # how often the training run reads its worker runs' states (the study resumes when all ended)
 
 
 @flow(name=FLOW_NAME, flow_run_name="tune-worker-{worker}")
@@ -132,7 +133,7 @@ def run_workers(n: int, pool: str, parameters: dict, logger, timeout: float = WA
                     raise PipelineError(f"no worker of pool '{pool}' picked up "
                                         f"{', '.join(r.name for r in runs if r.id not in started)} within "
                                         f"{start_timeout:.0f}s (rnn-pipeline stack status)")
-                time.sleep(2.0)
+                time.sleep(POLL_SECONDS)
         except BaseException:
             for r in runs:
                 if r.id not in out:

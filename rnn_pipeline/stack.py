@@ -29,7 +29,7 @@ STATE_FILE = "stack.json"
 START_SECONDS = 180  # a server that does not answer its health check in this long is a failed start
 # how often each worker asks for runs to start (Prefect's default is 10 s): a tuning worker run waits for the next
 # poll before it starts, and a study's workers start together, so the wait is part of every parallel study's time
-QUERY_SECONDS = 3
+QUERY_SECONDS = 2
 
 
 @dataclass
