@@ -89,3 +89,18 @@ def test_a_pool_run_moves_to_the_folder_it_was_deployed_from(tmp_path, monkeypat
     monkeypatch.delenv(WORKDIR_ENV)
     enter_workdir()  # not a pool run: stays where it is
     assert os.getcwd() == str(tmp_path / "project")
+
+
+def test_the_ray_runner_says_how_to_get_it_where_prefect_ray_is_missing():
+    pytest.importorskip("prefect_dask")
+    try:
+        import prefect_ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("prefect-ray is installed here: the runner is built, not refused")
+    from flows.fanout import ray_runner
+    from rnn_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pip install prefect-ray"):
+        ray_runner(2, None)
