@@ -98,6 +98,13 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20) -> None:
             pass
 
 
+def entrypoint(flow_) -> str:
+    """A flow's entrypoint in this checkout ('flows/<module>.py:<function>'), for deployments run from source."""
+    import inspect
+
+    return f"{Path(inspect.getsourcefile(flow_.fn)).resolve().relative_to(REPO).as_posix()}:{flow_.fn.__name__}"
+
+
 def _deployments(config: str, cfg: PipelineConfig) -> dict:
     """What both ways of deploying share: each deployment's flow and keyword arguments (name, parameters, schedule,
     concurrency limit, description, tags)."""
@@ -152,9 +159,7 @@ def deploy_to_pool(config: str, cfg: PipelineConfig, stores, pool: str) -> list[
            "RNNP_OPTUNA_URL": stores.optuna_url, "RNNP_MONITORING_URL": stores.monitoring_url}
     names = []
     for flow_, kw in _deployments(config, cfg).values():
-        entry = {"rnn-monitoring": "flows/monitoring.py:monitoring_flow",
-                 "rnn-training": "flows/training.py:training_flow"}[flow_.name]
-        flow_.from_source(source=str(REPO), entrypoint=entry).deploy(
+        flow_.from_source(source=str(REPO), entrypoint=entrypoint(flow_)).deploy(
             work_pool_name=pool, job_variables={"env": env}, print_next_steps=False, ignore_warnings=True, **kw)
         names.append(f"{flow_.name}/{kw['name']}")
     return names

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.deploy import config_parameter  # noqa: F401  (the training flow passes configs through it)
+from flows.deploy import config_parameter, entrypoint  # noqa: F401  (config_parameter: the training flow uses it)
 from flows.runtime import quiet_libraries
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline import tasks, tune
@@ -86,7 +86,7 @@ def online_workers(client, pool: str) -> int:
 
 def deploy(pool: str) -> str:
     """The worker flow deployed on `pool`, run from this checkout; returns '<flow>/<deployment>'."""
-    tune_worker.from_source(source=str(REPO), entrypoint="flows/tune_worker.py:tune_worker").deploy(
+    tune_worker.from_source(source=str(REPO), entrypoint=entrypoint(tune_worker)).deploy(
         name=DEPLOYMENT, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
     return f"{FLOW_NAME}/{DEPLOYMENT}"
 
