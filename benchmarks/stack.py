@@ -93,16 +93,24 @@ def main() -> None:
                     stores: {{root: "{tmp / f'state{i}'}", mlflow_uri: "{state.mlflow_url}",
                               optuna_url: "{state.optuna_url}"}}
                     """))
+                t0 = time.perf_counter()
                 run = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(config)],
                                      capture_output=True, text=True, env={**os.environ, **stack.prefect_env(state)})
                 if run.returncode != 0:
                     raise SystemExit(f"training with {n} worker(s) failed:\n{run.stderr[-3000:]}")
+                wall = time.perf_counter() - t0
                 s = json.loads((tmp / f"state{i}" / "last_run.json").read_text())
-                seconds = s["timings"]["tune_workers"]
+                # the training run's wait for its workers (the target's figure: their start-up overlaps its own
+                # steps before tuning), and the whole phase from starting them
+                seconds, since_launch = s["timings"]["tune_workers"], s["timings"]["tune_workers_since_launch"]
                 finished = s["n_complete"] + s["n_pruned"]
                 rows.append({"workers": n, "finished_trials": finished, "seconds": round(seconds, 1),
                              "trials_per_minute": round(60 * finished / seconds, 2),
-                             **trial_timeline(state.optuna_url, f"bench-w{n}-{i}-", args.trials, seconds)})
+                             "seconds_since_launch": round(since_launch, 1),
+                             "since_launch_per_minute": round(60 * finished / since_launch, 2),
+                             "train_wall_seconds": round(wall, 1),
+                             **trial_timeline(state.optuna_url, f"bench-w{n}-{i}-", args.trials, seconds),
+                             **worker_startup(state, f"bench-w{n}-{i}-")})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stack.down(folder, drop=True, log=lambda m: None)
@@ -110,11 +118,15 @@ def main() -> None:
     summary = {}
     for n in dict.fromkeys(counts):
         mine = [r for r in rows if r["workers"] == n]
-        summary[n] = {k: statistics.median(r[k] for r in mine) for k in ("trials_per_minute", "first_n_per_minute")}
+        summary[n] = {k: statistics.median(r[k] for r in mine)
+                      for k in ("trials_per_minute", "first_n_per_minute", "since_launch_per_minute",
+                                "train_wall_seconds")}
     base = summary[counts[0]]
     for v in summary.values():
         v["speedup"] = round(v["trials_per_minute"] / base["trials_per_minute"], 2)
         v["first_n_speedup"] = round(v["first_n_per_minute"] / base["first_n_per_minute"], 2)
+        v["since_launch_speedup"] = round(v["since_launch_per_minute"] / base["since_launch_per_minute"], 2)
+        v["train_wall_speedup"] = round(base["train_wall_seconds"] / v["train_wall_seconds"], 2)
     print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows,
                       "by_workers": summary}, indent=2))
 
@@ -143,6 +155,46 @@ def trial_timeline(optuna_url: str, name: str, n: int, phase_seconds: float) -> 
     return {"trial_seconds_mean": round(sum(t.user_attrs.get("seconds", 0) for t in trials) / len(trials), 2),
             "trials_span_seconds": round(span, 1), "steady_trials_per_minute": round(60 * len(trials) / span, 2),
             "seconds_to_n": round(to_n, 1), "first_n_per_minute": round(60 * min(n, len(ends)) / to_n, 2)}
+
+
+def worker_startup(state, name: str) -> dict:
+    """Each tuning worker's start-up, from the Prefect server and the study, as means over the workers: from its
+    flow run's creation to a pool worker taking it (Pending: `pickup_seconds`), from that to the flow running in its
+    own process (Running: the process started, Prefect and the flow's module, torch and MLflow with it, imported:
+    `process_seconds`), and from that to its first trial's start (the data prepared, the wait to be released, the
+    study opened: `startup_seconds`)."""
+    import urllib.request
+    from datetime import datetime
+
+    import optuna
+
+    req = urllib.request.Request(f"{state.prefect_url}/api/flow_runs/filter", data=b"{}",
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    runs = [r for r in json.loads(urllib.request.urlopen(req, timeout=30).read())
+            if r["name"].startswith("tune-worker") and name in r["parameters"].get("study_name", "")]
+    storage = optuna.storages.RDBStorage(state.optuna_url)
+    try:
+        study = next(s for s in optuna.get_all_study_summaries(storage) if name in s.study_name)
+        trials = optuna.load_study(study_name=study.study_name, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
+    pickup, engine, startup = [], [], []
+    for r in runs:
+        if not r.get("start_time"):
+            continue
+        created, started = (datetime.fromisoformat(r[k]).timestamp() for k in ("created", "start_time"))
+        states = json.loads(urllib.request.urlopen(f"{state.prefect_url}/api/flow_run_states/?flow_run_id={r['id']}",
+                                                   timeout=30).read())
+        pending = [datetime.fromisoformat(x["timestamp"]).timestamp() for x in states if x["type"] == "PENDING"]
+        mine = [t.datetime_start.timestamp() for t in trials
+                if t.user_attrs.get("worker") == r["parameters"].get("worker") and t.datetime_start is not None]
+        if pending:  # created -> a pool worker took it (Pending) -> its process ran the flow (Running)
+            pickup.append(min(pending) - created)
+            engine.append(started - min(pending))
+        if mine:
+            startup.append(min(mine) - started)
+    return {k: round(statistics.mean(v), 1) if v else None
+            for k, v in (("pickup_seconds", pickup), ("process_seconds", engine), ("startup_seconds", startup))}
 
 
 def overhead() -> None:

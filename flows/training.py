@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import mlflow
@@ -168,10 +168,11 @@ def training_flow(config: str, overrides: dict | None = None, reason: str = "man
               what=f"training run of model '{cfg.model_name}'",
               on_wait=lambda h: logger.warning("waiting for the training run of '%s' that holds the lock (%s)",
                                                cfg.model_name, describe(h))) as lock:
-        return _train(config, overrides, reason, cfg, st, lock, logger)
+        with ExitStack() as cleanup:  # tuning workers started early are cancelled if the run fails before they end
+            return _train(config, overrides, reason, cfg, st, lock, logger, cleanup)
 
 
-def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
+def _train(config, overrides, reason, cfg, st, lock: Lock, logger, cleanup: ExitStack) -> dict:
     t_start = time.perf_counter()
     t = tasks.for_config(cfg)
     setup_torch(cfg.training.threads, cfg.seed)
@@ -187,14 +188,24 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
     floor = t.floor(season)
     if cfg.backtest.origins:  # origins that do not fit in the test period: said now, not after training
         t.check_backtest(data)
-    if cfg.tuning.workers and cfg.tuning.n_trials:  # a Prefect server and a shared study store: said now
-        from flows import tune_worker
-
-        tune_worker.check_setup(cfg, st)
-    data_warnings = t.warnings(data)
-    logger.info(t.describe(data, source))
     study_name = f"{cfg.name}-{cfg.digest()}-{digest[:8]}"
     timings = {}
+    launch = None
+    if cfg.tuning.workers and cfg.tuning.n_trials:  # workers on the pool share the study: started now, so that their
+        from flows import tune_worker  # start-up overlaps this run's steps up to tuning; released then
+
+        tune_worker.check_setup(cfg, st)  # a Prefect server and a shared study store: said before anything starts
+        t0 = time.perf_counter()
+        study = tune.prepare_study(data, cfg, st.optuna_url, study_name)
+        launch = cleanup.enter_context(tune_worker.launched(cfg.tuning.workers, cfg.tuning.work_pool, {
+            "config": tune_worker.config_parameter(config), "study_name": study_name,
+            # the stores as this run resolved them (environment included): the workers log where it logs
+            "overrides": {**(overrides or {}), "stores": {**(overrides or {}).get("stores", {}),
+                                                          "mlflow_uri": st.mlflow_uri, "optuna_url": st.optuna_url}}},
+            logger))
+        t_launch, timings["tune_workers_launch"] = t0, time.perf_counter() - t0
+    data_warnings = t.warnings(data)
+    logger.info(t.describe(data, source))
     with mlflow_stores(st.mlflow_uri):  # what an earlier, crashed run of this model left (no live run owns it now)
         experiment_id = experiment_for(cfg.name, st.artifact_location)
         cleaned = registry.reconcile(mlflow.MlflowClient(), cfg.model_name, experiment_id)
@@ -227,19 +238,12 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger) -> dict:
                 logger.warning("the dataset was not logged to MLflow: %s: %s", type(e).__name__, e)
 
         t0 = time.perf_counter()
-        if cfg.tuning.workers and cfg.tuning.n_trials:  # workers on the pool share the study first
-            from flows import tune_worker
-
-            tune.prepare_study(data, cfg, st.optuna_url, study_name)
-            workers = tune_worker.run_workers(cfg.tuning.workers, cfg.tuning.work_pool, {
-                "config": tune_worker.config_parameter(config), "study_name": study_name, "experiment_id": experiment_id,
-                "parent_run_id": run_id,
-                # the stores as this run resolved them (environment included): the workers log where it logs
-                "overrides": {**(overrides or {}), "stores": {**(overrides or {}).get("stores", {}),
-                                                              "mlflow_uri": st.mlflow_uri,
-                                                              "optuna_url": st.optuna_url}}}, logger)
+        if launch is not None:  # the workers started above: their trials nest under this run from now on
+            launch.release(study, experiment_id, run_id)
+            workers = launch.wait()
             mlflow.log_params({"tuning.workers": cfg.tuning.workers, "tuning.work_pool": cfg.tuning.work_pool})
-            timings["tune_workers"] = time.perf_counter() - t0
+            now = time.perf_counter()  # the wait here, and the whole phase since the workers were started
+            timings["tune_workers"], timings["tune_workers_since_launch"] = now - t0, now - t_launch
             logger.info("tuning workers done (%s); resuming the study here for what is missing",
                         ", ".join(f"{w['name']} {w['state']}" for w in workers))
         tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)

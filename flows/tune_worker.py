@@ -1,18 +1,24 @@
 """Tuning workers: flow runs on a Prefect work pool that join one Optuna study (tuning.workers).
 
-The training run owns the study: it opens it (trials left running by an interrupted run failed, the configured model
-enqueued), deploys the `rnn-tune-worker` flow on `tuning.work_pool` (from this checkout: the pool's process workers
-run it from the same folder), starts `tuning.workers` runs of it and waits for them. Each worker reads and prepares
-the same data, then runs trials until the study holds `tuning.n_trials` finished ones (Optuna's MaxTrialsCallback: the
-total is capped across workers), each trial a nested MLflow run under the training run. A worker that dies loses only
-its running trial (its heartbeat stops); when the workers are done, the training run resumes the study in-process,
-runs what is still missing (the dead worker's trial among them) and fits the best parameters as it always does.
+The training run owns the study: as soon as it has read its data, it opens the study (trials left running by an
+interrupted run failed, the configured model enqueued), deploys the `rnn-tune-worker` flow on `tuning.work_pool` (from
+this checkout: the pool's process workers run it from the same folder) and starts `tuning.workers` runs of it. Each
+worker starts up (imports, reads and prepares the same data) while the training run opens its MLflow run, then waits
+for the training run to release it (the MLflow run's id, written on the study), then runs trials until the study holds
+`tuning.n_trials` finished ones (Optuna's MaxTrialsCallback: the total is capped across workers), each trial a nested
+MLflow run under the training run. A worker that dies loses only its running trial (its heartbeat stops); when the
+workers are done, the training run resumes the study in-process, runs what is still missing (the dead worker's trial
+among them) and fits the best parameters as it always does. Worker runs still going when the training run fails are
+cancelled.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -32,13 +38,15 @@ FLOW_NAME, DEPLOYMENT = "rnn-tune-worker", "tune-worker"
 WAIT_SECONDS = 24 * 3600
 START_SECONDS = 600  # worker runs that no worker picks up in this long are cancelled
 POLL_SECONDS = 1.0  # how often the training run reads its worker runs' states (the study resumes when all ended)
+LAUNCH_ATTR = "tuning_workers:"  # + a launch's id: the study attribute that releases its workers (Launch.release)
 
 
 @flow(name=FLOW_NAME, flow_run_name="tune-worker-{worker}")
 def tune_worker(config: str, study_name: str, experiment_id: str | None = None, parent_run_id: str | None = None,
-                overrides: dict | None = None, worker: int = 1) -> dict:
+                overrides: dict | None = None, worker: int = 1, launch: str | None = None) -> dict:
     """One tuning worker: the config's data prepared as the training run prepared it, then trials of the shared
-    study until it holds tuning.n_trials finished ones."""
+    study until it holds tuning.n_trials finished ones. Started with a `launch` id (before the training run had its
+    MLflow run), it waits for the training run to release it first (`Launch.release`)."""
     quiet_libraries()
     logger = get_run_logger()
     cfg = load_config(config, overrides)
@@ -47,6 +55,10 @@ def tune_worker(config: str, study_name: str, experiment_id: str | None = None, 
     setup_torch(cfg.training.threads, cfg.seed + worker)
     frame, source = datasets.load(cfg.data.builtin, cfg.data.path, cfg.base_dir)
     data = t.prepare(t.read(frame, source), source)
+    if launch:
+        t0 = time.monotonic()
+        experiment_id, parent_run_id = wait_for_release(st.optuna_url, study_name, launch)
+        logger.info("tuning worker %d: released by the training run after %.1fs", worker, time.monotonic() - t0)
     with mlflow_stores(st.mlflow_uri):
         r = tune.tune(data, cfg, st.optuna_url, study_name, pick_device(cfg.training.device), experiment_id,
                       parent_run_id, worker=worker)
@@ -87,60 +99,139 @@ def online_workers(client, pool: str) -> int:
 def deploy(pool: str) -> str:
     """The worker flow deployed on `pool`, run from this checkout; returns '<flow>/<deployment>'."""
     tune_worker.from_source(source=str(REPO), entrypoint=entrypoint(tune_worker)).deploy(
-        name=DEPLOYMENT, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
+        name=DEPLOYMENT, work_pool_name=pool, print_next_steps=False, ignore_warnings=True,
+        # the engine started directly: Prefect's default first starts a supervisor process (another Python with
+        # Prefect imported) to prepare the workspace, which a local checkout does not need
+        job_variables={"command": f"{sys.executable} -m prefect.engine"})
     return f"{FLOW_NAME}/{DEPLOYMENT}"
 
 
-def run_workers(n: int, pool: str, parameters: dict, logger, timeout: float = WAIT_SECONDS,
-                start_timeout: float = START_SECONDS) -> list[dict]:
-    """Start `n` worker runs on `pool` and wait until each has ended; returns each run's name and final state. A
-    worker run that failed or crashed is reported, not raised: its trial is redone by the training run. Runs that no
-    worker picks up within `start_timeout` seconds, or that are still going after `timeout`, are cancelled and the
-    training run fails saying so; so are all of them when the wait itself is interrupted."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.states import Cancelled
+class Launch:
+    """Worker runs started on a pool before the training run is ready for them: each waits, after its own start-up
+    (imports, the data), until the training run names its MLflow run on the study (`release`). The training run's
+    steps in between overlap the workers' start-up."""
 
-    with get_client(sync_client=True) as client:
-        if online_workers(client, pool) == 0:
-            raise PipelineError(f"no worker of pool '{pool}' is online on {api_url()}: start some (rnn-pipeline stack "
-                                "up, or prefect worker start --pool " + pool + ")")
-        name = deploy(pool)
-        runs = [run_deployment(name, parameters={**parameters, "worker": i + 1}, timeout=0) for i in range(n)]
-        logger.info("started %d tuning worker run(s) on pool '%s': %s", n, pool, ", ".join(r.name for r in runs))
-        t0, out, started = time.monotonic(), {}, set()
-        try:
+    def __init__(self, pool: str, name: str, runs: list, logger):
+        self.id, self.pool, self.name, self.runs, self.logger = uuid.uuid4().hex, pool, name, runs, logger
+        self.out: dict = {}
+
+    def release(self, study, experiment_id: str, parent_run_id: str) -> None:
+        """Tell the waiting workers which MLflow run their trials nest under: they start trials now."""
+        study.set_user_attr(LAUNCH_ATTR + self.id, {"experiment_id": experiment_id, "parent_run_id": parent_run_id})
+
+    def wait(self, timeout: float = WAIT_SECONDS, start_timeout: float = START_SECONDS) -> list[dict]:
+        """Wait until each worker run has ended; returns each run's name and final state. A worker run that failed
+        or crashed is reported, not raised: its trial is redone by the training run. Runs that no worker picks up
+        within `start_timeout` seconds, or that are still going after `timeout`, make the training run fail saying
+        so (and are cancelled, as all unfinished ones are when the training run fails: `cancel`)."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        runs, out, started, t0 = self.runs, self.out, set(), time.monotonic()
+        with get_client(sync_client=True) as client:
             while len(out) < len(runs):
                 waited = time.monotonic() - t0
                 if waited > timeout:
                     raise PipelineError(f"tuning workers still running after {timeout:.0f}s: "
                                         f"{', '.join(r.name for r in runs if r.id not in out)}")
+                try:  # all of them in one request (each request costs the Prefect server CPU the trials share)
+                    states = {f.id: f.state for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[r.id for r in runs if r.id not in out])))}
+                except Exception as e:  # a transient API error: asked again on the next round
+                    self.logger.debug("reading the worker runs: %s", e)
+                    states = {}
                 for r in runs:
-                    if r.id in out:
+                    if r.id in out or r.id not in states:
                         continue
-                    try:
-                        state = client.read_flow_run(r.id).state
-                    except Exception as e:  # a transient API error: asked again on the next round
-                        logger.debug("reading %s: %s", r.name, e)
-                        continue
+                    state = states[r.id]
                     if state is not None and not (state.is_scheduled() or state.is_pending()):
                         started.add(r.id)
                     if state is not None and state.is_final():
                         out[r.id] = {"name": r.name, "state": state.name}
-                        (logger.info if state.is_completed() else logger.warning)(
+                        (self.logger.info if state.is_completed() else self.logger.warning)(
                             "tuning worker run %s ended %s", r.name, state.name)
                 if len(started) < len(runs) and waited > start_timeout:
-                    raise PipelineError(f"no worker of pool '{pool}' picked up "
+                    raise PipelineError(f"no worker of pool '{self.pool}' picked up "
                                         f"{', '.join(r.name for r in runs if r.id not in started)} within "
                                         f"{start_timeout:.0f}s (rnn-pipeline stack status)")
                 time.sleep(POLL_SECONDS)
-        except BaseException:
-            for r in runs:
-                if r.id not in out:
-                    try:
-                        client.set_flow_run_state(r.id, Cancelled(message="the training run stopped waiting"),
-                                                  force=True)
-                    except Exception as e:
-                        logger.warning("could not cancel %s: %s", r.name, e)
-            raise
-    return [out[r.id] for r in runs]
+        return [out[r.id] for r in runs]
+
+    def cancel(self, why: str) -> None:
+        """Stop the worker runs that have not ended: those not started yet are cancelled, running ones are set
+        Cancelling (their pool worker then ends the process)."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled, Cancelling
+
+        with get_client(sync_client=True) as client:
+            for r in self.runs:
+                if r.id in self.out:
+                    continue
+                try:
+                    state = client.read_flow_run(r.id).state
+                    if state is not None and state.is_final():
+                        continue
+                    waiting = state is None or state.is_scheduled() or state.is_pending()
+                    client.set_flow_run_state(r.id, Cancelled(message=why) if waiting else Cancelling(message=why),
+                                              force=True)
+                except Exception as e:
+                    self.logger.warning("could not cancel %s: %s", r.name, e)
+
+
+def launch(n: int, pool: str, parameters: dict, logger) -> Launch:
+    """Deploy the worker flow on `pool` and start `n` runs of it (`parameters` plus each run's number and the
+    launch's id; no MLflow run yet: `Launch.release` names it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        if online_workers(client, pool) == 0:
+            raise PipelineError(f"no worker of pool '{pool}' is online on {api_url()}: start some (rnn-pipeline stack "
+                                "up, or prefect worker start --pool " + pool + ")")
+    name = deploy(pool)
+    out = Launch(pool, name, [], logger)
+    try:
+        for i in range(n):
+            out.runs.append(run_deployment(name, parameters={**parameters, "worker": i + 1, "launch": out.id},
+                                           timeout=0))
+    except BaseException:
+        out.cancel("the training run could not start all its tuning workers")
+        raise
+    logger.info("started %d tuning worker run(s) on pool '%s': %s", n, pool, ", ".join(r.name for r in out.runs))
+    return out
+
+
+@contextmanager
+def launched(n: int, pool: str, parameters: dict, logger):
+    """`launch` as a context: worker runs that have not ended when the block is left (the training run failed, or
+    was interrupted, before or while they ran) are cancelled."""
+    out = launch(n, pool, parameters, logger)
+    try:
+        yield out
+    finally:
+        if len(out.out) < len(out.runs):
+            out.cancel("the training run stopped waiting")
+
+
+def wait_for_release(storage_url: str, study_name: str, launch_id: str, timeout: float = START_SECONDS) -> tuple:
+    """(experiment_id, parent_run_id) once the training run has released the workers of `launch_id` on the study
+    (`Launch.release`); polled on one connection, every half second, for at most `timeout` seconds."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url)
+    t0 = time.monotonic()
+    try:
+        while True:
+            try:
+                owner = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name)).get(
+                    LAUNCH_ATTR + launch_id)
+            except KeyError:  # no such study (yet)
+                owner = None
+            if owner:
+                return owner["experiment_id"], owner["parent_run_id"]
+            if time.monotonic() - t0 > timeout:
+                raise PipelineError(f"the training run did not release its tuning workers on study '{study_name}' "
+                                    f"within {timeout:.0f}s (it failed, or reads other data than this worker)")
+            time.sleep(0.5)
+    finally:
+        storage.engine.dispose()

@@ -298,6 +298,8 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("pid", os.getpid())  # which process runs it (tuning workers share the study)
+        if worker:
+            trial.set_user_attr("worker", worker)
         params = suggest(trial, cfg, space)
         if trial.number >= 1:
             faults.point("tuning")  # crash tests: killed with this trial running and an earlier one finished
