@@ -57,8 +57,14 @@ def dask_runner(workers: int, address: str | None):
 
     # a task whose worker died is not rerun elsewhere: it would train (and register) a second time. Each worker's
     # statistical profiler (a stack sample every 10 ms) is off: it cost a training run about 15% of its time here
-    # (4 small trainings on 2 workers: 56.4 s with it, 51.3 s without)
-    dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.profile.enabled": False})
+    # (4 small trainings on 2 workers: 56.4 s with it, 51.3 s without). The nanny's environment for its worker keeps
+    # the thread caps but not MALLOC_TRIM_THRESHOLD_=65536 (Dask's default, to hand freed memory back to the system
+    # at once): with it glibc trims the heap after almost every batch's tensors are freed, and a training run took
+    # 10.7 s instead of 7.4 s (seed task, 30 epochs, one thread). A remote cluster's workers get what their own
+    # nannies were started with (see "Scaling out" in the README).
+    dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.profile.enabled": False,
+                     "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                                                            "OPENBLAS_NUM_THREADS": 1}})
     return DaskTaskRunner(address=address) if address else DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None})

@@ -197,7 +197,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger, cleanup: Exit
         tune_worker.check_setup(cfg, st)  # a Prefect server and a shared study store: said before anything starts
         t0 = time.perf_counter()
         study = tune.prepare_study(data, cfg, st.optuna_url, study_name)
-        launch = cleanup.enter_context(tune_worker.launched(cfg.tuning.workers, cfg.tuning.work_pool, {
+        launch = cleanup.enter_context(tune_worker.launched(study, cfg.tuning.workers, cfg.tuning.work_pool, {
             "config": tune_worker.config_parameter(config), "study_name": study_name,
             # the stores as this run resolved them (environment included): the workers log where it logs
             "overrides": {**(overrides or {}), "stores": {**(overrides or {}).get("stores", {}),
@@ -239,7 +239,7 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger, cleanup: Exit
 
         t0 = time.perf_counter()
         if launch is not None:  # the workers started above: their trials nest under this run from now on
-            launch.release(study, experiment_id, run_id)
+            launch.release(experiment_id, run_id)
             workers = launch.wait()
             mlflow.log_params({"tuning.workers": cfg.tuning.workers, "tuning.work_pool": cfg.tuning.work_pool})
             now = time.perf_counter()  # the wait here, and the whole phase since the workers were started

@@ -15,7 +15,6 @@ cancelled.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ FLOW_NAME, DEPLOYMENT = "rnn-tune-worker", "tune-worker"
 WAIT_SECONDS = 24 * 3600
 START_SECONDS = 600  # worker runs that no worker picks up in this long are cancelled
 POLL_SECONDS = 1.0  # how often the training run reads its worker runs' states (the study resumes when all ended)
-LAUNCH_ATTR = "tuning_workers:"  # + a launch's id: the study attribute that releases its workers (Launch.release)
+LAUNCH_ATTR = "tuning_workers"  # the study attribute that releases (or withdraws) the latest launch's workers
 
 
 @flow(name=FLOW_NAME, flow_run_name="tune-worker-{worker}")
@@ -99,10 +98,7 @@ def online_workers(client, pool: str) -> int:
 def deploy(pool: str) -> str:
     """The worker flow deployed on `pool`, run from this checkout; returns '<flow>/<deployment>'."""
     tune_worker.from_source(source=str(REPO), entrypoint=entrypoint(tune_worker)).deploy(
-        name=DEPLOYMENT, work_pool_name=pool, print_next_steps=False, ignore_warnings=True,
-        # the engine started directly: Prefect's default first starts a supervisor process (another Python with
-        # Prefect imported) to prepare the workspace, which a local checkout does not need
-        job_variables={"command": f"{sys.executable} -m prefect.engine"})
+        name=DEPLOYMENT, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
     return f"{FLOW_NAME}/{DEPLOYMENT}"
 
 
@@ -111,13 +107,19 @@ class Launch:
     (imports, the data), until the training run names its MLflow run on the study (`release`). The training run's
     steps in between overlap the workers' start-up."""
 
-    def __init__(self, pool: str, name: str, runs: list, logger):
-        self.id, self.pool, self.name, self.runs, self.logger = uuid.uuid4().hex, pool, name, runs, logger
+    def __init__(self, study, pool: str, name: str, runs: list, logger):
+        self.id, self.study, self.pool, self.name, self.runs, self.logger = uuid.uuid4().hex, study, pool, name, runs, \
+            logger
         self.out: dict = {}
 
-    def release(self, study, experiment_id: str, parent_run_id: str) -> None:
+    def release(self, experiment_id: str, parent_run_id: str) -> None:
         """Tell the waiting workers which MLflow run their trials nest under: they start trials now."""
-        study.set_user_attr(LAUNCH_ATTR + self.id, {"experiment_id": experiment_id, "parent_run_id": parent_run_id})
+        self.study.set_user_attr(LAUNCH_ATTR, {"launch": self.id, "experiment_id": experiment_id,
+                                               "parent_run_id": parent_run_id})
+
+    def withdraw(self, why: str) -> None:
+        """Tell workers still waiting to be released that they never will be: they end at once."""
+        self.study.set_user_attr(LAUNCH_ATTR, {"launch": self.id, "withdrawn": why})
 
     def wait(self, timeout: float = WAIT_SECONDS, start_timeout: float = START_SECONDS) -> list[dict]:
         """Wait until each worker run has ended; returns each run's name and final state. A worker run that failed
@@ -134,9 +136,10 @@ class Launch:
                 if waited > timeout:
                     raise PipelineError(f"tuning workers still running after {timeout:.0f}s: "
                                         f"{', '.join(r.name for r in runs if r.id not in out)}")
-                try:  # all of them in one request (each request costs the Prefect server CPU the trials share)
-                    states = {f.id: f.state for f in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                        id=FlowRunFilterId(any_=[r.id for r in runs if r.id not in out])))}
+                pending = [r.id for r in runs if r.id not in out]
+                try:  # 200 to a request (the server's most; each request costs CPU the trials share)
+                    states = {f.id: f.state for i in range(0, len(pending), 200) for f in client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending[i:i + 200])), limit=200)}
                 except Exception as e:  # a transient API error: asked again on the next round
                     self.logger.debug("reading the worker runs: %s", e)
                     states = {}
@@ -157,30 +160,44 @@ class Launch:
                 time.sleep(POLL_SECONDS)
         return [out[r.id] for r in runs]
 
-    def cancel(self, why: str) -> None:
-        """Stop the worker runs that have not ended: those not started yet are cancelled, running ones are set
-        Cancelling (their pool worker then ends the process)."""
+    def cancel(self, why: str, settle_seconds: float = 60.0) -> None:
+        """Stop the worker runs that have not ended: workers waiting to be released are told so on the study; runs
+        not picked up yet are cancelled, the others set Cancelling (their pool worker then ends the process). Waits
+        up to `settle_seconds` for them to end, so that a retrain does not open the study beside dying workers."""
         from prefect.client.orchestration import get_client
         from prefect.states import Cancelled, Cancelling
 
+        try:
+            self.withdraw(why)
+        except Exception as e:
+            self.logger.warning("could not withdraw the tuning workers on the study: %s", e)
+        left = [r for r in self.runs if r.id not in self.out]
         with get_client(sync_client=True) as client:
-            for r in self.runs:
-                if r.id in self.out:
-                    continue
+            for r in left:
                 try:
                     state = client.read_flow_run(r.id).state
                     if state is not None and state.is_final():
                         continue
-                    waiting = state is None or state.is_scheduled() or state.is_pending()
-                    client.set_flow_run_state(r.id, Cancelled(message=why) if waiting else Cancelling(message=why),
-                                              force=True)
+                    client.set_flow_run_state(r.id, Cancelled(message=why) if state is None or state.is_scheduled()
+                                              else Cancelling(message=why), force=True)
                 except Exception as e:
                     self.logger.warning("could not cancel %s: %s", r.name, e)
+            deadline = time.monotonic() + settle_seconds
+            while left and time.monotonic() < deadline:
+                try:
+                    left = [r for r in left if not (client.read_flow_run(r.id).state or Cancelled()).is_final()]
+                except Exception as e:
+                    self.logger.debug("reading the cancelled worker runs: %s", e)
+                if left:
+                    time.sleep(POLL_SECONDS)
+            if left:
+                self.logger.warning("tuning worker run(s) %s not ended %.0fs after being cancelled",
+                                    ", ".join(r.name for r in left), settle_seconds)
 
 
-def launch(n: int, pool: str, parameters: dict, logger) -> Launch:
-    """Deploy the worker flow on `pool` and start `n` runs of it (`parameters` plus each run's number and the
-    launch's id; no MLflow run yet: `Launch.release` names it)."""
+def launch(study, n: int, pool: str, parameters: dict, logger) -> Launch:
+    """Deploy the worker flow on `pool` and start `n` runs of it on `study` (`parameters` plus each run's number and
+    the launch's id; no MLflow run yet: `Launch.release` names it)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -189,7 +206,7 @@ def launch(n: int, pool: str, parameters: dict, logger) -> Launch:
             raise PipelineError(f"no worker of pool '{pool}' is online on {api_url()}: start some (rnn-pipeline stack "
                                 "up, or prefect worker start --pool " + pool + ")")
     name = deploy(pool)
-    out = Launch(pool, name, [], logger)
+    out = Launch(study, pool, name, [], logger)
     try:
         for i in range(n):
             out.runs.append(run_deployment(name, parameters={**parameters, "worker": i + 1, "launch": out.id},
@@ -202,20 +219,21 @@ def launch(n: int, pool: str, parameters: dict, logger) -> Launch:
 
 
 @contextmanager
-def launched(n: int, pool: str, parameters: dict, logger):
+def launched(study, n: int, pool: str, parameters: dict, logger):
     """`launch` as a context: worker runs that have not ended when the block is left (the training run failed, or
     was interrupted, before or while they ran) are cancelled."""
-    out = launch(n, pool, parameters, logger)
+    out = launch(study, n, pool, parameters, logger)
     try:
         yield out
     finally:
         if len(out.out) < len(out.runs):
-            out.cancel("the training run stopped waiting")
+            out.cancel("the training run failed or was interrupted before its tuning workers ended")
 
 
 def wait_for_release(storage_url: str, study_name: str, launch_id: str, timeout: float = START_SECONDS) -> tuple:
     """(experiment_id, parent_run_id) once the training run has released the workers of `launch_id` on the study
-    (`Launch.release`); polled on one connection, every half second, for at most `timeout` seconds."""
+    (`Launch.release`); polled on one connection, every half second, for at most `timeout` seconds (a training run
+    killed outright releases nothing). A withdrawn launch (the training run failed first) ends the wait at once."""
     import optuna
 
     storage = optuna.storages.RDBStorage(storage_url)
@@ -223,15 +241,16 @@ def wait_for_release(storage_url: str, study_name: str, launch_id: str, timeout:
     try:
         while True:
             try:
-                owner = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name)).get(
-                    LAUNCH_ATTR + launch_id)
+                owner = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name)).get(LAUNCH_ATTR)
             except KeyError:  # no such study (yet)
                 owner = None
-            if owner:
+            if owner and owner.get("launch") == launch_id:
+                if "withdrawn" in owner:
+                    raise PipelineError(f"the training run withdrew its tuning workers: {owner['withdrawn']}")
                 return owner["experiment_id"], owner["parent_run_id"]
             if time.monotonic() - t0 > timeout:
                 raise PipelineError(f"the training run did not release its tuning workers on study '{study_name}' "
-                                    f"within {timeout:.0f}s (it failed, or reads other data than this worker)")
+                                    f"within {timeout:.0f}s (it was stopped, or reads other data than this worker)")
             time.sleep(0.5)
     finally:
         storage.engine.dispose()

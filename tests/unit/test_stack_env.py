@@ -108,7 +108,8 @@ def test_the_ray_runner_says_how_to_get_it_where_prefect_ray_is_missing():
 
 def test_started_tuning_workers_wait_for_their_training_run_to_release_them(tmp_path):
     """Worker runs start before the training run has its MLflow run: each waits on the study for its launch's
-    release (and only its own launch's), and gives up with an error naming the study when none comes."""
+    release (an earlier launch's does not count), ends at once when the training run withdraws them (it failed
+    first), and gives up with an error naming the study when nothing comes."""
     import threading
 
     import optuna
@@ -117,13 +118,17 @@ def test_started_tuning_workers_wait_for_their_training_run_to_release_them(tmp_
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=url, study_name="s")
-    earlier, launch = Launch("pool", "d", [], None), Launch("pool", "d", [], None)
-    earlier.release(study, "0", "an-earlier-run")  # a resumed study keeps an earlier run's release
-    timer = threading.Timer(1.0, launch.release, (study, "7", "parent-run"))
+    earlier, launch = Launch(study, "pool", "d", [], None), Launch(study, "pool", "d", [], None)
+    earlier.release("0", "an-earlier-run")  # a resumed study keeps an earlier run's release
+    timer = threading.Timer(1.0, launch.release, ("7", "parent-run"))
     timer.start()
     try:
         assert wait_for_release(url, "s", launch.id, timeout=120) == ("7", "parent-run")
     finally:
         timer.cancel()
+    again = Launch(study, "pool", "d", [], None)
+    again.withdraw("the MLflow server did not answer")
+    with pytest.raises(PipelineError, match="withdrew its tuning workers: the MLflow server did not answer"):
+        wait_for_release(url, "s", again.id, timeout=120)
     with pytest.raises(PipelineError, match="did not release its tuning workers on study 'other'"):
         wait_for_release(url, "other", launch.id, timeout=0.2)
