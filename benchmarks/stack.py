@@ -16,10 +16,13 @@
 
 Brings up the stack (`rnn pipeline stack up`, 4 process workers, its own databases), trains the seed config with
 `tuning.workers` = each count (a fresh study each: the study name holds the config's digest; every trial the same
-size, so that the counts compare), and reads the workers' phase from the run summary: finished trials over the time
-from starting the workers to the last one ending (`trials_per_minute`, the target's figure, worker start-up
-included), and from the study: the mean trial's training time and the rate between the first trial's start and the
-last one's end (`steady_trials_per_minute`). Then brings the stack down and drops its databases.
+size, so that the counts compare), and reads the workers' phase from the run summary: finished trials over the
+training run's wait for its workers, from releasing them to the last one ending (`trials_per_minute`, the target's
+figure; the workers' start-up overlaps the training run's MLflow set-up, and what is left of it is included), over
+the time from starting them (`since_launch_per_minute`), and over the whole `train` command's wall time; from the
+study: the mean trial's training time and the rate between the first trial's start and the last one's end
+(`steady_trials_per_minute`); and from the Prefect server where each worker's start-up went (`worker_startup`).
+Then brings the stack down and drops its databases.
 
     python benchmarks/stack.py [--trials 12] [--epochs 80] [--workers 1,2,4] | --overhead | --fanout 4
         | --refits 8 --epochs 30

@@ -8,7 +8,7 @@ def _environ() -> dict:
     return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
 
 
-def test_local_dask_workers_train_without_the_malloc_trim_threshold():
+def test_local_dask_workers_train_without_the_malloc_trim_threshold(monkeypatch):
     import copy
 
     import dask
@@ -16,7 +16,9 @@ def test_local_dask_workers_train_without_the_malloc_trim_threshold():
 
     from flows.fanout import dask_runner
 
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a worker inherits this process's environment
     saved = copy.deepcopy(dask.config.config)  # dask_runner sets the global config: restored after the test
+    environ = dict(os.environ)  # and the nanny exports its worker's variables in this process too
     try:
         runner = dask_runner(1, None)
         with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
@@ -24,4 +26,6 @@ def test_local_dask_workers_train_without_the_malloc_trim_threshold():
     finally:
         dask.config.config.clear()
         dask.config.config.update(saved)
+        os.environ.clear()
+        os.environ.update(environ)
     assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
