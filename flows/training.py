@@ -193,17 +193,18 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger, cleanup: Exit
     launch = None
     if cfg.tuning.workers and cfg.tuning.n_trials:  # workers on the pool share the study: started now, so that their
         from flows import tune_worker  # start-up overlaps this run's steps up to tuning; released then
+        from flows.deploy import config_parameter
 
         tune_worker.check_setup(cfg, st)  # a Prefect server and a shared study store: said before anything starts
-        t0 = time.perf_counter()
+        t_launch = time.perf_counter()
         study = tune.prepare_study(data, cfg, st.optuna_url, study_name)
         launch = cleanup.enter_context(tune_worker.launched(study, cfg.tuning.workers, cfg.tuning.work_pool, {
-            "config": tune_worker.config_parameter(config), "study_name": study_name,
+            "config": config_parameter(config), "study_name": study_name,
             # the stores as this run resolved them (environment included): the workers log where it logs
             "overrides": {**(overrides or {}), "stores": {**(overrides or {}).get("stores", {}),
                                                           "mlflow_uri": st.mlflow_uri, "optuna_url": st.optuna_url}}},
             logger))
-        t_launch, timings["tune_workers_launch"] = t0, time.perf_counter() - t0
+        timings["tune_workers_launch"] = time.perf_counter() - t_launch
     data_warnings = t.warnings(data)
     logger.info(t.describe(data, source))
     with mlflow_stores(st.mlflow_uri):  # what an earlier, crashed run of this model left (no live run owns it now)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.deploy import config_parameter, entrypoint  # noqa: F401  (config_parameter: the training flow uses it)
+from flows.deploy import entrypoint
 from flows.runtime import quiet_libraries
 from rnn_pipeline import stores as stores_mod
 from rnn_pipeline import tasks, tune
