@@ -26,6 +26,9 @@ from rnn_pipeline.train import FitResult, fit
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# what counts against tuning.n_trials when a process decides whether to start another trial: the finished ones and
+# the ones other processes are running (one that then fails is run again, by the training run if nobody else does)
+CLAIMED = FINISHED + (TrialState.RUNNING,)
 
 
 def search_space(cfg: PipelineConfig, data=None) -> SearchSpace:
@@ -273,9 +276,11 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out). A `worker`
     (its number, from 1) shares the study with other processes (tuning.workers): it leaves their running trials
     alone, the owner prepared the study, and its sampler is seeded apart from theirs (workers start together: the
-    same seed would propose the same trials) with the constant liar. Every process stops once the study holds
-    n_trials finished ones (Optuna's MaxTrialsCallback): trials already running then finish, so the study may hold
-    up to workers - 1 more."""
+    same seed would propose the same trials) with the constant liar. A process starts no trial once the study holds
+    n_trials finished or running ones (Optuna's MaxTrialsCallback, counting the trials other processes are running:
+    a worker does not start a trial beyond the cap while the others finish theirs, which left one worker training a
+    trial too many while the other idled); a running trial that then fails (its worker died) leaves the study short,
+    and whoever resumes it (the training run, after its workers) runs what is missing."""
     t0 = time.perf_counter()
     if worker:
         study = open_study(storage_url, study_name, cfg, exclusive=False)
@@ -284,8 +289,9 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     else:
         study = prepare_study(data, cfg, storage_url, study_name)
     space = search_space(cfg, data)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = max(cfg.tuning.n_trials - done, 0)
+    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+    done = sum(t.state in FINISHED for t in claimed)
+    remaining = max(cfg.tuning.n_trials - len(claimed), 0)
     if done:
         log.info("resuming study '%s': %d finished trials kept, %d to run", study_name, done, remaining)
     if remaining:
@@ -347,17 +353,19 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     # Failed trials do not count: run rounds until the study holds n_trials finished ones, stopping when a whole
     # round fails (a config that breaks every trial) or the time budget is spent.
     budget = cfg.tuning.timeout_seconds
+    before = done
     while remaining > 0:
         left = None if budget is None else budget - (time.perf_counter() - t0)
         if left is not None and left <= 0:
             log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
             break
         study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[MaxTrialsCallback(cfg.tuning.n_trials, states=FINISHED)])
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if finished == cfg.tuning.n_trials - remaining:
+                       callbacks=[MaxTrialsCallback(cfg.tuning.n_trials, states=CLAIMED)])
+        claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+        finished = sum(t.state in FINISHED for t in claimed)
+        if finished == before:
             break  # nothing finished in this round
-        remaining = cfg.tuning.n_trials - finished
+        before, remaining = finished, cfg.tuning.n_trials - len(claimed)
     trials = study.get_trials(deepcopy=False)
     n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
     best = default_params(cfg)

@@ -255,6 +255,27 @@ def test_a_shared_study_leaves_live_trials_alone_and_an_exclusive_one_fails_them
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_worker_starts_no_trial_beyond_the_cap_that_others_are_running(tmp_path, data):
+    """A tuning worker counts the trials other workers are running against n_trials: with 2 of 4 finished and 1
+    running elsewhere, it runs 1 trial, not 2 (the second kept one worker training past the cap while the other
+    idled). If the trial running elsewhere then fails, the study's owner resumes it and runs the missing one."""
+    url, cfg = f"sqlite:///{tmp_path / 'cap.db'}", small_cfg(n_trials=4)
+    study = tune.open_study(url, "cap", cfg)
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    elsewhere = study.ask()  # another worker's trial, running
+    res = tune.tune(data, cfg, url, "cap", "cpu", worker=2)
+    states = [t.state for t in optuna.load_study(study_name="cap", storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and res.trial_seconds > 0
+    assert states[elsewhere.number] == optuna.trial.TrialState.RUNNING and len(states) == 4
+    # the other worker died: its trial is failed when the owner resumes the study, which runs the one missing
+    res = tune.tune(data, cfg, url, "cap", "cpu")
+    states = [t.state for t in res.study.trials]
+    assert states[elsewhere.number] == optuna.trial.TrialState.FAIL
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and len(states) == 5
+
+
 def test_a_trial_and_the_final_fit_say_how_their_first_epoch_went(tmp_path, data, caplog):
     """Progress while training runs: each trial logs its first epoch (then one line every progress_seconds), and a
     fit with log_every logs its first epoch too (then every log_every epochs or LOG_SECONDS)."""
