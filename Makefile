@@ -84,7 +84,8 @@ bench: setup
 # 4 workers, the server-backed train against the embedded one, 4 trainings fanned out on Dask, a backtest's refits
 # on Dask.
 bench-stack: setup
-	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,2,4
+	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,2,1,2,1,2
+	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,4
 	$(PY) benchmarks/stack.py --overhead
 	$(PY) benchmarks/stack.py --fanout 4 --trials 2 --epochs 20
 	$(PY) benchmarks/stack.py --refits 8 --epochs 150

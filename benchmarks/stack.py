@@ -11,10 +11,14 @@
   `--epochs` epochs per refit), fitted one after another in this process, then through `flows.fanout.refit_origins`
   on a local Dask cluster of 2 processes (as `backtest.workers: 2` does in the training flow; the cluster's start
   counted), with the backtest's RNN figure from each to show they agree;
-- **parallel tuning** (default): trials per minute with 1, 2 and 4 tuning workers sharing one study on
-  PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores).
+- **parallel tuning** (default): trials per minute with 1 and 2 (or 4) tuning workers sharing one study on
+  PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores),
+  interleaved (`--workers 1,2,1,2`: each run of another count is also set against the 1-worker run before it).
 
-Brings up the stack (`rnn pipeline stack up`, 4 process workers, its own databases), trains the seed config with
+Brings up the stack (`rnn pipeline stack up` with as many process workers as the largest count, its own databases:
+every pool worker polls the Prefect server every 2 s, idle or not, and the server's share of the two cores grows
+with them, so compare 1 and 2 workers in a run of its own, `--workers 1,2,1,2`, on the 2 workers `stack up` starts
+by default, and 1 against 4 in another, `--workers 1,4`), trains the seed config with
 `tuning.workers` = each count (a fresh study each: the study name holds the config's digest; every trial the same
 size, so that the counts compare), and reads the workers' phase from the run summary: finished trials over the
 training run's wait for its workers, from releasing them to the last one ending (`trials_per_minute`, the target's
@@ -24,7 +28,7 @@ study: the mean trial's training time and the rate between the first trial's sta
 (`steady_trials_per_minute`); and from the Prefect server where each worker's start-up went (`worker_startup`).
 Then brings the stack down and drops its databases.
 
-    python benchmarks/stack.py [--trials 12] [--epochs 80] [--workers 1,2,4] | --overhead | --fanout 4
+    python benchmarks/stack.py [--trials 12] [--epochs 80] [--workers 1,2,1,2 | --workers 1,4] | --overhead | --fanout 4
         | --refits 8 --epochs 30
 """
 
@@ -49,7 +53,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--workers", default="1,2,1,2")
     ap.add_argument("--epochs", type=int, default=80, help="epochs per trial")
     ap.add_argument("--overhead", action="store_true", help="embedded against server-backed train, seed task")
     ap.add_argument("--fanout", type=int, default=0, help="K independent trainings: sequential against Dask")
@@ -130,16 +134,25 @@ def main() -> None:
         v["first_n_speedup"] = round(v["first_n_per_minute"] / base["first_n_per_minute"], 2)
         v["since_launch_speedup"] = round(v["since_launch_per_minute"] / base["since_launch_per_minute"], 2)
         v["train_wall_speedup"] = round(base["train_wall_seconds"] / v["train_wall_seconds"], 2)
+    # interleaved runs (--workers 1,2,1,2): each run against the run of the first count just before it, so that a
+    # pair shares the machine's state of the moment (the same trial alone varies by 10-20% over an hour here)
+    pairs, last = [], None
+    for r in rows:
+        if r["workers"] == counts[0]:
+            last = r
+        elif last is not None:
+            pairs.append({"workers": r["workers"], "speedup": round(r["trials_per_minute"] / last["trials_per_minute"], 2),
+                          "trial_seconds": [last.get("trial_seconds_mean"), r.get("trial_seconds_mean")]})
     print(json.dumps({"trials": args.trials, "epochs_per_trial": args.epochs, "rows": rows,
-                      "by_workers": summary}, indent=2))
+                      "by_workers": summary, "pairs": pairs}, indent=2))
 
 
 
 def trial_timeline(optuna_url: str, name: str, n: int, phase_seconds: float) -> dict:
     """What the workers' phase spent where, from the study itself: the mean training time of a trial (its own clock),
     the span from the first trial's start to the last one's end (trials per minute once the workers run), and the
-    phase's time until the study held `n` finished trials (the cap; workers mid-trial then finish theirs, which
-    1 worker never does): `n` over that time is the like-for-like rate."""
+    phase's time until the study held `n` finished trials (the cap; two workers finishing at the same moment can
+    still both start one past it): `n` over that time is the like-for-like rate."""
     import optuna
 
     storage = optuna.storages.RDBStorage(optuna_url)

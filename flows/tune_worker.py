@@ -1,15 +1,15 @@
 """Tuning workers: flow runs on a Prefect work pool that join one Optuna study (tuning.workers).
 
 The training run owns the study: as soon as it has read its data, it opens the study (trials left running by an
-interrupted run failed, the configured model enqueued), deploys the `rnn-tune-worker` flow on `tuning.work_pool` (from
-this checkout: the pool's process workers run it from the same folder) and starts `tuning.workers` runs of it. Each
-worker starts up (imports, reads and prepares the same data) while the training run opens its MLflow run, then waits
-for the training run to release it (the MLflow run's id, written on the study), then runs trials until the study holds
-`tuning.n_trials` finished ones (Optuna's MaxTrialsCallback: the total is capped across workers), each trial a nested
-MLflow run under the training run. A worker that dies loses only its running trial (its heartbeat stops); when the
-workers are done, the training run resumes the study in-process, runs what is still missing (the dead worker's trial
-among them) and fits the best parameters as it always does. Worker runs still going when the training run fails are
-cancelled.
+interrupted run failed, the configured model enqueued), deploys the `rnn-tune-worker` flow on `tuning.work_pool`
+(from this checkout: the pool's process workers run it from the same folder) and starts `tuning.workers` runs of it.
+Each worker starts up (imports, reads and prepares the same data) while the training run opens its MLflow run, then
+waits for the training run to release it (the MLflow run's id, written on the study), then runs trials until the
+finished trials and those the other workers are running make `tuning.n_trials` (Optuna's MaxTrialsCallback: the total
+is capped across workers), each trial a nested MLflow run under the training run. A worker that dies loses only its
+running trial (its heartbeat stops); when the workers are done, the training run resumes the study in-process, runs
+what is still missing (the dead worker's trial among them) and fits the best parameters as it always does. Worker
+runs still going when the training run fails are cancelled.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ LAUNCH_ATTR = "tuning_workers"  # the study attribute that releases (or withdraw
 @flow(name=FLOW_NAME, flow_run_name="tune-worker-{worker}")
 def tune_worker(config: str, study_name: str, experiment_id: str | None = None, parent_run_id: str | None = None,
                 overrides: dict | None = None, worker: int = 1, launch: str | None = None) -> dict:
-    """One tuning worker: the config's data prepared as the training run prepared it, then trials of the shared
-    study until it holds tuning.n_trials finished ones. Started with a `launch` id (before the training run had its
-    MLflow run), it waits for the training run to release it first (`Launch.release`)."""
+    """One tuning worker: the config's data prepared as the training run prepared it, then trials of the shared study
+    until its finished trials and those other workers run make tuning.n_trials. Started with a `launch` id
+    (before the training run had its MLflow run), it waits for the training run to release it first
+    (`Launch.release`)."""
     quiet_libraries()
     logger = get_run_logger()
     cfg = load_config(config, overrides)

@@ -250,6 +250,17 @@ def open_study(storage_url: str, study_name: str, cfg: PipelineConfig, exclusive
     return study
 
 
+def claimed_trials(study: optuna.Study, trial=None) -> list:
+    """The trials that count against n_trials when a process decides whether to start another (CLAIMED), with
+    trials whose heartbeat stopped failed first (Optuna does that only before it starts a trial): a dead worker's
+    trial holds no place once it is stale (and is queued once more, by the study's stale-trial callback). Also a
+    study callback, placed before MaxTrialsCallback(n_trials, states=CLAIMED)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return study.get_trials(deepcopy=False, states=CLAIMED)
+
+
 @dataclass
 class TuneResult:
     study: optuna.Study
@@ -273,14 +284,15 @@ def prepare_study(data, cfg: PipelineConfig, storage_url: str, study_name: str) 
 
 def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
          experiment_id: str | None = None, parent_run_id: str | None = None, worker: int = 0) -> TuneResult:
-    """Run trials until the study holds `tuning.n_trials` finished ones (or the time budget runs out). A `worker`
-    (its number, from 1) shares the study with other processes (tuning.workers): it leaves their running trials
-    alone, the owner prepared the study, and its sampler is seeded apart from theirs (workers start together: the
-    same seed would propose the same trials) with the constant liar. A process starts no trial once the study holds
-    n_trials finished or running ones (Optuna's MaxTrialsCallback, counting the trials other processes are running:
-    a worker does not start a trial beyond the cap while the others finish theirs, which left one worker training a
-    trial too many while the other idled); a running trial that then fails (its worker died) leaves the study short,
-    and whoever resumes it (the training run, after its workers) runs what is missing."""
+    """Run trials until the study holds `tuning.n_trials` finished ones, or those and the trials other processes
+    are running make n_trials (or the time budget runs out). A `worker` (its number, from 1) shares the study with
+    other processes (tuning.workers): it leaves their running trials alone, the owner prepared the study, and its
+    sampler is seeded apart from theirs (workers start together: the same seed would propose the same trials) with
+    the constant liar. Counting the others' running trials (Optuna's MaxTrialsCallback over finished and running
+    ones, stale ones failed first) keeps a worker from starting a trial past the cap while the others finish
+    theirs, which left one worker training a trial too many while the other idled (two workers finishing at the
+    same moment can still both start one). A running trial that then fails (its worker died) leaves the study
+    short, and whoever resumes it (the training run, after its workers) runs what is missing."""
     t0 = time.perf_counter()
     if worker:
         study = open_study(storage_url, study_name, cfg, exclusive=False)
@@ -289,7 +301,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     else:
         study = prepare_study(data, cfg, storage_url, study_name)
     space = search_space(cfg, data)
-    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+    claimed = claimed_trials(study)
     done = sum(t.state in FINISHED for t in claimed)
     remaining = max(cfg.tuning.n_trials - len(claimed), 0)
     if done:
@@ -350,8 +362,9 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
                 _log_trial(client, experiment_id, parent_run_id, study_name, trial.number, params, curve, state,
                            value, error, secs)
 
-    # Failed trials do not count: run rounds until the study holds n_trials finished ones, stopping when a whole
-    # round fails (a config that breaks every trial) or the time budget is spent.
+    # Failed trials do not count: run rounds until the study holds n_trials finished (or running elsewhere) ones,
+    # stopping when a whole round fails (a config that breaks every trial; a worker's round may be one trial, and
+    # the owner then makes a failed one up) or the time budget is spent.
     budget = cfg.tuning.timeout_seconds
     before = done
     while remaining > 0:
@@ -360,8 +373,8 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
             log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
             break
         study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[MaxTrialsCallback(cfg.tuning.n_trials, states=CLAIMED)])
-        claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+                       callbacks=[claimed_trials, MaxTrialsCallback(cfg.tuning.n_trials, states=CLAIMED)])
+        claimed = claimed_trials(study)
         finished = sum(t.state in FINISHED for t in claimed)
         if finished == before:
             break  # nothing finished in this round

@@ -276,6 +276,45 @@ def test_a_worker_starts_no_trial_beyond_the_cap_that_others_are_running(tmp_pat
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and len(states) == 5
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_worker_stops_when_another_starts_the_last_trial_while_it_trains(tmp_path, data, monkeypatch):
+    """Both workers start with n_trials to go; once another worker has started the last trial of the cap during
+    this worker's trial, this worker starts no further one."""
+    url, cfg = f"sqlite:///{tmp_path / 'cap2.db'}", small_cfg(n_trials=4)
+    study = tune.open_study(url, "cap2", cfg)
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    fit, elsewhere = tune.fit_model, []
+
+    def fit_while_another_starts(*args, **kwargs):
+        if not elsewhere:  # the other worker starts a trial while this one trains its first
+            elsewhere.append(optuna.load_study(study_name="cap2", storage=url).ask().number)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "fit_model", fit_while_another_starts)
+    tune.tune(data, cfg, url, "cap2", "cpu", worker=1)
+    states = [t.state for t in optuna.load_study(study_name="cap2", storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and len(states) == 4, states
+    assert states[elsewhere[0]] == optuna.trial.TrialState.RUNNING
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_stale_trial_holds_no_place_under_the_cap(tmp_path, monkeypatch):
+    """A running trial whose heartbeat stopped (its worker died) is failed before the count, and queued once more."""
+    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune, "GRACE_SECONDS", 1)
+    cfg = PipelineConfig.model_validate({"name": "st", "data": {"builtin": "seed_sine"}})
+    study = tune.open_study(f"sqlite:///{tmp_path / 'st.db'}", "st", cfg, exclusive=False)
+    dead = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    study._storage.record_heartbeat(dead._trial_id)
+    deadline = time.monotonic() + 60
+    while len(tune.claimed_trials(study)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # stale once its heartbeat is older than the grace period
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[1].params == dead.params  # queued once more with the same parameters
+
+
 def test_a_trial_and_the_final_fit_say_how_their_first_epoch_went(tmp_path, data, caplog):
     """Progress while training runs: each trial logs its first epoch (then one line every progress_seconds), and a
     fit with log_every logs its first epoch too (then every log_every epochs or LOG_SECONDS)."""
