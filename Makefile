@@ -80,9 +80,9 @@ bench: setup
 	$(PY) benchmarks/backtest.py
 	$(MAKE) bench-stack
 
-# The server-backed stack's figures (issue 16; needs the PostgreSQL at RNNP_STACK_DB): parallel tuning with 1, 2 and
-# 4 workers, the server-backed train against the embedded one, 4 trainings fanned out on Dask, a backtest's refits
-# on Dask.
+# The server-backed stack's figures (issue 16; needs the PostgreSQL at RNNP_STACK_DB): parallel tuning, 1 against 2
+# workers in three interleaved pairs (a stack of 2 pool workers), then 1 against 4 (a stack of 4), the server-backed
+# train against the embedded one, 4 trainings fanned out on Dask, a backtest's refits on Dask.
 bench-stack: setup
 	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,2,1,2,1,2
 	$(PY) benchmarks/stack.py --trials 12 --epochs 80 --workers 1,4

@@ -13,7 +13,8 @@
   counted), with the backtest's RNN figure from each to show they agree;
 - **parallel tuning** (default): trials per minute with 1 and 2 (or 4) tuning workers sharing one study on
   PostgreSQL, on the seed task, one torch thread per worker (target: 2 workers >= 1.7x the rate of 1 on 2 cores),
-  interleaved (`--workers 1,2,1,2`: each run of another count is also set against the 1-worker run before it).
+  interleaved (`--workers 1,2,1,2`: each run of another count is also set against the run of the first count,
+  1, before it).
 
 Brings up the stack (`rnn pipeline stack up` with as many process workers as the largest count, its own databases:
 every pool worker polls the Prefect server every 2 s, idle or not, and the server's share of the two cores grows
