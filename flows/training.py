@@ -49,8 +49,9 @@ def preprocess(t: tasks.Task, checked, source: str):
 
 
 @task(name="tune", cache_policy=NO_CACHE)
-def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id):
-    return tune.tune(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id)
+def tune_task(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id, spent_seconds=0.0):
+    return tune.tune(data, cfg, storage_url, study_name, device, experiment_id, parent_run_id,
+                     spent_seconds=spent_seconds)
 
 
 @task(name="train-best", cache_policy=NO_CACHE)
@@ -238,16 +239,17 @@ def _train(config, overrides, reason, cfg, st, lock: Lock, logger, cleanup: Exit
             except Exception as e:  # what the UI shows of the data must not stop a training run
                 logger.warning("the dataset was not logged to MLflow: %s: %s", type(e).__name__, e)
 
-        t0 = time.perf_counter()
+        t0, spent = time.perf_counter(), 0.0
         if launch is not None:  # the workers started above: their trials nest under this run from now on
             launch.release(experiment_id, run_id)
             workers = launch.wait()
             mlflow.log_params({"tuning.workers": cfg.tuning.workers, "tuning.work_pool": cfg.tuning.work_pool})
             now = time.perf_counter()  # the wait here, and the whole phase since the workers were started
             timings["tune_workers"], timings["tune_workers_since_launch"] = now - t0, now - t_launch
+            spent = now - t0  # the workers' share of tuning.timeout_seconds (each counts it from its release)
             logger.info("tuning workers done (%s); resuming the study here for what is missing",
                         ", ".join(f"{w['name']} {w['state']}" for w in workers))
-        tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id)
+        tuned = tune_task(data, cfg, st.optuna_url, study_name, device, experiment_id, run_id, spent)
         timings["tune"] = time.perf_counter() - t0
         logger.info("tuning: %d complete, %d pruned, %d failed in %.1fs; best %s", tuned.n_complete, tuned.n_pruned,
                     tuned.n_failed, timings["tune"], tuned.best_params)

@@ -283,9 +283,11 @@ def prepare_study(data, cfg: PipelineConfig, storage_url: str, study_name: str) 
 
 
 def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
-         experiment_id: str | None = None, parent_run_id: str | None = None, worker: int = 0) -> TuneResult:
+         experiment_id: str | None = None, parent_run_id: str | None = None, worker: int = 0,
+         spent_seconds: float = 0.0) -> TuneResult:
     """Run trials until the study holds `tuning.n_trials` finished ones, or those and the trials other processes
-    are running make n_trials (or the time budget runs out). A `worker` (its number, from 1) shares the study with
+    are running make n_trials (or the time budget, tuning.timeout_seconds less `spent_seconds` already spent on this
+    study by its workers, runs out). A `worker` (its number, from 1) shares the study with
     other processes (tuning.workers): it leaves their running trials alone, the owner prepared the study, and its
     sampler is seeded apart from theirs (workers start together: the same seed would propose the same trials) with
     the constant liar. Counting the others' running trials (Optuna's MaxTrialsCallback over finished and running
@@ -368,7 +370,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
     budget = cfg.tuning.timeout_seconds
     before = done
     while remaining > 0:
-        left = None if budget is None else budget - (time.perf_counter() - t0)
+        left = None if budget is None else budget - spent_seconds - (time.perf_counter() - t0)
         if left is not None and left <= 0:
             log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
             break

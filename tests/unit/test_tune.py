@@ -315,6 +315,16 @@ def test_a_stale_trial_holds_no_place_under_the_cap(tmp_path, monkeypatch):
     assert trials[1].params == dead.params  # queued once more with the same parameters
 
 
+def test_the_owner_resumes_within_what_is_left_of_the_time_budget(tmp_path, data, caplog):
+    """tuning.timeout_seconds covers the whole study: after its workers spent it, the training run's resume starts
+    no trial (before, it got a fresh budget of its own); with time left, it runs what is missing."""
+    url, cfg = f"sqlite:///{tmp_path / 'budget.db'}", small_cfg(n_trials=3, timeout_seconds=30)
+    res = tune.tune(data, cfg, url, "b", "cpu", spent_seconds=30.5)
+    assert res.n_complete + res.n_pruned == 0 and "time budget of 30s spent with 3 trials still to run" in caplog.text
+    res = tune.tune(data, cfg, url, "b", "cpu", spent_seconds=1.0)
+    assert res.n_complete == 3
+
+
 def test_a_trial_and_the_final_fit_say_how_their_first_epoch_went(tmp_path, data, caplog):
     """Progress while training runs: each trial logs its first epoch (then one line every progress_seconds), and a
     fit with log_every logs its first epoch too (then every log_every epochs or LOG_SECONDS)."""
