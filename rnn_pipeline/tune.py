@@ -241,23 +241,26 @@ def open_study(storage_url: str, study_name: str, cfg: PipelineConfig, exclusive
     # A fresh sampler with the plain seed would replay the first draws on resume (duplicate trials); offsetting
     # the seed by the trials already stored keeps a resumed study reproducible and new.
     study.sampler = make_sampler(cfg, cfg.seed + len(study.get_trials(deepcopy=False)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if exclusive else []:
         storage.set_trial_state_values(tr._trial_id, TrialState.FAIL)
         log.warning("trial %d was left running by an interrupted run: marked failed", tr.number)
     return study
 
 
-def claimed_trials(study: optuna.Study, trial=None) -> list:
-    """The trials that count against n_trials when a process decides whether to start another (CLAIMED), with
-    trials whose heartbeat stopped failed first (Optuna does that only before it starts a trial): a dead worker's
-    trial holds no place once it is stale (and is queued once more, by the study's stale-trial callback). Also a
+def fail_stale(study: optuna.Study, trial=None) -> None:
+    """Fail the trials whose heartbeat stopped (Optuna does that only before it starts a trial): a dead worker's
+    trial then holds no place under the cap (and is queued once more, by the study's stale-trial callback). Also a
     study callback, placed before MaxTrialsCallback(n_trials, states=CLAIMED)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def claimed_trials(study: optuna.Study) -> list:
+    """The trials that count against n_trials when a process decides whether to start another (CLAIMED), stale
+    ones failed first."""
+    fail_stale(study)
     return study.get_trials(deepcopy=False, states=CLAIMED)
 
 
@@ -375,7 +378,7 @@ def tune(data, cfg: PipelineConfig, storage_url: str, study_name: str, device,
             log.warning("tuning time budget of %.0fs spent with %d trials still to run", budget, remaining)
             break
         study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[claimed_trials, MaxTrialsCallback(cfg.tuning.n_trials, states=CLAIMED)])
+                       callbacks=[fail_stale, MaxTrialsCallback(cfg.tuning.n_trials, states=CLAIMED)])
         claimed = claimed_trials(study)
         finished = sum(t.state in FINISHED for t in claimed)
         if finished == before:
